@@ -1,0 +1,1 @@
+"""accelerate launch configurations shipped with hf-robust (`--accelerate_config NAME`)."""

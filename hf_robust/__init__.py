@@ -1,3 +1,34 @@
 """hf-robust: make Hugging Face models robust, and attack them to measure it."""
 
 __version__ = "0.1.0"
+
+from .attacks import (
+    EmbeddingAttackConfig,
+    EmbeddingAttackResult,
+    PGDConfig,
+    PGDResult,
+    embedding_attack,
+    projected_gradient_descent,
+)
+from .hub import (
+    PushResult,
+    RobustnessResult,
+    build_robustness_card,
+    push_robust_to_hub,
+    robustness_results_from_card,
+)
+
+__all__ = [
+    "EmbeddingAttackConfig",
+    "EmbeddingAttackResult",
+    "PGDConfig",
+    "PGDResult",
+    "PushResult",
+    "RobustnessResult",
+    "__version__",
+    "build_robustness_card",
+    "embedding_attack",
+    "projected_gradient_descent",
+    "push_robust_to_hub",
+    "robustness_results_from_card",
+]

@@ -1,0 +1,25 @@
+"""Attack cores shared by every method: continuous (PGD in embedding space) and discrete (token search)."""
+
+from .continuous import (
+    EmbeddingAttackConfig,
+    EmbeddingAttackResult,
+    PGDConfig,
+    PGDResult,
+    embedding_attack,
+    eval_mode,
+    perturbation_radius,
+    projected_gradient_descent,
+    user_turn_mask,
+)
+
+__all__ = [
+    "EmbeddingAttackConfig",
+    "EmbeddingAttackResult",
+    "PGDConfig",
+    "PGDResult",
+    "embedding_attack",
+    "eval_mode",
+    "perturbation_radius",
+    "projected_gradient_descent",
+    "user_turn_mask",
+]

@@ -1,0 +1,480 @@
+"""Tests for hf_robust.hub: robustness cards round-trip through model-index, and pushes write loadable safetensors.
+
+Only the two HTTP calls (`HfApi.create_repo`, `HfApi.upload_folder`) are patched; everything else runs for real.
+"""
+
+from pathlib import Path
+from unittest import mock
+
+import numpy
+import pytest
+import torch
+from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BertConfig,
+    BertModel,
+    BertTokenizerFast,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
+
+from hf_robust.hub import (
+    PushResult,
+    RobustnessResult,
+    build_robustness_card,
+    push_robust_to_hub,
+    robustness_results_from_card,
+)
+
+PAPER = {
+    "title": "Efficient Adversarial Training in LLMs with Continuous Attacks",
+    "id": "2405.15589",
+    "citation": "@article{xhonneux2024efficient,\n    title = {Efficient Adversarial Training in LLMs},\n}",
+}
+
+
+# Same dataset type and split as make_results()[0] under another name: model-index would keep only one name.
+RENAMED_ADVBENCH = RobustnessResult(
+    "gcg", "asr", 0.1, "AdvBench copy", dataset_type="walledai/AdvBench", split="test"
+)
+
+
+def make_results():
+    """Several results: two attacks on one dataset split (grouped in model-index), a second dataset, odd settings."""
+    return [
+        RobustnessResult(
+            attack="gcg",
+            metric="attack_success_rate",
+            value=0.125,
+            dataset="AdvBench",
+            dataset_type="walledai/AdvBench",
+            split="test",
+            attack_config={"steps": 250, "search_width": 512, "top_k": (256,), "filter": {"ascii_only": True}},
+        ),
+        RobustnessResult(
+            attack="embedding_attack", metric="attack_success_rate", value=1 / 3, dataset="AdvBench",
+            dataset_type="walledai/AdvBench", split="test", attack_config={"epsilon": 0.05, "norm": "l2"},
+        ),
+        RobustnessResult(attack="relearning", metric="forget_nll", value=2, dataset="WMDP bio"),
+    ]
+
+
+def canonical(results):
+    """model-index groups results by (task, dataset, split), so compare independent of order."""
+    return sorted(results, key=repr)
+
+
+# --------------------------------------------------------------------------------------------- tiny models
+
+
+def tiny_llama(seed=0):
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=32,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def tiny_clip_text(model_class=CLIPTextModel, seed=0):
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        max_position_embeddings=16, projection_dim=8,
+    )
+    return model_class(config).eval()
+
+
+def tiny_bert_tokenizer(folder: Path):
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a", "cat", "dog", "sat", "on", "mat", "query"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
+    return BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+
+
+def tiny_sentence_transformer(folder: Path):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Transformer
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    tokenizer = tiny_bert_tokenizer(folder)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, max_position_embeddings=32,
+    )
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return SentenceTransformer(modules=[Transformer(str(folder)), Pooling(16)], device="cpu")
+
+
+def tiny_lora_llama():
+    from peft import LoraConfig, get_peft_model
+
+    # init_lora_weights=False: nonzero B, so a lost adapter would change the parameters.
+    config = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    torch.manual_seed(1)
+    return get_peft_model(tiny_llama(), config)
+
+
+def assert_same_parameters(expected: torch.nn.Module, actual: torch.nn.Module):
+    expected_state, actual_state = expected.state_dict(), actual.state_dict()
+    assert expected_state.keys() == actual_state.keys()
+    for name, tensor in expected_state.items():
+        assert torch.equal(tensor, actual_state[name]), name
+
+
+# --------------------------------------------------------------------------------------------- HTTP mocks
+
+
+class FakeHub:
+    """Patches HfApi.create_repo / upload_folder; records what the folder held when upload_folder ran."""
+
+    def __init__(self):
+        self.uploaded_files = None
+        self.upload_kwargs = None
+
+    def create_repo(self, repo_id, **kwargs):
+        self.create_kwargs = {"repo_id": repo_id, **kwargs}
+        owner_and_name = repo_id if "/" in repo_id else f"user/{repo_id}"
+        return RepoUrl(f"https://huggingface.co/{owner_and_name}")
+
+    def upload_folder(self, **kwargs):
+        self.upload_kwargs = kwargs
+        folder = Path(kwargs["folder_path"])
+        self.uploaded_files = sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
+        self.uploaded_readme = (folder / "README.md").read_text()
+        return CommitInfo(
+            commit_url=f"https://huggingface.co/{kwargs['repo_id']}/commit/0123abcd",
+            commit_message=kwargs["commit_message"], commit_description="", oid="0123abcd",
+        )
+
+    def __enter__(self):
+        self.create_mock = mock.patch.object(HfApi, "create_repo", autospec=True, side_effect=self._create)
+        self.upload_mock = mock.patch.object(HfApi, "upload_folder", autospec=True, side_effect=self._upload)
+        self.create_repo_calls = self.create_mock.start()
+        self.upload_folder_calls = self.upload_mock.start()
+        return self
+
+    def _create(self, api, repo_id, **kwargs):
+        return self.create_repo(repo_id, **kwargs)
+
+    def _upload(self, api, **kwargs):
+        return self.upload_folder(**kwargs)
+
+    def __exit__(self, *exc_info):
+        self.create_mock.stop()
+        self.upload_mock.stop()
+
+
+# --------------------------------------------------------------------------------------------- cards
+
+
+def test_card_round_trips_results_through_model_index():
+    results = make_results()
+    card = build_robustness_card(
+        results, method="cat", model_name="owner/robust-llama", base_model="meta-llama/Llama-3.2-1B",
+        tags=["adversarial-training"], paper=PAPER, datasets=["walledai/AdvBench"],
+    )
+    text = str(card)
+    parsed = ModelCard(text)
+
+    assert "\nmodel-index:\n" in text.split("\n---\n")[0]
+    assert parsed.data.model_name == "owner/robust-llama"
+    assert parsed.data.tags[:2] == ["hf-robust", "cat"] and "adversarial-training" in parsed.data.tags
+    assert parsed.data.base_model == "meta-llama/Llama-3.2-1B"
+    assert parsed.data.library_name == "transformers"
+    assert parsed.data.datasets == ["walledai/AdvBench"]
+
+    expected = {(r.task, r.dataset_type, r.dataset, r.split, r.metric, r.value, r.attack) for r in results}
+    found = {
+        (e.task_type, e.dataset_type, e.dataset_name, e.dataset_split, e.metric_type, e.metric_value, e.metric_config)
+        for e in parsed.data.eval_results
+    }
+    assert found == expected
+    gcg = next(e for e in parsed.data.eval_results if e.metric_config == "gcg")
+    assert gcg.metric_args == {"steps": 250, "search_width": 512, "top_k": [256], "filter": {"ascii_only": True}}
+    assert canonical(robustness_results_from_card(text)) == canonical(results)
+
+    body = parsed.text
+    assert "| gcg | attack_success_rate | 0.125 | AdvBench | test |" in body
+    assert "`epsilon=0.05`" in body
+    assert "AutoModelForCausalLM.from_pretrained(\"owner/robust-llama\")" in body
+    assert "https://huggingface.co/papers/2405.15589" in body and "@article{xhonneux2024efficient" in body
+
+
+@pytest.mark.parametrize(
+    ("library_name", "loader"),
+    [
+        ("transformers", "AutoModelForCausalLM"),
+        ("peft", "AutoPeftModelForCausalLM"),
+        ("sentence-transformers", "SentenceTransformer(\"me/model\")"),
+        ("diffusers", "CLIPTextModel.from_pretrained(\"me/model\", subfolder=\"text_encoder\")"),
+    ],
+)
+def test_card_usage_matches_library(library_name, loader):
+    card = build_robustness_card(make_results(), method="npo", model_name="me/model", library_name=library_name)
+    assert loader in card.text
+    assert card.data.library_name == library_name
+    assert "## Citation" not in card.text
+
+
+def test_card_keeps_the_attack_apart_from_other_eval_results():
+    card = build_robustness_card(make_results()[:1], method="cat", model_name="m")
+    plain = RobustnessResult("x", "accuracy", 0.9, "beans").to_eval_result()
+    plain.metric_config = None
+    card.data.eval_results.append(plain)
+    assert robustness_results_from_card(ModelCard(str(card))) == make_results()[:1]
+
+
+def test_reading_results_rejects_bad_input():
+    with pytest.raises(TypeError, match="`card`"):
+        robustness_results_from_card(3)
+    plain = RobustnessResult("x", "accuracy", 0.9, "beans").to_eval_result()
+    plain.metric_config = None
+    with pytest.raises(ValueError, match="`eval_result`"):
+        RobustnessResult.from_eval_result(plain)
+
+
+def test_robustness_result_normalizes_values():
+    settings = {"sizes": (1, numpy.int64(2)), "rate": numpy.float32(0.5), "inner": {"steps": numpy.int32(3)}}
+    result = RobustnessResult("gcg", "asr", numpy.float64(1), "AdvBench", attack_config=settings)
+    assert type(result.value) is float and result.value == 1.0
+    assert result.dataset_type == "AdvBench"
+    assert result.attack_config == {"sizes": [1, 2], "rate": 0.5, "inner": {"steps": 3}}
+    assert type(result.attack_config["sizes"][1]) is int and type(result.attack_config["rate"]) is float
+    card = build_robustness_card([result], method="cat", model_name="m")
+    assert robustness_results_from_card(str(card)) == [result]  # yaml.safe_load would refuse numpy objects
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "field_name"),
+    [
+        ({"attack": ""}, ValueError, "attack"),
+        ({"attack": 3}, TypeError, "attack"),
+        ({"metric": "  "}, ValueError, "metric"),
+        ({"dataset": None}, TypeError, "dataset"),
+        ({"dataset_type": ""}, ValueError, "dataset_type"),
+        ({"task": ""}, ValueError, "task"),
+        ({"split": 0}, TypeError, "split"),
+        ({"value": float("nan")}, ValueError, "value"),
+        ({"value": float("inf")}, ValueError, "value"),
+        ({"value": "0.5"}, TypeError, "value"),
+        ({"value": True}, TypeError, "value"),
+        ({"attack_config": [("steps", 1)]}, TypeError, "attack_config"),
+        ({"attack_config": {1: "a"}}, TypeError, "attack_config"),
+        ({"attack_config": {"device": torch.device("cpu")}}, TypeError, "attack_config"),
+    ],
+)
+def test_robustness_result_rejects_bad_fields(changes, error, field_name):
+    arguments = {"attack": "gcg", "metric": "asr", "value": 0.5, "dataset": "AdvBench", **changes}
+    with pytest.raises(error, match=f"`{field_name}"):
+        RobustnessResult(**arguments)
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "name"),
+    [
+        ({"results": []}, ValueError, "results"),
+        ({"results": make_results()[0]}, TypeError, "results"),
+        ({"results": [{"attack": "gcg"}]}, TypeError, "results"),
+        ({"results": [make_results()[0], RENAMED_ADVBENCH]}, ValueError, "results"),
+        ({"method": ""}, ValueError, "method"),
+        ({"method": None}, TypeError, "method"),
+        ({"model_name": ""}, ValueError, "model_name"),
+        ({"library_name": "timm"}, ValueError, "library_name"),
+        ({"tags": "robust"}, TypeError, "tags"),
+        ({"tags": ["ok", 1]}, TypeError, "tags"),
+        ({"paper": "2405.15589"}, TypeError, "paper"),
+        ({"paper": {"title": "T", "arxiv": "1"}}, ValueError, "paper"),
+        ({"paper": {"id": "2405.15589"}}, TypeError, "paper"),
+        ({"datasets": 3}, TypeError, "datasets"),
+        ({"base_model": ""}, ValueError, "base_model"),
+    ],
+)
+def test_build_card_rejects_bad_input(changes, error, name):
+    arguments = {"results": make_results(), "method": "cat", "model_name": "me/model", **changes}
+    with pytest.raises(error, match=f"`{name}"):
+        build_robustness_card(**arguments)
+
+
+# --------------------------------------------------------------------------------------------- pushes
+
+
+@pytest.fixture(scope="module")
+def sentence_transformer(tmp_path_factory):
+    return tiny_sentence_transformer(tmp_path_factory.mktemp("tiny_bert"))
+
+
+def push(obj, folder, **kwargs):
+    with FakeHub() as hub:
+        outcome = push_robust_to_hub(
+            obj, "owner/robust", make_results(), method="cat", save_directory=folder, **kwargs
+        )
+    assert isinstance(outcome, PushResult) and outcome.folder == folder
+    assert outcome.commit.commit_url == "https://huggingface.co/owner/robust/commit/0123abcd"
+    hub.create_repo_calls.assert_called_once()
+    assert hub.create_kwargs == {"repo_id": "owner/robust", "exist_ok": True, "private": kwargs.get("private")}
+    hub.upload_folder_calls.assert_called_once()
+    assert hub.upload_kwargs["repo_id"] == "owner/robust"
+    assert Path(hub.upload_kwargs["folder_path"]) == folder
+    assert "README.md" in hub.uploaded_files
+    assert canonical(robustness_results_from_card(hub.uploaded_readme)) == canonical(make_results())
+    assert not any(name.endswith((".bin", ".pt", ".pth")) for name in hub.uploaded_files)
+    return hub, ModelCard(hub.uploaded_readme)
+
+
+def test_push_transformers_model(tmp_path):
+    model = tiny_llama()
+    tokenizer = tiny_bert_tokenizer(tmp_path / "vocab")
+    hub, card = push(model, tmp_path / "out", tokenizer=tokenizer, private=True, base_model="meta-llama/Llama-3.2-1B")
+    assert "model.safetensors" in hub.uploaded_files and "tokenizer.json" in hub.uploaded_files
+    assert card.data.library_name == "transformers" and card.data.base_model == "meta-llama/Llama-3.2-1B"
+    assert_same_parameters(model, AutoModelForCausalLM.from_pretrained(tmp_path / "out"))
+    assert AutoTokenizer.from_pretrained(tmp_path / "out").get_vocab() == tokenizer.get_vocab()
+
+
+def test_push_peft_adapter(tmp_path):
+    from peft import PeftModel
+
+    model = tiny_lora_llama()
+    hub, card = push(model, tmp_path / "out")
+    assert {"adapter_model.safetensors", "adapter_config.json"} <= set(hub.uploaded_files)
+    assert "model.safetensors" not in hub.uploaded_files
+    assert card.data.library_name == "peft" and "AutoPeftModelForCausalLM" in card.text
+    loaded = PeftModel.from_pretrained(tiny_llama(), tmp_path / "out")
+    assert_same_parameters(model, loaded)
+
+
+def test_push_peft_takes_base_model_from_adapter_config(tmp_path):
+    model = tiny_lora_llama()
+    model.peft_config["default"].base_model_name_or_path = "meta-llama/Llama-3.2-1B"
+    _, card = push(model, tmp_path / "out")
+    assert card.data.base_model == "meta-llama/Llama-3.2-1B"
+
+
+def test_push_sentence_transformer(tmp_path, sentence_transformer):
+    from sentence_transformers import SentenceTransformer
+
+    hub, card = push(sentence_transformer, tmp_path / "out")
+    assert "model.safetensors" in hub.uploaded_files and "modules.json" in hub.uploaded_files
+    assert card.data.library_name == "sentence-transformers"
+    loaded = SentenceTransformer(str(tmp_path / "out"), device="cpu")
+    assert_same_parameters(sentence_transformer, loaded)
+    sentences = ["the cat sat on the mat", "a dog"]
+    assert torch.equal(
+        sentence_transformer.encode(sentences, convert_to_tensor=True),
+        loaded.encode(sentences, convert_to_tensor=True),
+    )
+
+
+def test_push_text_encoder_into_subfolder(tmp_path):
+    encoder = tiny_clip_text()
+    tokenizer = tiny_bert_tokenizer(tmp_path / "vocab")
+    hub, card = push(
+        encoder,
+        tmp_path / "out",
+        subfolder="text_encoder",
+        tokenizer=tokenizer,
+        base_model="CompVis/stable-diffusion-v1-4",
+    )
+    expected_files = {"text_encoder/model.safetensors", "text_encoder/config.json", "tokenizer/tokenizer.json"}
+    assert expected_files <= set(hub.uploaded_files)
+    assert card.data.library_name == "diffusers"
+    assert 'DiffusionPipeline.from_pretrained("CompVis/stable-diffusion-v1-4", text_encoder=text_encoder)' in card.text
+    assert_same_parameters(encoder, CLIPTextModel.from_pretrained(tmp_path / "out", subfolder="text_encoder"))
+
+
+def test_push_two_text_encoders(tmp_path):
+    encoders = {
+        "text_encoder": tiny_clip_text(seed=0),
+        "text_encoder_2": tiny_clip_text(CLIPTextModelWithProjection, seed=1),
+    }
+    hub, card = push(encoders, tmp_path / "out")
+    assert {"text_encoder/model.safetensors", "text_encoder_2/model.safetensors"} <= set(hub.uploaded_files)
+    assert 'CLIPTextModelWithProjection.from_pretrained("owner/robust", subfolder="text_encoder_2")' in card.text
+    loaded = CLIPTextModel.from_pretrained(tmp_path / "out", subfolder="text_encoder")
+    assert_same_parameters(encoders["text_encoder"], loaded)
+    loaded = CLIPTextModelWithProjection.from_pretrained(tmp_path / "out", subfolder="text_encoder_2")
+    assert_same_parameters(encoders["text_encoder_2"], loaded)
+
+
+def test_push_to_temporary_folder_uses_created_repo_id_and_cleans_up():
+    with FakeHub() as hub:
+        outcome = push_robust_to_hub(
+            tiny_llama(), "robust", make_results(), method="cat", create_repo=True, commit_message="Robust weights"
+        )
+    assert outcome.folder is None
+    assert hub.upload_kwargs["repo_id"] == "user/robust"  # the full id create_repo answered
+    assert hub.upload_kwargs["commit_message"] == "Robust weights"
+    assert {"README.md", "model.safetensors", "config.json"} <= set(hub.uploaded_files)
+    assert not Path(hub.upload_kwargs["folder_path"]).exists()
+
+
+def test_push_without_create_repo_only_uploads():
+    with FakeHub() as hub:
+        push_robust_to_hub(tiny_llama(), "owner/robust", make_results(), method="cat", create_repo=False)
+    hub.create_repo_calls.assert_not_called()
+    assert hub.upload_kwargs["repo_id"] == "owner/robust"
+    assert hub.upload_kwargs["commit_message"] == "Upload cat model with robustness card"
+
+
+@pytest.mark.parametrize(
+    ("obj_name", "changes", "error", "name"),
+    [
+        ("module", {}, TypeError, "obj"),
+        ("none", {}, TypeError, "obj"),
+        ("empty_dict", {}, TypeError, "obj"),
+        ("dict_bad_key", {}, TypeError, "obj"),
+        ("dict_bad_value", {}, TypeError, "obj"),
+        ("module", {"subfolder": "text_encoder"}, TypeError, "obj"),
+        ("llama", {"subfolder": "text_encoder"}, ValueError, "subfolder"),
+        ("clip", {"subfolder": "unet"}, ValueError, "subfolder"),
+        ("llama", {"repo_id": "owner/name/extra"}, ValueError, "repo_id"),
+        ("llama", {"repo_id": "bad name"}, ValueError, "repo_id"),
+        ("llama", {"repo_id": ""}, ValueError, "repo_id"),
+        ("llama", {"repo_id": None}, TypeError, "repo_id"),
+        ("llama", {"results": []}, ValueError, "results"),
+        ("llama", {"results": ["gcg"]}, TypeError, "results"),
+        ("llama", {"method": ""}, ValueError, "method"),
+        ("llama", {"method": 1}, TypeError, "method"),
+        ("llama", {"tokenizer": "gpt2"}, TypeError, "tokenizer"),
+        ("sentence_transformer", {"tokenizer": BertTokenizerFast}, ValueError, "tokenizer"),
+        ("llama", {"private": "yes"}, TypeError, "private"),
+        ("llama", {"commit_message": ""}, ValueError, "commit_message"),
+        ("llama", {"tags": "robust"}, TypeError, "tags"),
+        ("llama", {"paper": {"title": ""}}, ValueError, "paper"),
+    ],
+)
+def test_push_rejects_bad_input_before_writing_or_uploading(
+    tmp_path, sentence_transformer, obj_name, changes, error, name
+):
+    objects = {
+        "module": torch.nn.Linear(2, 2),
+        "none": None,
+        "empty_dict": {},
+        "dict_bad_key": {"unet": tiny_clip_text()},
+        "dict_bad_value": {"text_encoder": tiny_llama()},
+        "llama": tiny_llama(),
+        "clip": tiny_clip_text(),
+        "sentence_transformer": sentence_transformer,
+    }
+    arguments = {"repo_id": "owner/robust", "results": make_results(), "method": "cat", **changes}
+    folder = tmp_path / "out"
+    with FakeHub() as hub, pytest.raises(error, match=f"`{name}"):
+        push_robust_to_hub(objects[obj_name], save_directory=folder, **arguments)
+    assert not folder.exists()
+    hub.create_repo_calls.assert_not_called()
+    hub.upload_folder_calls.assert_not_called()
+
+
+def test_push_type_error_lists_accepted_kinds():
+    with pytest.raises(TypeError) as raised:
+        push_robust_to_hub(torch.nn.Linear(2, 2), "owner/robust", make_results(), method="cat")
+    for kind in ("PeftModel", "SentenceTransformer", "CLIPTextModel", "PreTrainedModel"):
+        assert kind in str(raised.value)

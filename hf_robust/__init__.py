@@ -10,6 +10,7 @@ from .attacks import (
     embedding_attack,
     projected_gradient_descent,
 )
+from .cat import EmbeddingAdversaryCallback
 from .hub import (
     PushResult,
     RobustnessResult,
@@ -19,6 +20,7 @@ from .hub import (
 )
 
 __all__ = [
+    "EmbeddingAdversaryCallback",
     "EmbeddingAttackConfig",
     "EmbeddingAttackResult",
     "PGDConfig",

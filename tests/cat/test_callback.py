@@ -1,0 +1,129 @@
+import pytest
+import torch
+from datasets import Dataset
+from trl import SFTConfig, SFTTrainer
+
+from hf_robust.attacks import EmbeddingAttackConfig, perturbation_radius
+from hf_robust.cat import EmbeddingAdversaryCallback
+from hf_robust.testing import tiny_causal_lm
+
+PAIRS = [
+    ("How do I boil an egg?", "Put it in boiling water for nine minutes."),
+    ("Name a colour.", "Blue."),
+    ("What is two plus two?", "Four."),
+    ("Say hello.", "Hello there!"),
+]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def train(tmp_path, callbacks=()):
+    model, tokenizer = tiny_causal_lm("llama")
+    dataset = Dataset.from_list(
+        [{"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": c}]} for p, c in PAIRS]
+    )
+    args = SFTConfig(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=2,
+        learning_rate=1e-2,
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+        max_length=64,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=list(callbacks))
+    return trainer
+
+
+def final_parameters(trainer):
+    trainer.train()
+    return {name: parameter.detach().clone() for name, parameter in trainer.model.named_parameters()}
+
+
+def test_zero_budget_equals_plain_training(tmp_path):
+    plain = final_parameters(train(tmp_path / "plain"))
+    callback = EmbeddingAdversaryCallback(EmbeddingAttackConfig(eps=0.0, targeted=False))
+    adversarial = final_parameters(train(tmp_path / "adversarial", [callback]))
+    assert callback.last_result is not None  # the attack really ran, with a zero budget
+    for name in plain:
+        torch.testing.assert_close(adversarial[name], plain[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_stock_sft_trainer_trains_on_prompt_plus_delta(tmp_path):
+    config = EmbeddingAttackConfig(eps=1.0, steps=3, step_size=0.3, step_mode="relative", targeted=False)
+    callback = EmbeddingAdversaryCallback(config)
+    trainer = train(tmp_path / "adversarial", [callback])
+    model = trainer.model
+    embedding = model.get_input_embeddings()
+    seen = []
+
+    def record_batch(module, args, kwargs):  # registered first, so it sees the batch before the callback
+        if module.training and torch.is_grad_enabled() and kwargs.get("input_ids") is not None:
+            seen.append({"input_ids": kwargs["input_ids"], "labels": kwargs["labels"], "mask": kwargs["attention_mask"]})
+
+    def record_embeds(module, args, kwargs):
+        if module.training and torch.is_grad_enabled() and kwargs.get("inputs_embeds") is not None:
+            seen[-1]["inputs_embeds"] = kwargs["inputs_embeds"].detach().clone()
+            seen[-1]["clean"] = embedding(seen[-1]["input_ids"]).detach().clone()
+            # Relative budget: the radius follows the embedding matrix, which the optimizer moves each step.
+            seen[-1]["radius"] = perturbation_radius(embedding.weight, config.eps, config.eps_mode)
+
+    model.register_forward_pre_hook(record_batch, with_kwargs=True)
+    model.model.register_forward_pre_hook(record_embeds, with_kwargs=True)
+    plain = final_parameters(train(tmp_path / "plain"))
+    adversarial = final_parameters(trainer)
+
+    assert len(seen) == 2 and all("inputs_embeds" in batch for batch in seen)
+    for batch in seen:
+        delta = batch["inputs_embeds"] - batch["clean"]
+        norms = delta.norm(dim=-1)
+        perturbable = batch["mask"].bool() & (batch["labels"] == -100)
+        radius = batch["radius"]
+        assert norms.max() <= radius * (1 + 1e-5)
+        assert norms[~perturbable].max() < 1e-6  # completion tokens and padding untouched
+        assert norms[perturbable].max() > 0.1 * radius  # the prompt really moved
+    assert callback.last_result.losses[-1] < callback.last_result.losses[0]  # it raised the label loss
+    assert not model._forward_pre_hooks or callback._handle is None
+    assert any(not torch.equal(plain[name], adversarial[name]) for name in plain)
+
+
+def test_evaluation_forwards_and_full_label_batches_are_untouched():
+    model, tokenizer = tiny_causal_lm("llama")
+    callback = EmbeddingAdversaryCallback()
+    callback.on_train_begin(None, None, None, model=model)
+    ids = tokenizer(["Name a colour. Blue."], return_tensors="pt")["input_ids"]
+    labels = ids.clone()
+    labels[:, :4] = -100
+    model.eval()
+    model(input_ids=ids, labels=labels)
+    assert callback.last_result is None
+    model.train()
+    with pytest.warns(UserWarning, match="no prompt positions"):
+        model(input_ids=ids, labels=ids)
+    assert callback.last_result is None
+    model(input_ids=ids, labels=labels)
+    assert callback.last_result is not None and callback.last_result.delta.shape[:2] == ids.shape
+    callback.on_train_end(None, None, None)
+    assert not model._forward_pre_hooks
+
+
+def test_bad_configuration_is_rejected():
+    with pytest.raises(TypeError, match="config"):
+        EmbeddingAdversaryCallback({"eps": 0.1})
+    with pytest.raises(ValueError, match="targeted"):
+        EmbeddingAdversaryCallback(EmbeddingAttackConfig(targeted=True))
+    with pytest.raises(ValueError, match="perturb"):
+        EmbeddingAdversaryCallback(EmbeddingAttackConfig(targeted=False, perturb="user_turn"))
+    with pytest.raises(ValueError, match="model"):
+        EmbeddingAdversaryCallback().on_train_begin(None, None, None)

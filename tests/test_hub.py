@@ -13,16 +13,12 @@ from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
-    BertConfig,
-    BertModel,
-    BertTokenizerFast,
-    CLIPTextConfig,
+    PreTrainedTokenizerFast,
     CLIPTextModel,
     CLIPTextModelWithProjection,
-    LlamaConfig,
-    LlamaForCausalLM,
 )
 
+from hf_robust.testing import tiny_causal_lm, tiny_sd_components, tiny_sentence_transformer, tiny_tokenizer
 from hf_robust.hub import (
     PushResult,
     RobustnessResult,
@@ -73,44 +69,14 @@ def canonical(results):
 
 
 def tiny_llama(seed=0):
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=32,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_causal_lm("llama", seed=seed)[0]
 
 
 def tiny_clip_text(model_class=CLIPTextModel, seed=0):
-    torch.manual_seed(seed)
-    config = CLIPTextConfig(
-        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-        max_position_embeddings=16, projection_dim=8,
-    )
-    return model_class(config).eval()
-
-
-def tiny_bert_tokenizer(folder: Path):
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a", "cat", "dog", "sat", "on", "mat", "query"]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
-    return BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
-
-
-def tiny_sentence_transformer(folder: Path):
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.base.modules import Transformer
-    from sentence_transformers.sentence_transformer.modules import Pooling
-
-    tokenizer = tiny_bert_tokenizer(folder)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, max_position_embeddings=32,
-    )
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return SentenceTransformer(modules=[Transformer(str(folder)), Pooling(16)], device="cpu")
+    """The SD text encoder, or SDXL's second one (with projection), from the shared offline builders."""
+    if model_class is CLIPTextModelWithProjection:
+        return tiny_sd_components(xl=True, seed=seed)["text_encoder_2"].eval()
+    return tiny_sd_components(seed=seed)["text_encoder"].eval()
 
 
 def tiny_lora_llama():
@@ -308,7 +274,7 @@ def test_build_card_rejects_bad_input(changes, error, name):
 
 @pytest.fixture(scope="module")
 def sentence_transformer(tmp_path_factory):
-    return tiny_sentence_transformer(tmp_path_factory.mktemp("tiny_bert"))
+    return tiny_sentence_transformer()
 
 
 def push(obj, folder, **kwargs):
@@ -331,7 +297,7 @@ def push(obj, folder, **kwargs):
 
 def test_push_transformers_model(tmp_path):
     model = tiny_llama()
-    tokenizer = tiny_bert_tokenizer(tmp_path / "vocab")
+    tokenizer = tiny_tokenizer()
     hub, card = push(model, tmp_path / "out", tokenizer=tokenizer, private=True, base_model="meta-llama/Llama-3.2-1B")
     assert "model.safetensors" in hub.uploaded_files and "tokenizer.json" in hub.uploaded_files
     assert card.data.library_name == "transformers" and card.data.base_model == "meta-llama/Llama-3.2-1B"
@@ -375,7 +341,7 @@ def test_push_sentence_transformer(tmp_path, sentence_transformer):
 
 def test_push_text_encoder_into_subfolder(tmp_path):
     encoder = tiny_clip_text()
-    tokenizer = tiny_bert_tokenizer(tmp_path / "vocab")
+    tokenizer = tiny_tokenizer()
     hub, card = push(
         encoder,
         tmp_path / "out",
@@ -444,7 +410,7 @@ def test_push_without_create_repo_only_uploads():
         ("llama", {"method": ""}, ValueError, "method"),
         ("llama", {"method": 1}, TypeError, "method"),
         ("llama", {"tokenizer": "gpt2"}, TypeError, "tokenizer"),
-        ("sentence_transformer", {"tokenizer": BertTokenizerFast}, ValueError, "tokenizer"),
+        ("sentence_transformer", {"tokenizer": PreTrainedTokenizerFast}, ValueError, "tokenizer"),
         ("llama", {"private": "yes"}, TypeError, "private"),
         ("llama", {"commit_message": ""}, ValueError, "commit_message"),
         ("llama", {"tags": "robust"}, TypeError, "tags"),

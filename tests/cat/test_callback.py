@@ -23,7 +23,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def train(tmp_path, callbacks=()):
+def train(tmp_path, callbacks=(), bf16=False):
     model, tokenizer = tiny_causal_lm("llama")
     dataset = Dataset.from_list(
         [{"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": c}]} for p, c in PAIRS]
@@ -34,7 +34,7 @@ def train(tmp_path, callbacks=()):
         per_device_train_batch_size=2,
         learning_rate=1e-2,
         use_cpu=True,
-        bf16=False,
+        bf16=bf16,
         gradient_checkpointing=False,
         report_to="none",
         save_strategy="no",
@@ -127,3 +127,17 @@ def test_bad_configuration_is_rejected():
         EmbeddingAdversaryCallback(EmbeddingAttackConfig(targeted=False, perturb="user_turn"))
     with pytest.raises(ValueError, match="model"):
         EmbeddingAdversaryCallback().on_train_begin(None, None, None)
+
+
+def test_bf16_autocast_training_keeps_delta_in_float32(tmp_path):
+    callback = EmbeddingAdversaryCallback(EmbeddingAttackConfig(eps=0.5, steps=2, step_size=0.3, step_mode="relative", targeted=False))
+    trainer = train(tmp_path, [callback], bf16=True)  # CPU autocast to bfloat16 around every training forward
+    seen_dtypes = []
+    trainer.model.model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen_dtypes.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None),
+        with_kwargs=True,
+    )
+    output = trainer.train()
+    assert torch.bfloat16 in seen_dtypes  # the training forwards really ran under bf16 autocast
+    assert callback.last_result.delta.dtype == torch.float32
+    assert torch.isfinite(torch.tensor(output.training_loss))

@@ -1,0 +1,63 @@
+"""A stock trl SFTTrainer with EmbeddingAdversaryCallback on a tiny Llama; reports the final parameters.
+
+Usage: sft_embedding_adversary.py PER_DEVICE_BATCH_SIZE
+
+The attack works row by row, so 2 processes × 2 rows and 1 process × 4 rows see the same perturbations; the loss
+normaliser counts tokens across processes (average_tokens_across_devices), so the updates match too.
+"""
+
+import sys
+import tempfile
+
+from datasets import Dataset
+from trl import SFTConfig, SFTTrainer
+
+from hf_robust import EmbeddingAdversaryCallback, EmbeddingAttackConfig
+from hf_robust.testing import finish_distributed, save_rank_result, tiny_causal_lm
+
+PAIRS = [
+    ("How do I boil an egg?", "Nine minutes in boiling water."),
+    ("Name a colour.", "Blue."),
+    ("What is two plus two?", "Four."),
+    ("Say hello.", "Hello there!"),
+    ("Name a fruit.", "An apple."),
+    ("Count to three.", "One, two, three."),
+    ("What is the sky?", "Air above us."),
+    ("Say goodbye.", "Goodbye!"),
+]
+
+
+def main(per_device_batch_size: int) -> None:
+    model, tokenizer = tiny_causal_lm("llama")
+    dataset = Dataset.from_list(
+        [{"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": c}]} for p, c in PAIRS]
+    )
+    # "l2" steps: continuous in the gradient, so float noise between set-ups cannot flip a sign step.
+    callback = EmbeddingAdversaryCallback(
+        EmbeddingAttackConfig(eps=0.5, steps=3, step_size=0.3, step_mode="relative", optimizer="l2", targeted=False)
+    )
+    with tempfile.TemporaryDirectory() as output_dir:
+        args = SFTConfig(
+            output_dir=output_dir,
+            use_cpu=True,
+            bf16=False,
+            gradient_checkpointing=False,
+            max_steps=2,
+            per_device_train_batch_size=per_device_batch_size,
+            optim="sgd",
+            learning_rate=1e-1,
+            seed=0,
+            report_to="none",
+            save_strategy="no",
+            logging_strategy="no",
+            disable_tqdm=True,
+            max_length=64,
+        )
+        SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[callback]).train()
+    final = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    save_rank_result({"final": final, "attacked": callback.last_result is not None})
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]))
+    finish_distributed()

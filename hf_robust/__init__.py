@@ -10,7 +10,7 @@ from .attacks import (
     embedding_attack,
     projected_gradient_descent,
 )
-from .cat import EmbeddingAdversaryCallback
+from .cat import EmbeddingAdversaryCallback, embedding_attack_success_rate
 from .hub import (
     PushResult,
     RobustnessResult,
@@ -30,6 +30,7 @@ __all__ = [
     "__version__",
     "build_robustness_card",
     "embedding_attack",
+    "embedding_attack_success_rate",
     "projected_gradient_descent",
     "push_robust_to_hub",
     "robustness_results_from_card",

@@ -11,6 +11,15 @@ from .continuous import (
     projected_gradient_descent,
     user_turn_mask,
 )
+from .discrete import (
+    TokenFilter,
+    TokenObjective,
+    TokenSearchConfig,
+    TokenSearchResult,
+    allowed_token_mask,
+    token_search,
+    tokenizer_round_trip,
+)
 
 __all__ = [
     "EmbeddingAttackConfig",
@@ -22,4 +31,11 @@ __all__ = [
     "perturbation_radius",
     "projected_gradient_descent",
     "user_turn_mask",
+    "TokenFilter",
+    "TokenObjective",
+    "TokenSearchConfig",
+    "TokenSearchResult",
+    "allowed_token_mask",
+    "token_search",
+    "tokenizer_round_trip",
 ]

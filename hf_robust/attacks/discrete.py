@@ -31,7 +31,8 @@ Example (GCG-like, `model` a causal LM, the suffix at `positions`, the target af
 
     >>> E = model.get_input_embeddings().weight
     >>> allowed = allowed_token_mask(tokenizer, num_embeddings=E.shape[0])
-    >>> result = token_search(objective, ids, positions, E, allowed, TokenSearchConfig(n_iters=50), tokenizer=tok)
+    >>> result = token_search(objective, ids, positions, E, allowed, TokenSearchConfig(n_iters=50),
+    ...                       tokenizer=tokenizer)
     >>> adversarial_ids = result.ids
 """
 
@@ -55,6 +56,10 @@ _UNUSED_TOKEN = re.compile(r"\[unused\d+\]")
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_integer_dtype(dtype: torch.dtype) -> bool:
+    return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
 
 
 def _is_bool(value: Any) -> bool:
@@ -97,7 +102,9 @@ def allowed_token_mask(
         ValueError: `num_embeddings` is not a positive integer.
     """
     if not callable(getattr(tokenizer, "decode", None)) or not hasattr(tokenizer, "__len__"):
-        raise TypeError(f"`tokenizer` must be a Hugging Face tokenizer (decode, __len__), got {type(tokenizer).__name__}.")
+        raise TypeError(
+            f"`tokenizer` must be a Hugging Face tokenizer (decode, __len__), got {type(tokenizer).__name__}."
+        )
     for name, value in (
         ("ascii_only", ascii_only),
         ("printable_only", printable_only),
@@ -171,7 +178,7 @@ class TokenFilter:
 
 @dataclass
 class TokenSearchConfig:
-    """Settings of `token_search`. Defaults follow GASLITE's `ours.yaml` except `n_grad` (1: the plain GCG gradient)."""
+    """Settings of `token_search`. Defaults follow GASLITE's `ours.yaml` except `n_grad` (1: plain GCG gradient)."""
 
     n_iters: int = field(default=100, metadata={"help": "Maximum number of iterations. >= 0; 0 returns the input."})
     topk: int = field(default=256, metadata={"help": "Candidate tokens per position kept from the gradient. >= 1."})
@@ -339,7 +346,7 @@ def _validate(objective, initial_ids, positions, embedding_matrix, allowed, conf
     for name, value in (("initial_ids", initial_ids), ("positions", positions), ("allowed", allowed)):
         if not isinstance(value, Tensor):
             raise TypeError(f"`{name}` must be a torch.Tensor, got {type(value).__name__}.")
-    if initial_ids.dim() != 1 or initial_ids.numel() == 0 or initial_ids.dtype.is_floating_point or initial_ids.dtype == torch.bool:
+    if initial_ids.dim() != 1 or initial_ids.numel() == 0 or not _is_integer_dtype(initial_ids.dtype):
         raise ValueError(
             f"`initial_ids` must be a non-empty 1-D integer tensor (seq,), got {initial_ids.dtype} "
             f"{tuple(initial_ids.shape)}."
@@ -347,7 +354,7 @@ def _validate(objective, initial_ids, positions, embedding_matrix, allowed, conf
     if (initial_ids < 0).any() or (initial_ids >= vocab).any():
         raise ValueError(f"`initial_ids` must be token ids in [0, {vocab}) (rows of `embedding_matrix`).")
     seq = initial_ids.shape[0]
-    if positions.dim() != 1 or positions.numel() == 0 or positions.dtype.is_floating_point or positions.dtype == torch.bool:
+    if positions.dim() != 1 or positions.numel() == 0 or not _is_integer_dtype(positions.dtype):
         raise ValueError(
             f"`positions` must be a non-empty 1-D integer tensor (L,), got {positions.dtype} {tuple(positions.shape)}."
         )

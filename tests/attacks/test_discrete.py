@@ -37,7 +37,8 @@ class GCGFixedTarget:
     def loss_from_embeds(self, embeds):
         n = self.target.numel()
         logits = self.model(inputs_embeds=embeds, use_cache=False).logits[:, -n - 1 : -1].float()
-        return F.cross_entropy(logits.transpose(1, 2), self.target.expand(embeds.shape[0], -1), reduction="none").mean(1)
+        target = self.target.expand(embeds.shape[0], -1)
+        return F.cross_entropy(logits.transpose(1, 2), target, reduction="none").mean(1)
 
     def loss_from_ids(self, ids):
         return self.loss_from_embeds(self.model.get_input_embeddings()(ids))
@@ -80,7 +81,8 @@ def retrieval():
     st_model.eval()
     tokenizer = st_model.tokenizer
     ids = torch.tensor(tokenizer("the weather is nice today ! ! ! ! ! ! ! !").input_ids)
-    positions = torch.arange(6, ids.numel() - 1)  # the "!" trigger; [CLS] ... [SEP] stay
+    positions = (ids == tokenizer.convert_tokens_to_ids("!")).nonzero().flatten()  # the trigger; the rest stays
+    assert positions.numel() == 8
     weight = st_model[0].auto_model.get_input_embeddings().weight
     allowed = allowed_token_mask(tokenizer, num_embeddings=weight.shape[0])
     target = st_model.encode(["yes thank you very much"], convert_to_tensor=True)[0]
@@ -172,10 +174,10 @@ def test_round_trip_is_lazy(gcg):
     config = TokenSearchConfig(**{**FAST, "n_iters": 1, "n_flip": 1})
     with torch.no_grad():
         result = token_search(objective, ids, positions, weight, allowed, config, round_trip=every_other)
-    assert len(checked) <= 2
-    if len(checked) == 2:
-        assert checked[0] <= checked[1] + 1e-6
-        assert result.loss == pytest.approx(checked[1], abs=1e-5)
+    # Seeded and deterministic on CPU: two improving candidates exist, the first is refused, the second accepted.
+    assert len(checked) == 2
+    assert checked[0] <= checked[1] + 1e-6
+    assert result.loss == pytest.approx(checked[1], abs=1e-5)
 
 
 def test_determinism_and_global_rng(gcg):
@@ -335,3 +337,23 @@ def test_token_search_errors(gcg):
 
     with pytest.raises(ValueError, match="loss_from_ids"):
         run(objective=WrongIds(model, objective.target))
+
+
+def test_gradient_ranks_exactly_on_a_linear_objective():
+    """loss = sum_p <embeds[p], w_p> is linear in the one-hot, so its gradient ranks tokens exactly: one iteration
+    with top-1 candidates at every position must reach the allowed per-position minimum."""
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(50, 8, generator=generator)
+    directions = torch.randn(12, 8, generator=generator)
+    allowed = torch.rand(50, generator=generator) > 0.5
+    ids = torch.zeros(12, dtype=torch.long)
+    positions = torch.tensor([1, 4, 5, 9])
+
+    def objective(embeds):
+        return (embeds * directions).sum((1, 2))
+
+    config = TokenSearchConfig(n_iters=1, topk=1, n_candidates=1, n_top_candidates=1, n_flip=4)
+    result = token_search(objective, ids, positions, weight, allowed, config)
+    best = (weight @ directions[positions].T).masked_fill(~allowed.unsqueeze(1), float("inf")).argmin(0)
+    assert torch.equal(result.ids[positions], best)
+    assert result.loss == pytest.approx(objective(weight[result.ids].unsqueeze(0)).item(), abs=1e-5)

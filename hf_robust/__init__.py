@@ -7,8 +7,12 @@ from .attacks import (
     EmbeddingAttackResult,
     PGDConfig,
     PGDResult,
+    TokenSearchConfig,
+    TokenSearchResult,
+    allowed_token_mask,
     embedding_attack,
     projected_gradient_descent,
+    token_search,
 )
 from .cat import EmbeddingAdversaryCallback, embedding_attack_success_rate
 from .hub import (
@@ -27,6 +31,9 @@ __all__ = [
     "PGDResult",
     "PushResult",
     "RobustnessResult",
+    "TokenSearchConfig",
+    "TokenSearchResult",
+    "allowed_token_mask",
     "__version__",
     "build_robustness_card",
     "embedding_attack",
@@ -34,4 +41,5 @@ __all__ = [
     "projected_gradient_descent",
     "push_robust_to_hub",
     "robustness_results_from_card",
+    "token_search",
 ]

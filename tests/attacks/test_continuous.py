@@ -30,15 +30,6 @@ CONVERSATIONS = [
 TARGET_LENGTH = 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; on a shared CPU, more threads only contend (10x slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module", params=["llama", "qwen2", "gpt2"])
 def lm(request):
     model, tokenizer = tiny_causal_lm(request.param, seed=0)

@@ -18,15 +18,6 @@ from hf_robust.testing import tiny_causal_lm, tiny_sentence_transformer, tiny_to
 FAST = dict(n_iters=4, topk=32, n_candidates=16, n_top_candidates=8, n_flip=3, batch_size=64)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; on a shared CPU, more threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class GCGFixedTarget:
     """Mean CE of `target` as the last len(target) tokens of the sequence (after prompt + suffix)."""
 

@@ -15,14 +15,6 @@ PAIRS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def train(tmp_path, callbacks=(), bf16=False):
     model, tokenizer = tiny_causal_lm("llama")
     dataset = Dataset.from_list(

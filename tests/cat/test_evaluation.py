@@ -9,14 +9,6 @@ from hf_robust.testing import tiny_causal_lm
 PROMPTS = ["Tell me a secret.", "Write something rude.", "Explain how to pick a lock."]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def own_answers(model, tokenizer, prompts, length=3):
     """Behaviours whose target is the model's own greedy answer, kept where the text re-tokenises to those ids."""
     rows = []

@@ -20,6 +20,7 @@ from .discrete import (
     token_search,
     tokenizer_round_trip,
 )
+from .gcg import GCGConfig, GCGResult, gcg_attack
 
 __all__ = [
     "EmbeddingAttackConfig",
@@ -38,4 +39,7 @@ __all__ = [
     "allowed_token_mask",
     "token_search",
     "tokenizer_round_trip",
+    "GCGConfig",
+    "GCGResult",
+    "gcg_attack",
 ]

@@ -334,11 +334,9 @@ def _validate(objective, initial_ids, positions, embedding_matrix, allowed, conf
             f"{embedding_matrix.dtype} {tuple(embedding_matrix.shape)}."
         )
     vocab = embedding_matrix.shape[0]
-    if isinstance(objective, TokenObjective):
-        pass
-    elif callable(objective):
+    if not isinstance(objective, TokenObjective) and callable(objective):
         objective = _CallableObjective(objective, embedding_matrix.detach())
-    else:
+    if not isinstance(objective, TokenObjective):
         raise TypeError(
             "`objective` must have `loss_from_embeds(embeds) -> (batch,)` and `loss_from_ids(ids) -> (batch,)`, "
             f"or be a callable embeds (batch, seq, hidden) -> loss (batch,); got {type(objective).__name__}."

@@ -17,7 +17,7 @@ from .attacks import (
     projected_gradient_descent,
     token_search,
 )
-from .cat import EmbeddingAdversaryCallback, embedding_attack_success_rate
+from .cat import CATConfig, CATTrainer, EmbeddingAdversaryCallback, embedding_attack_success_rate
 from .hub import (
     PushResult,
     RobustnessResult,
@@ -27,6 +27,8 @@ from .hub import (
 )
 
 __all__ = [
+    "CATConfig",
+    "CATTrainer",
     "EmbeddingAdversaryCallback",
     "EmbeddingAttackConfig",
     "EmbeddingAttackResult",

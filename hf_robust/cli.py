@@ -233,4 +233,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # `python -m hf_robust.cli` runs this file as `__main__`, a module apart from `hf_robust.cli`, where methods
+    # register their commands: call the package's copy.
+    from hf_robust.cli import main as package_main
+
+    raise SystemExit(package_main())

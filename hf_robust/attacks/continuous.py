@@ -22,6 +22,7 @@ Example:
 """
 
 import contextlib
+import inspect
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -462,12 +463,22 @@ def embedding_attack(
     target_ids = target_labels[is_target]
     target_counts = is_target.sum(dim=1).clamp_min(1).float()
     last_all_match = {}
+    # The LM head runs only where some row predicts a target token (`logits_to_keep` takes position indices): with a
+    # large vocabulary, the head over every prompt position would cost more than the rest of the forward.
+    forward_kwargs, kept_is_target = {}, is_target
+    if _accepts_logits_to_keep(model):
+        positions = is_target.any(dim=0).nonzero().flatten()
+        forward_kwargs["logits_to_keep"] = positions
+        kept_is_target = is_target[:, positions]
 
     def objective(delta: Tensor) -> Tensor:
         embeds = clean_embeds + delta.to(clean_embeds.dtype)
-        logits = model(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False, return_dict=True).logits
+        logits = model(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False, return_dict=True,
+                       **forward_kwargs).logits
+        if not forward_kwargs:
+            logits = logits[:, :-1]
         # Only the target positions go to float32: full (batch, seq, vocab) float32 logits would dominate memory.
-        target_logits = logits[:, :-1][is_target].float()
+        target_logits = logits[kept_is_target].float()
         token_loss = F.cross_entropy(target_logits, target_ids, reduction="none")
         row_loss = token_loss.new_zeros(batch_size).index_add(0, target_rows, token_loss) / target_counts
         with torch.no_grad():
@@ -488,6 +499,12 @@ def embedding_attack(
     return EmbeddingAttackResult(
         delta=result.delta, losses=result.losses, final_loss=result.final_loss, success=success, radius=radius
     )
+
+
+def _accepts_logits_to_keep(model: nn.Module) -> bool:
+    """Whether the causal LM's forward takes `logits_to_keep` (every transformers causal LM does; PEFT passes it on)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(type(base).forward).parameters
 
 
 def _message_text(message: Any, name: str) -> str | None:

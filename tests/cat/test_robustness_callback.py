@@ -1,0 +1,104 @@
+import pytest
+import torch
+from trl import SFTConfig, SFTTrainer
+
+from hf_robust.attacks.continuous import EmbeddingAttackConfig
+from hf_robust.attacks.gcg import GCGConfig
+from hf_robust.cat.evaluation import embedding_attack_success_rate
+from hf_robust.cat.robustness_callback import EMBEDDING_KEY, GCG_KEY, RobustnessEvalCallback
+from hf_robust.cat.toy import toy_behaviours, toy_utility_dataset
+from hf_robust.hub import RobustnessResult
+from hf_robust.testing import tiny_causal_lm
+
+# A few steps keep the test fast; the checks compare with direct calls, so the attacks need not be strong.
+EMBEDDING = EmbeddingAttackConfig(eps=1.0, steps=3, step_size=0.1, step_mode="relative", optimizer="adam")
+GCG = GCGConfig(n_iters=2, topk=8, n_candidates=8, suffix_init="! ! !")
+
+
+def sft_trainer(tmp_path, max_steps=2):
+    model, tokenizer = tiny_causal_lm("llama")
+    args = SFTConfig(
+        output_dir=str(tmp_path),
+        max_steps=max_steps,
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=4,
+        eval_strategy="steps",
+        eval_steps=1,
+        learning_rate=1e-4,  # small: the "Sure" target below stays within reach of the attack
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+        max_length=64,
+    )
+    return SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=toy_utility_dataset("train"),
+        eval_dataset=toy_utility_dataset("test").select(range(4)),
+        processing_class=tokenizer,
+    )
+
+
+def test_stock_sft_trainer_logs_the_rates_at_every_evaluation(tmp_path):
+    trainer = sft_trainer(tmp_path)
+    # A one-token target the attack reaches, then full targets it does not: the rate is neither 0 nor 1.
+    behaviours = [{"prompt": row["prompt"], "target": "Sure"} for row in toy_behaviours("test")[:1]] + toy_behaviours("test")
+    callback = RobustnessEvalCallback(trainer, behaviours, EMBEDDING, GCG, max_behaviours=3, dataset_name="toy")
+    trainer.add_callback(callback)
+    trainer.train()
+
+    logged = [entry for entry in trainer.state.log_history if EMBEDDING_KEY in entry]
+    assert [entry["step"] for entry in logged] == [1, 2]
+    assert all(0.0 <= entry[EMBEDDING_KEY] <= 1.0 and 0.0 <= entry[GCG_KEY] <= 1.0 for entry in logged)
+    # The latest results are what a direct call on the final model gives.
+    direct = embedding_attack_success_rate(trainer.model, trainer.processing_class, behaviours[:3], EMBEDDING)
+    assert logged[-1][EMBEDDING_KEY] == direct and 0 < direct < 1
+    assert [result.attack for result in callback.results] == ["embedding_attack", "gcg"]
+    assert all(isinstance(result, RobustnessResult) and result.dataset == "toy" for result in callback.results)
+    assert callback.results[0].value == direct
+    assert callback.results[0].attack_config["eps"] == EMBEDDING.eps and callback.results[0].attack_config["behaviours"] == 3
+
+
+def test_the_callback_leaves_parameters_gradients_and_modes_alone(tmp_path):
+    trainer = sft_trainer(tmp_path)
+    model = trainer.model
+    model.train()
+    model.model.layers[0].eval()  # a mixed state must come back as it was
+    modes = [module.training for module in model.modules()]
+    before = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
+    callback = RobustnessEvalCallback(trainer, toy_behaviours("test")[:2], EMBEDDING)
+    callback.on_evaluate(trainer.args, trainer.state, trainer.control)
+    assert [module.training for module in model.modules()] == modes
+    for name, parameter in model.named_parameters():
+        assert torch.equal(parameter, before[name]) and parameter.grad is None, name
+    assert [result.attack for result in callback.results] == ["embedding_attack"]
+    assert trainer.state.log_history[-1][EMBEDDING_KEY] == callback.results[0].value
+
+
+def test_bad_input_names_the_argument(tmp_path):
+    trainer = sft_trainer(tmp_path)
+    behaviours = toy_behaviours("test")
+    with pytest.raises(ValueError, match="embedding_config.*gcg_config"):
+        RobustnessEvalCallback(trainer, behaviours, embedding_config=None)
+    with pytest.raises(ValueError, match="behaviours"):
+        RobustnessEvalCallback(trainer, [])
+    with pytest.raises(TypeError, match="behaviours"):
+        RobustnessEvalCallback(trainer, "Tell me a secret.")
+    with pytest.raises(ValueError, match="behaviours"):
+        RobustnessEvalCallback(trainer, [{"prompt": "Tell me a secret."}])
+    with pytest.raises(TypeError, match="trainer"):
+        RobustnessEvalCallback(trainer.model, behaviours)
+    with pytest.raises(TypeError, match="embedding_config"):
+        RobustnessEvalCallback(trainer, behaviours, embedding_config={"eps": 0.1})
+    with pytest.raises(ValueError, match="targeted"):
+        RobustnessEvalCallback(trainer, behaviours, embedding_config=EmbeddingAttackConfig(targeted=False))
+    with pytest.raises(TypeError, match="gcg_config"):
+        RobustnessEvalCallback(trainer, behaviours, gcg_config=EMBEDDING)
+    with pytest.raises(ValueError, match="max_behaviours"):
+        RobustnessEvalCallback(trainer, behaviours, max_behaviours=0)
+    with pytest.raises(ValueError, match="dataset_name"):
+        RobustnessEvalCallback(trainer, behaviours, dataset_name="")

@@ -17,7 +17,15 @@ from .attacks import (
     projected_gradient_descent,
     token_search,
 )
-from .cat import CATConfig, CATTrainer, EmbeddingAdversaryCallback, embedding_attack_success_rate
+from .cat import (
+    CAPOConfig,
+    CAPOTrainer,
+    CATConfig,
+    CATTrainer,
+    EmbeddingAdversaryCallback,
+    RobustnessEvalCallback,
+    embedding_attack_success_rate,
+)
 from .hub import (
     PushResult,
     RobustnessResult,
@@ -27,6 +35,8 @@ from .hub import (
 )
 
 __all__ = [
+    "CAPOConfig",
+    "CAPOTrainer",
     "CATConfig",
     "CATTrainer",
     "EmbeddingAdversaryCallback",
@@ -37,6 +47,7 @@ __all__ = [
     "PGDConfig",
     "PGDResult",
     "PushResult",
+    "RobustnessEvalCallback",
     "RobustnessResult",
     "TokenSearchConfig",
     "TokenSearchResult",

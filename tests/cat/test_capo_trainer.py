@@ -6,8 +6,9 @@ import torch
 import yaml
 from datasets import Dataset
 from peft import LoraConfig
-from trl import DPOConfig, DPOTrainer, ModelConfig, ScriptArguments, TrlParser
+from trl import DPOConfig, DPOTrainer
 
+from hf_robust.cat.capo_command import make_parser
 from hf_robust.cat.capo_config import CAPOConfig
 from hf_robust.cat.capo_trainer import CAPOTrainer, shared_prompt_delta
 from hf_robust.testing import tiny_causal_lm
@@ -139,9 +140,8 @@ def test_recipe_holds_the_paper_settings(tmp_path):
     recipe = Path(__file__).parents[2] / "recipes" / "capo.yaml"
     flags = ["--output_dir", str(tmp_path), "--use_cpu", "true", "--bf16", "false", "--gradient_checkpointing",
              "false", "--report_to", "none", "--save_strategy", "no"]
-    script, config, model = TrlParser((ScriptArguments, CAPOConfig, ModelConfig)).parse_args_and_config(
-        ["--config", str(recipe), *flags]
-    )
+    script, evaluation, config, model = make_parser().parse_args_and_config(["--config", str(recipe), *flags])
+    assert evaluation.eval_behaviours == "toy"
     assert script.dataset_name and model.model_name_or_path == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert (model.use_peft, model.lora_r, model.lora_alpha, model.lora_dropout, model.lora_target_modules) == (
         True, 64, 16, 0.1, "all-linear")

@@ -1,0 +1,38 @@
+import json
+
+import pytest
+from huggingface_hub import ModelCard
+
+from hf_robust import cli, robustness_results_from_card
+from hf_robust.testing import tiny_causal_lm
+
+FAST = ["--max_steps", "2", "--per_device_train_batch_size", "2", "--bf16", "false", "--gradient_checkpointing",
+        "false", "--use_cpu", "true", "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true",
+        "--eval_max_behaviours", "2", "--attack_steps", "2", "--max_length", "128"]
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model, tokenizer = tiny_causal_lm("llama")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize("peft", [True, False])
+def test_capo_command_trains_measures_and_saves_a_card(tmp_path, model_folder, peft):
+    output = tmp_path / "out"
+    lora = ["--use_peft", "--lora_r", "4", "--lora_target_modules", "all-linear"] if peft else []
+    assert cli.main(["capo", "--model_name_or_path", model_folder, "--output_dir", str(output), *lora, *FAST]) == 0
+    assert (output / ("adapter_model.safetensors" if peft else "model.safetensors")).is_file()
+    measured = json.loads((output / "robustness.json").read_text())
+    (result,) = robustness_results_from_card(ModelCard((output / "README.md").read_text()))
+    assert result.value == measured["attack_success_after"] and 0.0 <= result.value <= 1.0
+    assert "CAPO" in (output / "README.md").read_text()
+
+
+def test_bad_dataset_is_named(tmp_path, model_folder):
+    with pytest.raises(ValueError, match="dataset_name"):
+        cli.main(["capo", "--model_name_or_path", model_folder, "--output_dir", str(tmp_path), *FAST,
+                  "--dataset_name", ""])

@@ -1,0 +1,192 @@
+import dataclasses
+
+import pytest
+import torch
+from datasets import Dataset
+from peft import LoraConfig, get_peft_model
+from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+from hf_robust.hub import RobustnessResult, build_robustness_card, robustness_results_from_card
+from hf_robust.testing import tiny_causal_lm
+from hf_robust.unlearning.metrics import sequence_nll
+from hf_robust.unlearning.relearn import RelearnConfig, RelearningEvalCallback, RelearnResult, relearning_attack
+
+FORGET = [
+    "The capital of France is Paris.",
+    "The capital of Germany is Berlin.",
+    "Mix the flour and water, knead the dough.",
+    "Check the battery and the engine oil.",
+    "The quick brown fox jumps over the lazy dog.",
+    "a painting of a house in the style of van gogh.",
+    "the retriever returns the most similar passage.",
+    "two plus two is four.",
+]
+RETAIN = ["Hello! How can I help you today?", "Thank you very much!"]
+# Large enough for a tiny random model to move within a few steps.
+FAST = RelearnConfig(n_samples=4, steps=3, learning_rate=1e-3, batch_size=2, max_length=32)
+QUICK_EVALUATION = {"max_new_tokens": 4}
+
+
+@pytest.fixture
+def tiny():
+    return tiny_causal_lm("llama", seed=0)
+
+
+def snapshot(model):
+    return {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
+
+
+def assert_unchanged(model, before, modes):
+    assert [module.training for module in model.modules()] == modes
+    for name, parameter in model.named_parameters():
+        assert torch.equal(parameter, before[name]) and parameter.grad is None, name
+
+
+def test_config_defaults_follow_the_paper_and_bad_values_name_the_field():
+    config = RelearnConfig()
+    assert (config.learning_rate, config.batch_size, config.optimizer, config.n_samples) == (1e-5, 4, "adamw", 20)
+    assert config.total_steps == 5 and RelearnConfig(n_samples=60).total_steps == 15
+    assert RelearnConfig(n_samples=5, batch_size=4).total_steps == 2 and RelearnConfig(steps=7).total_steps == 7
+    for field, value in [
+        ("n_samples", 0), ("steps", 0), ("learning_rate", 0.0), ("learning_rate", float("nan")), ("batch_size", 1.5),
+        ("optimizer", "adam"), ("weight_decay", -1.0), ("max_grad_norm", 0.0), ("seed", -1), ("max_length", 1),
+        ("n_samples", True), ("parameters", "adapters"),
+    ]:  # fmt: skip
+        with pytest.raises(ValueError, match=f"`{field}`"):
+            RelearnConfig(**{field: value})
+
+
+def test_attack_fine_tunes_a_copy_and_leaves_the_model_bit_identical(tiny):
+    model, tokenizer = tiny
+    model.train()
+    model.model.layers[1].eval()
+    modes = [module.training for module in model.modules()]
+    before = snapshot(model)
+    result = relearning_attack(model, tokenizer, FORGET, FAST, RETAIN, return_model=True, **QUICK_EVALUATION)
+    assert_unchanged(model, before, modes)
+    assert isinstance(result, RelearnResult) and result.steps == 3 and len(result.losses) == 3
+    assert len(result.samples) == 4 == len(set(result.samples)) and all(0 <= index < 8 for index in result.samples)
+    # The copy moved, and the NLL of the rows it was fine-tuned on dropped.
+    attacked = result.model
+    assert any(not torch.equal(parameter, before[name]) for name, parameter in attacked.named_parameters())
+    trained = [FORGET[index] for index in result.samples]
+    assert sequence_nll(attacked, tokenizer, trained).mean() < sequence_nll(model, tokenizer, trained).mean() - 0.1
+    # Measured on all forget rows (no eval_forget), and on the retain rows.
+    assert result.before.forget_rows == 8 and result.before.retain_rows == 2
+    assert result.before.forget_nll == pytest.approx(float(sequence_nll(model, tokenizer, FORGET).mean()), abs=1e-5)
+    assert result.after.forget_nll == pytest.approx(float(sequence_nll(attacked, tokenizer, FORGET).mean()), abs=1e-5)
+    assert result.recovery == pytest.approx(result.before.forget_nll - result.after.forget_nll) and result.recovery > 0
+
+
+def test_attack_is_seeded_and_measures_held_out_rows(tiny):
+    model, tokenizer = tiny
+    pool, held_out = Dataset.from_dict({"text": FORGET[:6]}), FORGET[6:]
+    first = relearning_attack(model, tokenizer, pool, FAST, eval_forget=held_out, **QUICK_EVALUATION)
+    second = relearning_attack(model, tokenizer, pool, FAST, eval_forget=held_out, **QUICK_EVALUATION)
+    assert first.samples == second.samples and first.losses == second.losses
+    assert first.before == second.before and first.after == second.after
+    assert first.before.forget_rows == 2 and first.before.retain_nll is None
+    reseeded = dataclasses.replace(FAST, seed=1)
+    other = relearning_attack(model, tokenizer, pool, reseeded, eval_forget=held_out, **QUICK_EVALUATION)
+    assert other.samples != first.samples
+    # The global RNG is not moved by the attack.
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    relearning_attack(model, tokenizer, pool, dataclasses.replace(FAST, steps=1), **QUICK_EVALUATION)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_sgd_and_several_passes(tiny):
+    model, tokenizer = tiny
+    config = RelearnConfig(n_samples=3, steps=4, batch_size=2, learning_rate=1e-2, optimizer="sgd", max_grad_norm=None)
+    result = relearning_attack(model, tokenizer, FORGET, config, **QUICK_EVALUATION)
+    assert result.steps == 4 and all(loss > 0 for loss in result.losses)  # passes of batches 2, 1, 2, 1
+    assert result.recovery > 0
+
+
+def test_peft_model_trains_only_its_adapter_copy(tiny):
+    base, tokenizer = tiny
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+    with torch.no_grad():  # non-zero B so the adapter is active
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.02, generator=torch.Generator().manual_seed(0))
+    before = snapshot(model)
+    modes = [module.training for module in model.modules()]
+    result = relearning_attack(model, tokenizer, FORGET, FAST, return_model=True, **QUICK_EVALUATION)
+    assert_unchanged(model, before, modes)
+    changed = {name for name, parameter in result.model.named_parameters() if not torch.equal(parameter, before[name])}
+    assert changed and all("lora_" in name for name in changed)
+    assert result.recovery > 0
+
+
+def test_callback_logs_recovery_in_a_stock_trainer(tiny, tmp_path):
+    model, tokenizer = tiny
+    train = Dataset.from_dict({"input_ids": [tokenizer(text)["input_ids"] for text in FORGET + RETAIN]})
+    args = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=2, eval_strategy="steps", eval_steps=1,
+        learning_rate=1e-4, use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True, seed=0,
+    )  # fmt: skip
+    trainer = Trainer(
+        model=model, args=args, train_dataset=train, eval_dataset=train.select(range(2)), processing_class=tokenizer,
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+    )  # fmt: skip
+    callback = RelearningEvalCallback(
+        trainer, FORGET[:6], RETAIN, FAST, eval_forget=FORGET[6:], evaluation=QUICK_EVALUATION, dataset_name="toys"
+    )
+    trainer.add_callback(callback)
+    trainer.train()
+
+    logged = [entry for entry in trainer.state.log_history if "relearn/recovery" in entry]
+    assert [entry["step"] for entry in logged] == [1, 2] and len(callback.history) == 2
+    last, result = logged[-1], callback.history[-1]
+    assert last["relearn/forget_nll_before"] == pytest.approx(result.before.forget_nll)
+    assert last["relearn/forget_nll_after"] == pytest.approx(result.after.forget_nll)
+    assert last["relearn/recovery"] == pytest.approx(result.recovery) and result.recovery > 0
+    assert {"relearn/retain_nll_before", "relearn/forget_rouge_l_after", "relearn/forget_min_k_after"} <= set(last)
+    # The last "before" is the final model itself.
+    final_nll = float(sequence_nll(model, tokenizer, FORGET[6:]).mean())
+    assert result.before.forget_nll == pytest.approx(final_nll, abs=1e-5)
+    # Model-card results: attack "relearning", before and after, readable back from a card.
+    assert all(isinstance(entry, RobustnessResult) and entry.attack == "relearning" for entry in callback.results)
+    values = {entry.metric: entry.value for entry in callback.results}
+    assert values["forget_nll_after"] == pytest.approx(result.after.forget_nll)
+    assert values["forget_nll_recovery"] == pytest.approx(result.recovery)
+    assert {"forget_nll_before", "retain_nll_after", "forget_rouge_l_before", "forget_rouge_l_after"} <= set(values)
+    card = build_robustness_card(callback.results, method="npo", model_name="user/tiny-unlearned")
+    assert robustness_results_from_card(str(card)) == callback.results
+
+
+def test_bad_inputs_name_the_argument(tiny, tmp_path):
+    model, tokenizer = tiny
+    with pytest.raises(ValueError, match=r"n_samples.*forget_dataset"):
+        relearning_attack(model, tokenizer, FORGET[:3], FAST)
+    with pytest.raises(TypeError, match="forget_dataset"):
+        relearning_attack(model, tokenizer, "The capital of France is Paris.", FAST)
+    with pytest.raises(ValueError, match="forget_dataset.*'text' or 'input_ids'"):
+        relearning_attack(model, tokenizer, Dataset.from_dict({"prompt": FORGET}), FAST)
+    with pytest.raises(TypeError, match="eval_forget"):
+        relearning_attack(model, tokenizer, FORGET, FAST, eval_forget=42)
+    with pytest.raises(TypeError, match=r"retain_dataset\[0\]"):
+        relearning_attack(model, tokenizer, FORGET, FAST, retain_dataset=[None])
+    with pytest.raises(TypeError, match="config"):
+        relearning_attack(model, tokenizer, FORGET, {"n_samples": 4})
+    frozen, frozen_tokenizer = tiny_causal_lm("llama", seed=0)
+    frozen.requires_grad_(False)
+    with pytest.raises(ValueError, match="requires_grad"):
+        relearning_attack(frozen, frozen_tokenizer, FORGET, FAST, **QUICK_EVALUATION)
+    # An attacker holding the weights trains them all; the frozen original stays frozen and unchanged.
+    before = snapshot(frozen)
+    everything = dataclasses.replace(FAST, parameters="all")
+    result = relearning_attack(frozen, frozen_tokenizer, FORGET, everything, return_model=True, **QUICK_EVALUATION)
+    assert result.recovery > 0 and all(not parameter.requires_grad for parameter in frozen.parameters())
+    assert all(torch.equal(parameter, before[name]) for name, parameter in frozen.named_parameters())
+    assert all(not torch.equal(parameter, before[name]) for name, parameter in result.model.named_parameters())
+    with pytest.raises(TypeError, match="trainer"):
+        RelearningEvalCallback(object(), FORGET)
+    trainer = Trainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none"))
+    with pytest.raises(ValueError, match="n_samples"):
+        RelearningEvalCallback(trainer, FORGET, config=RelearnConfig(n_samples=20))
+    with pytest.raises(TypeError, match="evaluation"):
+        RelearningEvalCallback(trainer, FORGET, config=FAST, evaluation=[("k", 0.1)])

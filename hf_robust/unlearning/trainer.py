@@ -1,0 +1,608 @@
+"""`UnlearnTrainer`: LLM unlearning (GA, GradDiff, NPO, SimNPO, RMU) with a smoothed forget loss (SAM, RS, GP, CR, WA).
+
+Fan et al. (ICML 2025), "Towards LLM Unlearning Resilient to Relearning Attacks: A Sharpness-Aware Minimization
+Perspective and Beyond", arXiv 2502.05374.
+
+Each forget example is paired with a seeded random retain example; a batch holds `forget_*` and `retain_*` tensors.
+Losses are normalised by counts over the whole accumulation window and all processes (`get_batch_samples`), so
+gradient accumulation and DDP give the big-batch objective. Smoothers needing several backward passes override
+`training_step` only; the Trainer's loop then clips and takes its single optimizer and scheduler step.
+"""
+
+import contextlib
+import copy
+import re
+import textwrap
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from datasets import Dataset, concatenate_datasets
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from transformers import AutoModelForCausalLM, Trainer
+
+from .config import UnlearnConfig
+from .objectives import (
+    IGNORE_INDEX, activation_mse, gradient_ascent_loss, kl_to_reference, npo_loss, random_unit_vector, sequence_nll,
+    simnpo_loss,
+)
+from .smoothing import (
+    WeightAveragingCallback, add_gaussian_noise, ascend_along_gradient, curvature_penalty, gradient_norm_penalty,
+    restored,
+)
+
+# Window counts, in this order, gathered once per optimizer step.
+COUNTS = ("forget_sequences", "forget_tokens", "forget_positions", "retain_sequences", "retain_tokens",
+          "retain_positions")
+# Which count each forget objective is a mean over.
+FORGET_COUNT = {"ga": "forget_tokens", "graddiff": "forget_tokens", "npo": "forget_sequences",
+                "simnpo": "forget_sequences", "rmu": "forget_positions"}
+
+
+def _is_peft_model(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
+
+
+def _tokenized(dataset, name: str, tokenizer, max_length: int | None) -> Dataset:
+    """`dataset` as `input_ids`/`labels` columns (labels = ids unless given), truncated, rows < 2 tokens dropped."""
+    if not isinstance(dataset, Dataset):
+        raise TypeError(f"`{name}` must be a datasets.Dataset with a `text` or `input_ids` column, "
+                        f"got {type(dataset).__name__}.")
+    columns = dataset.column_names
+    if "input_ids" in columns:
+        keep = ["input_ids"] + (["labels"] if "labels" in columns else [])
+
+        def convert(row):
+            ids = list(row["input_ids"])[:max_length]
+            labels = list(row["labels"])[:max_length] if "labels" in row else ids
+            if len(labels) != len(ids):
+                raise ValueError(f"`{name}`: `labels` and `input_ids` differ in length in a row.")
+            return {"input_ids": ids, "labels": labels}
+
+        tokenized = dataset.select_columns(keep).map(convert)
+    elif "text" in columns:
+        if tokenizer is None:
+            raise ValueError(f"`processing_class` (a tokenizer) is required to tokenise the `text` column of `{name}`.")
+        if not all(isinstance(text, str) for text in dataset["text"]):
+            raise ValueError(f"`{name}`: the `text` column must hold strings.")
+
+        def tokenize(batch):
+            ids = tokenizer(batch["text"], truncation=max_length is not None, max_length=max_length)["input_ids"]
+            return {"input_ids": ids, "labels": ids}
+
+        tokenized = dataset.map(tokenize, batched=True, remove_columns=columns)
+    else:
+        raise ValueError(f"`{name}` needs a `text` (raw strings) or `input_ids` (token ids) column; got {columns}.")
+    kept = tokenized.filter(lambda row: sum(label != IGNORE_INDEX for label in row["labels"][1:]) > 0)
+    if len(kept) == 0:
+        raise ValueError(f"`{name}` has no row with a token to predict (at least 2 tokens after truncation).")
+    if len(kept) < len(tokenized):
+        warnings.warn(f"UnlearnTrainer: dropped {len(tokenized) - len(kept)} of {len(tokenized)} rows of `{name}` "
+                      "with no token to predict.", stacklevel=3)
+    return kept
+
+
+def paired_dataset(forget: Dataset, retain: Dataset | None, seed: int) -> Dataset:
+    """Columns `forget_input_ids`, `forget_labels` and, with `retain`, `retain_*` of a random retain row per forget
+    row (drawn with replacement, seeded). Both inputs have `input_ids` and `labels` columns."""
+    pairs = forget.rename_columns({"input_ids": "forget_input_ids", "labels": "forget_labels"})
+    if retain is None:
+        return pairs
+    generator = torch.Generator().manual_seed(seed)
+    indices = torch.randint(len(retain), (len(forget),), generator=generator).tolist()
+    partners = retain.select(indices).rename_columns({"input_ids": "retain_input_ids", "labels": "retain_labels"})
+    return concatenate_datasets([pairs, partners.flatten_indices()], axis=1)
+
+
+@dataclass
+class UnlearnDataCollator:
+    """Right-pads `forget_*` and `retain_*` rows: `{prefix}input_ids`, `{prefix}attention_mask`, `{prefix}labels`
+    (-100 at padding), each of shape (batch, longest row of that prefix)."""
+
+    pad_token_id: int
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = {}
+        for prefix in ("forget_", "retain_"):
+            if f"{prefix}input_ids" not in examples[0]:
+                continue
+            ids = [list(example[f"{prefix}input_ids"]) for example in examples]
+            labels = [list(example[f"{prefix}labels"]) for example in examples]
+            length = max(len(row) for row in ids)
+            batch[f"{prefix}input_ids"] = torch.tensor([row + [self.pad_token_id] * (length - len(row)) for row in ids])
+            batch[f"{prefix}attention_mask"] = torch.tensor([[1] * len(row) + [0] * (length - len(row)) for row in ids])
+            batch[f"{prefix}labels"] = torch.tensor([row + [IGNORE_INDEX] * (length - len(row)) for row in labels])
+        return batch
+
+
+def _decoder_layers(model) -> torch.nn.ModuleList:
+    """The decoder layer list of a causal LM (the first ModuleList as long as the config's layer count)."""
+    count = model.config.get_text_config().num_hidden_layers
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
+            return module
+    raise ValueError(f"found no list of {count} decoder layers in {type(model).__name__} (needed by method='rmu').")
+
+
+@contextlib.contextmanager
+def _captured_output(module: torch.nn.Module):
+    """Record `module`'s output hidden states (batch, seq, hidden) into the yielded list while active."""
+    captured = []
+
+    def hook(_, __, output):
+        captured.append(output[0] if isinstance(output, tuple) else output)
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+class UnlearnTrainer(Trainer):
+    """`Trainer` whose loss is an unlearning objective on paired forget/retain batches, optionally smoothed.
+
+    Args:
+        model: `PreTrainedModel`, `PeftModel` or a model id/path (loaded with `AutoModelForCausalLM`).
+        args: `UnlearnConfig`.
+        forget_dataset: `datasets.Dataset` with raw strings in `text` or token ids in `input_ids` (and optional
+            `labels`); rows are truncated to `args.max_length`.
+        retain_dataset: same format; required when the objective has a retain term (not for `ga`, nor with
+            `retain_weight=0`, or `rmu_alpha=0` for `rmu`).
+        processing_class: tokenizer (needed for `text` columns; its pad id pads batches).
+        ref_model: frozen reference for NPO, `retain_loss="kl"` and RMU's retain activations. None: the
+            adapter-disabled base of a PEFT model, else a frozen deep copy of `model` made here.
+        data_collator, callbacks, optimizers: as in `Trainer`.
+        peft_config: a `peft` config; when given, `model` is wrapped with `get_peft_model`.
+
+    Logs per step `forget_loss` and `retain_loss` (at the unperturbed weights) and, per smoother,
+    `forget_loss_perturbed` and `sam_grad_norm` (SAM), `gp_penalty`, `cr_penalty`.
+    """
+
+    _tag_names = ["hf-robust", "unlearning"]
+    _name = "Unlearn"
+    _paper = {
+        "title": "Towards LLM Unlearning Resilient to Relearning Attacks: A Sharpness-Aware Minimization Perspective "
+                 "and Beyond",
+        "id": "2502.05374",
+        "citation": textwrap.dedent("""\
+            @inproceedings{fan2025towards,
+                title     = {{Towards LLM Unlearning Resilient to Relearning Attacks: A Sharpness-Aware Minimization Perspective and Beyond}},
+                author    = {Chongyu Fan and Jinghan Jia and Yihua Zhang and Anil Ramakrishna and Mingyi Hong and Sijia Liu},
+                year      = 2025,
+                booktitle = {International Conference on Machine Learning},
+            }"""),
+    }
+    # Losses are normalised by window counts (see `get_batch_samples`): the Trainer must not divide by GA again.
+    loss_is_scaled_for_ga = True
+
+    def __init__(
+        self,
+        model,
+        args: UnlearnConfig | None = None,
+        forget_dataset: Dataset | None = None,
+        retain_dataset: Dataset | None = None,
+        processing_class=None,
+        ref_model=None,
+        data_collator=None,
+        callbacks=None,
+        optimizers=(None, None),
+        peft_config=None,
+    ):
+        if args is None:
+            args = UnlearnConfig(output_dir="unlearn_output")
+        if not isinstance(args, UnlearnConfig):
+            raise TypeError(f"`args` must be an UnlearnConfig, got {type(args).__name__}.")
+        if isinstance(model, str):
+            model = AutoModelForCausalLM.from_pretrained(model)
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"`model` must be a model or a model id, got {type(model).__name__}.")
+        if peft_config is not None:
+            from peft import get_peft_model
+
+            model = get_peft_model(model, peft_config)
+        if forget_dataset is None:
+            raise ValueError("`forget_dataset` is required: a datasets.Dataset with a `text` or `input_ids` column.")
+        self.has_retain_term = (args.rmu_alpha > 0) if args.method == "rmu" else (
+            args.method != "ga" and args.retain_weight > 0)
+        if self.has_retain_term and retain_dataset is None:
+            raise ValueError(f"`retain_dataset` is required for method={args.method!r} (set retain_weight=0, or "
+                             "rmu_alpha=0 for rmu, to unlearn without a retain term).")
+        forget = _tokenized(forget_dataset, "forget_dataset", processing_class, args.max_length)
+        retain = (_tokenized(retain_dataset, "retain_dataset", processing_class, args.max_length)
+                  if self.has_retain_term else None)
+        pairs = paired_dataset(forget, retain, args.seed)
+
+        if args.method == "rmu":
+            self._select_rmu_parameters(model, args)
+        self.reference_is_base = False
+        needs_reference = (args.method in ("npo", "rmu") and (args.method == "npo" or self.has_retain_term)) or (
+            self.has_retain_term and args.method != "rmu" and args.retain_loss == "kl")
+        if not needs_reference:
+            ref_model = None
+        elif ref_model is None and _is_peft_model(model) and args.method != "rmu":
+            self.reference_is_base = True  # the adapter-disabled base: no copy
+        elif ref_model is None:
+            ref_model = copy.deepcopy(model)
+        if ref_model is not None:
+            ref_model.eval().requires_grad_(False)
+        self.ref_model = ref_model
+
+        if data_collator is None:
+            pad = getattr(processing_class, "pad_token_id", None)
+            if pad is None:
+                pad = getattr(processing_class, "eos_token_id", None) or 0
+            data_collator = UnlearnDataCollator(pad_token_id=pad)
+        callbacks = list(callbacks or [])
+        if args.smoothing == "wa":
+            callbacks.append(WeightAveragingCallback(args.wa_start, args.wa_every))
+        super().__init__(model=model, args=args, train_dataset=pairs, data_collator=data_collator,
+                         processing_class=processing_class, callbacks=callbacks, optimizers=optimizers)
+        self._check_parallelism()
+        if self.ref_model is not None:
+            self.ref_model.to(self.args.device)
+        if args.method == "rmu":
+            hidden = self.model.config.get_text_config().hidden_size
+            self.steering = args.rmu_steering_coeff * random_unit_vector(hidden, args.seed).to(self.args.device)
+        self._window_counts = None
+        self._noise_generator = None
+        self._log_sums: dict[str, torch.Tensor] = {}
+        self._last_metrics_step = 0
+
+    # ------------------------------------------------------------------ set-up
+
+    @staticmethod
+    def _select_rmu_parameters(model, args: UnlearnConfig) -> None:
+        layers = _decoder_layers(model)
+        if args.rmu_layer >= len(layers):
+            raise ValueError(f"`rmu_layer` must be < the number of decoder layers ({len(layers)}), "
+                             f"got {args.rmu_layer}.")
+        pattern = re.compile(args.parameter_regex())
+        chosen = [name for name, parameter in model.named_parameters()
+                  if parameter.requires_grad and pattern.search(name)]
+        if not chosen:
+            raise ValueError(f"`rmu_param_regex` {pattern.pattern!r} matches no trainable parameter of the model.")
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(name in chosen)
+
+    def _check_parallelism(self) -> None:
+        args = self.args
+        if args.smoothing != "none" and (self.is_deepspeed_enabled or self.is_fsdp_enabled):
+            backend = "DeepSpeed" if self.is_deepspeed_enabled else "FSDP"
+            raise ValueError(f"smoothing={args.smoothing!r} is not supported with {backend}: its extra passes need "
+                             "full local gradients and weights. Use DDP or a single device, or smoothing='none'.")
+        if self.ref_model is not None and self.is_deepspeed_enabled:
+            plugin = self.accelerator.state.deepspeed_plugin
+            if plugin.zero_stage == 3:
+                raise ValueError("A deep-copied reference model is not supported with DeepSpeed ZeRO-3; use a PEFT "
+                                 "model (its base is the reference) or an objective without a reference.")
+        if args.smoothing in ("gp", "cr") and not self.has_retain_term and self.accelerator.num_processes > 1:
+            raise ValueError(f"smoothing={args.smoothing!r} with method={args.method!r} (no retain term) is not "
+                             "supported on several processes: the double backward would be the synced DDP pass.")
+
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = [f"{prefix}{column}" for prefix in ("forget_", "retain_")
+                                       for column in ("input_ids", "labels")]
+
+    # ------------------------------------------------------------------ normalisation
+
+    @staticmethod
+    def _batch_counts(batch: dict[str, torch.Tensor]) -> list[int]:
+        counts = []
+        for prefix in ("forget_", "retain_"):
+            if f"{prefix}input_ids" not in batch:
+                counts += [0, 0, 0]
+                continue
+            counts += [batch[f"{prefix}input_ids"].shape[0], int((batch[f"{prefix}labels"][:, 1:] != IGNORE_INDEX).sum()),
+                       int(batch[f"{prefix}attention_mask"].sum())]
+        return counts
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """Also count sequences, scored tokens and positions over the window and all processes: every loss term is
+        a sum divided by its window count, so k micro-batches of n rows give the gradient of one batch of k*n rows."""
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        counts = torch.zeros(len(COUNTS), dtype=torch.float64, device=device)
+        for batch in batch_samples:
+            counts += torch.tensor(self._batch_counts(batch), dtype=torch.float64, device=device)
+        if self.accelerator.num_processes > 1:
+            counts = self.accelerator.gather(counts.unsqueeze(0)).sum(dim=0)
+        self._window_counts = dict(zip(COUNTS, counts.tolist()))
+        return batch_samples, num_items_in_batch
+
+    def _divisor(self, count_name: str, local_count: torch.Tensor, model) -> torch.Tensor:
+        """Window count / processes (DDP averages gradients) in training, else the batch's own count."""
+        if model.training and self._window_counts is not None:
+            return local_count.new_tensor(max(self._window_counts[count_name], 1.0) / self.accelerator.num_processes,
+                                          dtype=torch.float32)
+        return local_count.float().clamp_min(1)
+
+    # ------------------------------------------------------------------ forward passes
+
+    def _reference_context(self, model):
+        if self.reference_is_base:
+            return self.accelerator.unwrap_model(model).disable_adapter()
+        return contextlib.nullcontext()
+
+    def _rmu_layer(self, module):
+        return _decoder_layers(module)[self.args.rmu_layer]
+
+    def _forward(self, model, batch, prefix: str, parameters=None, layer=None):
+        """Logits (batch, seq, vocab) of the `prefix` rows, or the output of `layer` if given (RMU).
+
+        `parameters`: {name: tensor} overrides of `model`'s parameters (torch.func.functional_call), for CR.
+        """
+        kwargs = {"input_ids": batch[f"{prefix}input_ids"], "attention_mask": batch[f"{prefix}attention_mask"],
+                  "use_cache": False}
+        with contextlib.ExitStack() as stack:
+            captured = stack.enter_context(_captured_output(layer)) if layer is not None else None
+            if parameters is None:
+                outputs = model(**kwargs)
+            else:
+                outputs = torch.func.functional_call(model, parameters, args=(), kwargs=kwargs, strict=False)
+        return captured[0] if layer is not None else outputs.logits
+
+    def _reference_outputs(self, model, batch) -> dict[str, torch.Tensor]:
+        """Everything the objective needs from the frozen reference, computed ONCE per micro-batch, no grad."""
+        method, outputs = self.args.method, {}
+        needs = {
+            "forget_nll": method == "npo",
+            "retain_logits": self.has_retain_term and method != "rmu" and self.args.retain_loss == "kl",
+            "retain_activations": self.has_retain_term and method == "rmu",
+        }
+        if not any(needs.values()):
+            return outputs
+        reference = self.ref_model if self.ref_model is not None else self.accelerator.unwrap_model(model)
+        with torch.no_grad(), self.compute_loss_context_manager(), self._reference_context(model):
+            if needs["forget_nll"] and needs["retain_logits"]:
+                # One forward over both row sets (right padding leaves real positions unchanged).
+                logits = self._forward(reference, _stacked(batch), "stacked_")
+                rows = batch["forget_input_ids"].shape[0]
+                outputs["forget_nll"] = sequence_nll(logits[:rows], _pad_to(batch["forget_labels"], logits.shape[1]))[0]
+                outputs["retain_logits"] = logits[rows:, : batch["retain_input_ids"].shape[1]]
+            elif needs["forget_nll"]:
+                outputs["forget_nll"] = sequence_nll(self._forward(reference, batch, "forget_"),
+                                                     batch["forget_labels"])[0]
+            elif needs["retain_logits"]:
+                outputs["retain_logits"] = self._forward(reference, batch, "retain_")
+            if needs["retain_activations"]:
+                outputs["retain_activations"] = self._forward(reference, batch, "retain_",
+                                                              layer=self._rmu_layer(reference))
+        return outputs
+
+    def _forget_terms(self, model, batch, reference, parameters=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of the per-sequence forget losses, the count it is a mean over) for this micro-batch."""
+        args = self.args
+        if args.method == "rmu":
+            unwrapped = self.accelerator.unwrap_model(model) if parameters is None else model
+            activations = self._forward(model, batch, "forget_", parameters, layer=self._rmu_layer(unwrapped))
+            mask = batch["forget_attention_mask"]
+            return activation_mse(activations, self.steering, mask).sum(), mask.sum()
+        nll, tokens = sequence_nll(self._forward(model, batch, "forget_", parameters), batch["forget_labels"])
+        if args.method == "npo":
+            return npo_loss(nll, reference["forget_nll"], args.beta).sum(), tokens.new_tensor(nll.shape[0])
+        if args.method == "simnpo":
+            return simnpo_loss(nll, tokens, args.beta).sum(), tokens.new_tensor(nll.shape[0])
+        return gradient_ascent_loss(nll).sum(), tokens.sum()
+
+    def _retain_terms(self, model, batch, reference, parameters=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of the retain loss over tokens or positions, that count) for this micro-batch."""
+        if self.args.method == "rmu":
+            unwrapped = self.accelerator.unwrap_model(model) if parameters is None else model
+            activations = self._forward(model, batch, "retain_", parameters, layer=self._rmu_layer(unwrapped))
+            mask = batch["retain_attention_mask"]
+            return activation_mse(activations, reference["retain_activations"], mask).sum(), mask.sum()
+        logits = self._forward(model, batch, "retain_", parameters)
+        labels = batch["retain_labels"]
+        if self.args.retain_loss == "kl":
+            terms = kl_to_reference(logits, reference["retain_logits"], labels)
+        else:
+            terms = sequence_nll(logits, labels)[0]
+        return terms.sum(), (labels[:, 1:] != IGNORE_INDEX).sum()
+
+    @property
+    def _retain_coefficient(self) -> float:
+        return self.args.rmu_alpha if self.args.method == "rmu" else self.args.retain_weight
+
+    def _forget_loss(self, model, batch, reference, parameters=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(window-normalised forget loss of this micro-batch, its weight = local count / window divisor)."""
+        total, count = self._forget_terms(model, batch, reference, parameters)
+        divisor = self._divisor(FORGET_COUNT[self.args.method], count, model)
+        return total / divisor, count.to(divisor) / divisor
+
+    def _retain_loss(self, model, batch, reference, parameters=None) -> torch.Tensor:
+        """Window-normalised retain loss (without its coefficient)."""
+        total, count = self._retain_terms(model, batch, reference, parameters)
+        name = "retain_positions" if self.args.method == "rmu" else "retain_tokens"
+        return total / self._divisor(name, count, model)
+
+    # ------------------------------------------------------------------ losses and steps
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The unsmoothed objective L_f + coefficient * L_r (used by smoothing 'none'/'wa' and by evaluation)."""
+        reference = self._reference_outputs(model, inputs)
+        forget, _ = self._forget_loss(model, inputs, reference)
+        self._record(model, forget_loss=forget)
+        loss = forget
+        if self.has_retain_term:
+            retain = self._retain_loss(model, inputs, reference)
+            self._record(model, retain_loss=retain)
+            loss = loss + self._retain_coefficient * retain
+        return (loss, None) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """SAM, RS, GP and CR: several forward/backward passes into `.grad`, weights restored exactly; the Trainer
+        then clips and steps once. Other smoothings use the Trainer's own step on `compute_loss`."""
+        smoothing = self.args.smoothing
+        if smoothing in ("none", "wa"):
+            return super().training_step(model, inputs, num_items_in_batch)
+        model.train()
+        if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
+            self.optimizer.train()
+        inputs = self._prepare_inputs(inputs)
+        with self.compute_loss_context_manager():
+            reference = self._reference_outputs(model, inputs)
+        step = {"sam": self._sam_step, "rs": self._rs_step, "gp": self._penalty_step, "cr": self._penalty_step}
+        return step[smoothing](model, inputs, reference).detach()
+
+    def _sync(self, model, last: bool):
+        """DDP all-reduces only in the last backward of a micro-step; the others accumulate locally (no_sync)."""
+        return contextlib.nullcontext() if last else self.accelerator.no_sync(model)
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        kwargs = {"scale_wrt_gas": False} if self.is_deepspeed_enabled else {}
+        self.accelerator.backward(loss, **kwargs)
+
+    def _retain_pass(self, model, inputs, reference) -> torch.Tensor:
+        """Retain loss at the current weights, backward with its coefficient: the synced last pass."""
+        with self.compute_loss_context_manager():
+            retain = self._retain_loss(model, inputs, reference)
+        self._backward(self._retain_coefficient * retain)
+        self._record(model, retain_loss=retain)
+        return self._retain_coefficient * retain.detach()
+
+    def _sam_step(self, model, inputs, reference) -> torch.Tensor:
+        """g = grad L_f(theta) (micro-batch mean); eps = rho g/||g||; forget gradient at theta + eps, retain at theta.
+
+        `.grad` of earlier micro-batches is stashed during the first pass and put back before the second, so the
+        accumulated gradient is the sum of per-micro-batch SAM gradients (one stash buffer, only when GA > 1).
+        """
+        whole = self.args.sam_target == "all"
+        coefficient = self._retain_coefficient
+        parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
+        stash = [None if parameter.grad is None else parameter.grad.clone() for parameter in parameters]
+        for parameter in parameters:
+            if parameter.grad is not None:
+                parameter.grad.zero_()
+        with self.accelerator.no_sync(model):
+            with self.compute_loss_context_manager():
+                forget, weight = self._forget_loss(model, inputs, reference)
+                first = forget / weight  # the micro-batch mean: only its direction is used, its norm is logged
+                if whole and self.has_retain_term:
+                    retain = self._retain_loss(model, inputs, reference)
+                    first = first + coefficient * retain / weight
+                    self._record(model, retain_loss=retain)
+            self._backward(first)
+        self._record(model, forget_loss=forget)
+        with restored(parameters):
+            norm = ascend_along_gradient(parameters, self.args.rho)
+            scaler = getattr(self.accelerator, "scaler", None)
+            self._record(model, sam_grad_norm=norm / (scaler.get_scale() if scaler is not None else 1.0),
+                         per_micro_step=True)
+            with torch.no_grad():
+                for parameter, stashed in zip(parameters, stash):
+                    if parameter.grad is not None:
+                        parameter.grad.copy_(stashed) if stashed is not None else parameter.grad.zero_()
+            del stash
+            last = whole or not self.has_retain_term
+            with self._sync(model, last):
+                with self.compute_loss_context_manager():
+                    perturbed, _ = self._forget_loss(model, inputs, reference)
+                    loss = perturbed
+                    if whole and self.has_retain_term:
+                        loss = loss + coefficient * self._retain_loss(model, inputs, reference)
+                self._backward(loss)
+            self._record(model, forget_loss_perturbed=perturbed)
+        if last:
+            return loss.detach()
+        return perturbed.detach() + self._retain_pass(model, inputs, reference)
+
+    def _rs_step(self, model, inputs, reference) -> torch.Tensor:
+        """Forget gradient averaged over `rs_samples` seeded Gaussian weight perturbations; retain at theta."""
+        samples = self.args.rs_samples
+        parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
+        if self._noise_generator is None:
+            device = parameters[0].device
+            self._noise_generator = torch.Generator(device=device).manual_seed(self.args.seed)
+        total = 0.0
+        with restored(parameters) as saved:
+            for index in range(samples):
+                if index:
+                    with torch.no_grad():
+                        for parameter, original in zip(parameters, saved):
+                            parameter.copy_(original)
+                add_gaussian_noise(parameters, self.args.rs_sigma, self._noise_generator)
+                last = index == samples - 1 and not self.has_retain_term
+                with self._sync(model, last):
+                    with self.compute_loss_context_manager():
+                        forget, _ = self._forget_loss(model, inputs, reference)
+                    self._backward(forget / samples)
+                total = total + forget.detach() / samples
+        self._record(model, forget_loss=total)
+        return total + (self._retain_pass(model, inputs, reference) if self.has_retain_term else 0.0)
+
+    def _penalty_step(self, model, inputs, reference) -> torch.Tensor:
+        """GP: L_f + gp_coeff ||grad L_f||; CR: L_f + cr_coeff ||grad L_f(theta + eps) - grad L_f(theta)||, both on
+        the micro-batch mean and differentiated through (double backprop)."""
+        gradient_penalty = self.args.smoothing == "gp"
+        named = [(name, parameter) for name, parameter in self.accelerator.unwrap_model(model).named_parameters()
+                 if parameter.requires_grad]
+        parameters = [parameter for _, parameter in named]
+        # The fused SDPA kernels have no double backward; the math kernel is made of differentiable ops.
+        with self._sync(model, not self.has_retain_term), sdpa_kernel(SDPBackend.MATH):
+            with self.compute_loss_context_manager():
+                forget, weight = self._forget_loss(model, inputs, reference)
+                mean = forget / weight
+                if gradient_penalty:
+                    penalty = gradient_norm_penalty(mean, parameters)
+                    coefficient = self.args.gp_coeff
+                else:
+                    unwrapped = self.accelerator.unwrap_model(model)
+
+                    def loss_at(overrides):
+                        shifted, shifted_weight = self._forget_loss(unwrapped, inputs, reference, overrides)
+                        return shifted / shifted_weight
+
+                    penalty = curvature_penalty(mean, named, loss_at, self.args.rho)
+                    coefficient = self.args.cr_coeff
+                loss = weight * (mean + coefficient * penalty)
+            self._backward(loss)
+        self._record(model, forget_loss=forget, **{f"{self.args.smoothing}_penalty": weight * penalty})
+        return loss.detach() + (self._retain_pass(model, inputs, reference) if self.has_retain_term else 0.0)
+
+    # ------------------------------------------------------------------ logging
+
+    def _record(self, model, per_micro_step: bool = False, **values: torch.Tensor) -> None:
+        """Add training values to the per-log sums. Loss terms are window-normalised, so their sum over a window's
+        micro-steps is the window's value; `per_micro_step` values are divided by the window's micro-step count."""
+        if not model.training:
+            return
+        share = 1.0
+        if per_micro_step and self._window_counts is not None:
+            share = 1.0 / max(1, getattr(self, "current_gradient_accumulation_steps", 1))
+        for name, value in values.items():
+            value = value.detach().float().reshape(()) * share
+            self._log_sums[name] = self._log_sums.get(name, 0.0) + value
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Training logs also get the recorded terms: averaged over processes and over the steps since last log."""
+        if "loss" in logs and self._log_sums:
+            names = sorted(self._log_sums)
+            values = torch.stack([self._log_sums[name].to(self.args.device) for name in names])
+            values = self.accelerator.gather(values.unsqueeze(0)).mean(dim=0)
+            steps = max(1, self.state.global_step - self._last_metrics_step)
+            logs.update({name: value / steps for name, value in zip(names, values.tolist())})
+            self._log_sums, self._last_metrics_step = {}, self.state.global_step
+        super().log(logs, start_time)
+
+
+def _pad_to(tensor: torch.Tensor, length: int, value: int = IGNORE_INDEX) -> torch.Tensor:
+    if tensor.shape[1] >= length:
+        return tensor
+    return torch.cat([tensor, tensor.new_full((tensor.shape[0], length - tensor.shape[1]), value)], dim=1)
+
+
+def _stacked(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`stacked_input_ids`/`stacked_attention_mask`: forget rows then retain rows, right-padded to one length."""
+    length = max(batch["forget_input_ids"].shape[1], batch["retain_input_ids"].shape[1])
+    return {
+        "stacked_input_ids": torch.cat([_pad_to(batch[f"{prefix}input_ids"], length, 0) for prefix in
+                                        ("forget_", "retain_")]),
+        "stacked_attention_mask": torch.cat([_pad_to(batch[f"{prefix}attention_mask"], length, 0) for prefix in
+                                             ("forget_", "retain_")]),
+    }

@@ -315,6 +315,12 @@ class UnlearnTrainer(Trainer):
         self._window_counts = dict(zip(COUNTS, counts.tolist()))
         return batch_samples, num_items_in_batch
 
+    def train(self, *args, **kwargs):
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            self._window_counts = None  # later calls (evaluation, tests) normalise by their own batch
+
     def _divisor(self, count_name: str, local_count: torch.Tensor, model) -> torch.Tensor:
         """Window count / processes (DDP averages gradients) in training, else the batch's own count."""
         if model.training and self._window_counts is not None:

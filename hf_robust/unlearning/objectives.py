@@ -98,9 +98,14 @@ def random_unit_vector(size: int, seed: int) -> torch.Tensor:
     return vector / vector.norm()
 
 
+def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` in float32, or kept in float64."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
 def global_norm(tensors) -> torch.Tensor:
-    """One L2 norm over all given tensors (None entries skipped), computed in float32; a scalar tensor."""
-    norms = [torch.linalg.vector_norm(tensor, dtype=torch.float32) for tensor in tensors if tensor is not None]
+    """One L2 norm over all given tensors (None entries skipped), computed in (at least) float32; a scalar tensor."""
+    norms = [torch.linalg.vector_norm(at_least_float32(tensor)) for tensor in tensors if tensor is not None]
     if not norms:
         return torch.zeros(())
     return torch.linalg.vector_norm(torch.stack([norm.to(norms[0].device) for norm in norms]))

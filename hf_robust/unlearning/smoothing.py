@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import torch
 from transformers import TrainerCallback
 
-from .objectives import global_norm
+from .objectives import at_least_float32, global_norm
 
 NORM_EPSILON = 1e-12
 
@@ -43,7 +43,8 @@ def ascend_along_gradient(parameters: list[torch.nn.Parameter], rho: float) -> t
     with torch.no_grad():
         for parameter in parameters:
             if parameter.grad is not None:
-                parameter.add_((parameter.grad.float() * scale.to(parameter.device)).to(parameter.dtype))
+                step = at_least_float32(parameter.grad) * scale.to(parameter.device)
+                parameter.add_(step.to(parameter.dtype))
     return norm
 
 
@@ -56,8 +57,9 @@ def add_gaussian_noise(parameters: list[torch.nn.Parameter], sigma: float, gener
 
 
 def differentiable_norm(tensors) -> torch.Tensor:
-    """L2 norm over all given tensors (None skipped), float32, differentiable also at 0 (sqrt of sum + 1e-24)."""
-    squares = [tensor.float().pow(2).sum() for tensor in tensors if tensor is not None]
+    """L2 norm over all given tensors (None skipped), in (at least) float32, differentiable also at 0 (sqrt of
+    sum + 1e-24)."""
+    squares = [at_least_float32(tensor).pow(2).sum() for tensor in tensors if tensor is not None]
     return torch.sqrt(torch.stack(squares).sum() + NORM_EPSILON**2)
 
 
@@ -87,8 +89,8 @@ def curvature_penalty(
     gradients = torch.autograd.grad(loss, parameters, create_graph=True, allow_unused=True)
     kept = [index for index, gradient in enumerate(gradients) if gradient is not None]
     scale = step / (global_norm(gradients[index].detach() for index in kept) + NORM_EPSILON)
-    shifted = {names[index]: parameters[index] + (gradients[index].detach().float() * scale).to(parameters[index].dtype)
-               for index in kept}
+    shifted = {names[index]: parameters[index] + (at_least_float32(gradients[index].detach()) * scale).to(
+        parameters[index].dtype) for index in kept}
     shifted_gradients = torch.autograd.grad(loss_at(shifted), list(shifted.values()), create_graph=True,
                                             allow_unused=True)
     differences = [None if shifted_gradient is None else shifted_gradient - gradients[index]

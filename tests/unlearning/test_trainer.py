@@ -355,11 +355,12 @@ def test_gradient_accumulation_averages_the_per_micro_batch_sam_gradients(tmp_pa
         torch.testing.assert_close(per_batch[0][name], expected[name], rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("smoothing, policy, reference", [("none", 2, 1), ("sam", 3, 1)])
-def test_forward_passes_per_micro_step(tmp_path, smoothing, policy, reference):
-    """No wasted forward: the reference NLL once per micro-batch, SAM = 2 forget + 1 retain policy forwards."""
-    trainer = make_trainer(tmp_path, smoothing=smoothing, max_steps=2, per_device_train_batch_size=2,
-                           gradient_accumulation_steps=2)
+@pytest.mark.parametrize("smoothing, retain_loss, policy", [("none", "nll", 2), ("sam", "nll", 3), ("sam", "kl", 3)])
+def test_forward_passes_per_micro_step(tmp_path, smoothing, retain_loss, policy):
+    """No wasted forward: ONE reference forward per micro-batch (forget NLL, and with KL the retain logits, in one
+    call; never again in SAM's second pass); SAM = 2 forget + 1 retain policy forwards."""
+    trainer = make_trainer(tmp_path, smoothing=smoothing, retain_loss=retain_loss, max_steps=2,
+                           per_device_train_batch_size=2, gradient_accumulation_steps=2)
     forget_ids = {tuple(row["forget_input_ids"]) for row in trainer.train_dataset}
     counts = {"forget": 0, "retain": 0, "reference": 0}
 
@@ -375,7 +376,7 @@ def test_forward_passes_per_micro_step(tmp_path, smoothing, policy, reference):
         for handle in handles:
             handle.remove()
     micro_steps = 4
-    assert counts == {"forget": (policy - 1) * micro_steps, "retain": micro_steps, "reference": reference * micro_steps}
+    assert counts == {"forget": (policy - 1) * micro_steps, "retain": micro_steps, "reference": micro_steps}
 
 
 def test_training_logs_the_terms(tmp_path):
@@ -387,6 +388,15 @@ def test_training_logs_the_terms(tmp_path):
         assert {"forget_loss", "retain_loss", "forget_loss_perturbed", "sam_grad_norm"} <= set(entry)
         assert entry["loss"] == pytest.approx(entry["forget_loss_perturbed"] + entry["retain_loss"], rel=1e-5)
     assert logs[0]["forget_loss"] == pytest.approx(2 / 0.1 * math.log(2), rel=1e-5)
+
+
+def test_bf16_autocast_trains_with_finite_losses(tmp_path):
+    trainer = make_trainer(tmp_path, smoothing="sam", bf16=True, max_steps=2, per_device_train_batch_size=2)
+    before = parameters_of(trainer.model)
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert all(math.isfinite(entry[key]) for entry in logs for key in ("loss", "forget_loss_perturbed", "sam_grad_norm"))
+    assert any(not torch.equal(parameter, before[name]) for name, parameter in trainer.model.named_parameters())
 
 
 # ------------------------------------------------------------ LoRA, RMU

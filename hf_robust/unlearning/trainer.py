@@ -221,11 +221,11 @@ class UnlearnTrainer(Trainer):
         if args.method == "rmu":
             self._select_rmu_parameters(model, args)
         self.reference_is_base = False
-        needs_reference = (args.method in ("npo", "rmu") and (args.method == "npo" or self.has_retain_term)) or (
-            self.has_retain_term and args.method != "rmu" and args.retain_loss == "kl")
+        needs_reference = args.method == "npo" or (
+            self.has_retain_term and (args.method == "rmu" or args.retain_loss == "kl"))
         if not needs_reference:
             ref_model = None
-        elif ref_model is None and _is_peft_model(model) and args.method != "rmu":
+        elif ref_model is None and _is_peft_model(model):
             self.reference_is_base = True  # the adapter-disabled base: no copy
         elif ref_model is None:
             ref_model = copy.deepcopy(model)
@@ -421,11 +421,11 @@ class UnlearnTrainer(Trainer):
         divisor = self._divisor(FORGET_COUNT[self.args.method], count, model)
         return total / divisor, count.to(divisor) / divisor
 
-    def _retain_loss(self, model, batch, reference, parameters=None) -> torch.Tensor:
-        """Window-normalised retain loss (without its coefficient)."""
+    def _retain_loss(self, model, batch, reference, parameters=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(window-normalised retain loss of this micro-batch, without its coefficient; its weight)."""
         total, count = self._retain_terms(model, batch, reference, parameters)
-        name = "retain_positions" if self.args.method == "rmu" else "retain_tokens"
-        return total / self._divisor(name, count, model)
+        divisor = self._divisor("retain_positions" if self.args.method == "rmu" else "retain_tokens", count, model)
+        return total / divisor, count.to(divisor) / divisor
 
     # ------------------------------------------------------------------ losses and steps
 
@@ -436,7 +436,7 @@ class UnlearnTrainer(Trainer):
         self._record(model, forget_loss=forget)
         loss = forget
         if self.has_retain_term:
-            retain = self._retain_loss(model, inputs, reference)
+            retain, _ = self._retain_loss(model, inputs, reference)
             self._record(model, retain_loss=retain)
             loss = loss + self._retain_coefficient * retain
         return (loss, None) if return_outputs else loss
@@ -467,7 +467,7 @@ class UnlearnTrainer(Trainer):
     def _retain_pass(self, model, inputs, reference) -> torch.Tensor:
         """Retain loss at the current weights, backward with its coefficient: the synced last pass."""
         with self.compute_loss_context_manager():
-            retain = self._retain_loss(model, inputs, reference)
+            retain, _ = self._retain_loss(model, inputs, reference)
         self._backward(self._retain_coefficient * retain)
         self._record(model, retain_loss=retain)
         return self._retain_coefficient * retain.detach()
@@ -488,10 +488,11 @@ class UnlearnTrainer(Trainer):
         with self.accelerator.no_sync(model):
             with self.compute_loss_context_manager():
                 forget, weight = self._forget_loss(model, inputs, reference)
-                first = forget / weight  # the micro-batch mean: only its direction is used, its norm is logged
+                # Micro-batch means: only the direction of their gradient is used (its norm is logged).
+                first = forget / weight
                 if whole and self.has_retain_term:
-                    retain = self._retain_loss(model, inputs, reference)
-                    first = first + coefficient * retain / weight
+                    retain, retain_weight = self._retain_loss(model, inputs, reference)
+                    first = first + coefficient * retain / retain_weight
                     self._record(model, retain_loss=retain)
             self._backward(first)
         self._record(model, forget_loss=forget)
@@ -511,7 +512,7 @@ class UnlearnTrainer(Trainer):
                     perturbed, _ = self._forget_loss(model, inputs, reference)
                     loss = perturbed
                     if whole and self.has_retain_term:
-                        loss = loss + coefficient * self._retain_loss(model, inputs, reference)
+                        loss = loss + coefficient * self._retain_loss(model, inputs, reference)[0]
                 self._backward(loss)
             self._record(model, forget_loss_perturbed=perturbed)
         if last:

@@ -191,7 +191,7 @@ def test_kl_retain_term_is_positive_once_the_model_moved(tmp_path):
     trainer.train()
     batch = trainer.data_collator(list(trainer.train_dataset))
     reference = trainer._reference_outputs(trainer.model, batch)
-    assert trainer._retain_loss(trainer.model, batch, reference) > 1e-4
+    assert trainer._retain_loss(trainer.model, batch, reference)[0] > 1e-4
 
 
 # ------------------------------------------------------------ SAM invariants
@@ -435,6 +435,23 @@ def test_rmu_trains_only_the_matched_parameters_and_lowers_its_loss(tmp_path):
     torch.testing.assert_close(trainer.steering.norm(), torch.tensor(4.0))
     assert torch.equal(trainer._reference_outputs(trainer.model, batch)["retain_activations"],
                        reference["retain_activations"])  # the frozen copy never moves
+
+
+def test_rmu_with_lora_steers_through_the_adapters_against_the_base(tmp_path):
+    model, tokenizer = tiny_causal_lm("llama")
+    trainer = UnlearnTrainer(model=model, args=config(tmp_path, method="rmu", rmu_layer=1, rmu_param_regex=r"lora_B",
+                                                      rmu_alpha=1.0, max_steps=2, optim="adamw_torch",
+                                                      learning_rate=1e-2, per_device_train_batch_size=2),
+                             forget_dataset=token_rows(4, 1), retain_dataset=token_rows(4, 2),
+                             processing_class=tokenizer,
+                             peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["down_proj"]))
+    assert trainer.ref_model is None and trainer.reference_is_base
+    before = parameters_of(trainer.model)
+    trainer.train()
+    changed = {name for name, parameter in trainer.model.named_parameters() if not torch.equal(parameter, before[name])}
+    assert changed and all("lora_B" in name for name in changed)
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert logs[0]["retain_loss"] == 0.0 and logs[1]["retain_loss"] > 0  # policy = base until the adapters move
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "gpt2"])

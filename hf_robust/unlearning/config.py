@@ -49,7 +49,8 @@ class UnlearnConfig(TrainingArguments):
     smoothing: str = field(
         default="none",
         metadata={"help": "Smoothing of the forget loss: 'none', 'sam', 'rs' (randomised smoothing), 'gp' (gradient "
-                  "penalty), 'cr' (curvature regularisation) or 'wa' (weight averaging).", "choices": list(SMOOTHINGS)},
+                  "penalty), 'cr' (curvature regularisation) or 'wa' (weight averaging).",
+                  "choices": list(SMOOTHINGS)},
     )
     beta: float | None = field(
         default=None,
@@ -84,8 +85,8 @@ class UnlearnConfig(TrainingArguments):
     )
     cr_coeff: float = field(
         default=10.0,
-        metadata={"help": "Weight of the curvature penalty of 'cr': the norm of the forget-gradient change over a step "
-                  "of length rho along the gradient. >= 0."},
+        metadata={"help": "Weight of the curvature penalty of 'cr': the norm of the forget-gradient change over a "
+                  "step of length rho along the gradient. >= 0."},
     )
     wa_start: int = field(
         default=100, metadata={"help": "'wa': the global step of the first weight snapshot. >= 0."}
@@ -106,7 +107,8 @@ class UnlearnConfig(TrainingArguments):
                   "MLP down projections of layers rmu_layer-2 .. rmu_layer."},
     )
     max_length: int | None = field(
-        default=512, metadata={"help": "Truncation length in tokens of forget and retain texts (None: no limit). >= 2."}
+        default=512,
+        metadata={"help": "Truncation length in tokens of forget and retain texts (None: no limit). >= 2."},
     )
 
     def __post_init__(self):

@@ -67,7 +67,8 @@ def _tokenized(dataset, name: str, tokenizer, max_length: int | None) -> Dataset
         tokenized = dataset.select_columns(keep).map(convert)
     elif "text" in columns:
         if tokenizer is None:
-            raise ValueError(f"`processing_class` (a tokenizer) is required to tokenise the `text` column of `{name}`.")
+            raise ValueError(
+                f"`processing_class` (a tokenizer) is required to tokenise the `text` column of `{name}`.")
         if not all(isinstance(text, str) for text in dataset["text"]):
             raise ValueError(f"`{name}`: the `text` column must hold strings.")
 
@@ -114,9 +115,13 @@ class UnlearnDataCollator:
             ids = [list(example[f"{prefix}input_ids"]) for example in examples]
             labels = [list(example[f"{prefix}labels"]) for example in examples]
             length = max(len(row) for row in ids)
-            batch[f"{prefix}input_ids"] = torch.tensor([row + [self.pad_token_id] * (length - len(row)) for row in ids])
-            batch[f"{prefix}attention_mask"] = torch.tensor([[1] * len(row) + [0] * (length - len(row)) for row in ids])
-            batch[f"{prefix}labels"] = torch.tensor([row + [IGNORE_INDEX] * (length - len(row)) for row in labels])
+
+            def padded(rows, value):
+                return torch.tensor([row + [value] * (length - len(row)) for row in rows])
+
+            batch[f"{prefix}input_ids"] = padded(ids, self.pad_token_id)
+            batch[f"{prefix}attention_mask"] = padded([[1] * len(row) for row in ids], 0)
+            batch[f"{prefix}labels"] = padded(labels, IGNORE_INDEX)
         return batch
 
 
@@ -155,8 +160,8 @@ class UnlearnTrainer(Trainer):
         retain_dataset: same format; required when the objective has a retain term (not for `ga`, nor with
             `retain_weight=0`, or `rmu_alpha=0` for `rmu`).
         processing_class: tokenizer (needed for `text` columns; its pad id pads batches).
-        ref_model: frozen reference for NPO, `retain_loss="kl"` and RMU's retain activations. None: the
-            adapter-disabled base of a PEFT model, else a frozen deep copy of `model` made here.
+        ref_model: frozen reference (model or id) for NPO, `retain_loss="kl"` and RMU's retain activations. None:
+            the adapter-disabled base of a PEFT model, else a frozen deep copy of `model` made here.
         data_collator, callbacks, optimizers: as in `Trainer`.
         peft_config: a `peft` config; when given, `model` is wrapped with `get_peft_model`.
 
@@ -220,7 +225,7 @@ class UnlearnTrainer(Trainer):
 
         if args.method == "rmu":
             self._select_rmu_parameters(model, args)
-        self.reference_is_base = False
+        self.reference_is_base, copied_reference = False, False
         needs_reference = args.method == "npo" or (
             self.has_retain_term and (args.method == "rmu" or args.retain_loss == "kl"))
         if not needs_reference:
@@ -228,7 +233,9 @@ class UnlearnTrainer(Trainer):
         elif ref_model is None and _is_peft_model(model):
             self.reference_is_base = True  # the adapter-disabled base: no copy
         elif ref_model is None:
-            ref_model = copy.deepcopy(model)
+            ref_model, copied_reference = copy.deepcopy(model), True
+        if isinstance(ref_model, str):
+            ref_model = AutoModelForCausalLM.from_pretrained(ref_model)
         if ref_model is not None:
             ref_model.eval().requires_grad_(False)
         self.ref_model = ref_model
@@ -243,7 +250,7 @@ class UnlearnTrainer(Trainer):
             callbacks.append(WeightAveragingCallback(args.wa_start, args.wa_every))
         super().__init__(model=model, args=args, train_dataset=pairs, data_collator=data_collator,
                          processing_class=processing_class, callbacks=callbacks, optimizers=optimizers)
-        self._check_parallelism()
+        self._check_parallelism(copied_reference)
         if self.ref_model is not None:
             self.ref_model.to(self.args.device)
         if args.method == "rmu":
@@ -252,7 +259,7 @@ class UnlearnTrainer(Trainer):
         self._window_counts = None
         self._noise_generator = None
         self._log_sums: dict[str, torch.Tensor] = {}
-        self._last_metrics_step = 0
+        self._windows_since_log = 0
 
     # ------------------------------------------------------------------ set-up
 
@@ -270,17 +277,16 @@ class UnlearnTrainer(Trainer):
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(name in chosen)
 
-    def _check_parallelism(self) -> None:
+    def _check_parallelism(self, copied_reference: bool = False) -> None:
         args = self.args
         if args.smoothing != "none" and (self.is_deepspeed_enabled or self.is_fsdp_enabled):
             backend = "DeepSpeed" if self.is_deepspeed_enabled else "FSDP"
             raise ValueError(f"smoothing={args.smoothing!r} is not supported with {backend}: its extra passes need "
                              "full local gradients and weights. Use DDP or a single device, or smoothing='none'.")
-        if self.ref_model is not None and self.is_deepspeed_enabled:
-            plugin = self.accelerator.state.deepspeed_plugin
-            if plugin.zero_stage == 3:
-                raise ValueError("A deep-copied reference model is not supported with DeepSpeed ZeRO-3; use a PEFT "
-                                 "model (its base is the reference) or an objective without a reference.")
+        if copied_reference and self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3:
+            # A copy of ZeRO-3-partitioned weights holds only this rank's shards.
+            raise ValueError("A deep-copied reference model is not supported with DeepSpeed ZeRO-3; pass `ref_model`, "
+                             "use a PEFT model (its base is the reference) or an objective without a reference.")
         if args.smoothing in ("gp", "cr") and not self.has_retain_term and self.accelerator.num_processes > 1:
             raise ValueError(f"smoothing={args.smoothing!r} with method={args.method!r} (no retain term) is not "
                              "supported on several processes: the double backward would be the synced DDP pass.")
@@ -299,8 +305,8 @@ class UnlearnTrainer(Trainer):
             if f"{prefix}input_ids" not in batch:
                 counts += [0, 0, 0]
                 continue
-            counts += [batch[f"{prefix}input_ids"].shape[0], int((batch[f"{prefix}labels"][:, 1:] != IGNORE_INDEX).sum()),
-                       int(batch[f"{prefix}attention_mask"].sum())]
+            scored = int((batch[f"{prefix}labels"][:, 1:] != IGNORE_INDEX).sum())
+            counts += [batch[f"{prefix}input_ids"].shape[0], scored, int(batch[f"{prefix}attention_mask"].sum())]
         return counts
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
@@ -313,6 +319,7 @@ class UnlearnTrainer(Trainer):
         if self.accelerator.num_processes > 1:
             counts = self.accelerator.gather(counts.unsqueeze(0)).sum(dim=0)
         self._window_counts = dict(zip(COUNTS, counts.tolist()))
+        self._windows_since_log += 1
         return batch_samples, num_items_in_batch
 
     def train(self, *args, **kwargs):
@@ -369,7 +376,8 @@ class UnlearnTrainer(Trainer):
                 # One forward over both row sets (right padding leaves real positions unchanged).
                 logits = self._forward(reference, _stacked(batch), "stacked_")
                 rows = batch["forget_input_ids"].shape[0]
-                outputs["forget_nll"] = sequence_nll(logits[:rows], _pad_to(batch["forget_labels"], logits.shape[1]))[0]
+                forget_labels = _pad_to(batch["forget_labels"], logits.shape[1])
+                outputs["forget_nll"] = sequence_nll(logits[:rows], forget_labels)[0]
                 outputs["retain_logits"] = logits[rows:, : batch["retain_input_ids"].shape[1]]
             elif needs["forget_nll"]:
                 outputs["forget_nll"] = sequence_nll(self._forward(reference, batch, "forget_"),
@@ -592,9 +600,9 @@ class UnlearnTrainer(Trainer):
             names = sorted(self._log_sums)
             values = torch.stack([self._log_sums[name].to(self.args.device) for name in names])
             values = self.accelerator.gather(values.unsqueeze(0)).mean(dim=0)
-            steps = max(1, self.state.global_step - self._last_metrics_step)
-            logs.update({name: value / steps for name, value in zip(names, values.tolist())})
-            self._log_sums, self._last_metrics_step = {}, self.state.global_step
+            windows = max(1, self._windows_since_log)
+            logs.update({name: value / windows for name, value in zip(names, values.tolist())})
+            self._log_sums, self._windows_since_log = {}, 0
         super().log(logs, start_time)
 
 

@@ -15,7 +15,8 @@ def make(tmp_path, **overrides):
 
 def test_defaults_follow_the_papers(tmp_path):
     args = make(tmp_path)
-    assert (args.method, args.smoothing, args.beta, args.retain_weight, args.retain_loss) == ("npo", "none", 0.1, 1.0, "nll")
+    assert (args.method, args.smoothing, args.beta, args.retain_weight, args.retain_loss) == (
+        "npo", "none", 0.1, 1.0, "nll")
     assert (args.rho, args.sam_target, args.rs_sigma, args.rs_samples) == (0.01, "forget", 1e-4, 3)
     assert (args.rmu_layer, args.rmu_steering_coeff, args.rmu_alpha, args.max_length) == (7, 6.5, 1200.0, 512)
     assert make(tmp_path, method="simnpo").beta == 4.5

@@ -123,7 +123,8 @@ def test_penalty_gradient_is_real_and_matches_finite_differences(tmp_path, smoot
         return norm([a - b for a, b in zip(forget_gradient(model, batch, shifted), at)])
 
     generator = torch.Generator().manual_seed(5)
-    direction = {name: torch.randn(value.shape, generator=generator, dtype=value.dtype) for name, value in theta.items()}
+    direction = {name: torch.randn(value.shape, generator=generator, dtype=value.dtype)
+                 for name, value in theta.items()}
     h = 1e-5
     plus = penalty({name: theta[name] + h * direction[name] for name in theta})
     minus = penalty({name: theta[name] - h * direction[name] for name in theta})

@@ -36,6 +36,10 @@ def parameters_of(model):
     return {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
 
 
+def changed_parameters(model, before):
+    return {name for name, parameter in model.named_parameters() if not torch.equal(parameter, before[name])}
+
+
 def record_batches(trainer):
     """Keep every micro-batch `training_step` sees."""
     batches, original = [], trainer.training_step
@@ -316,8 +320,8 @@ def test_one_optimizer_and_one_scheduler_step_per_global_step(tmp_path):
     optimizer = CountedSGD(model.parameters(), lr=0.01)
     scheduler = CountedSchedule(optimizer, lambda step: 1.0)
     counts["scheduler"] = 0  # the scheduler steps once when built
-    trainer = UnlearnTrainer(model=model, args=config(tmp_path, smoothing="sam", max_steps=3, gradient_accumulation_steps=2,
-                                                      per_device_train_batch_size=1),
+    args = config(tmp_path, smoothing="sam", max_steps=3, gradient_accumulation_steps=2, per_device_train_batch_size=1)
+    trainer = UnlearnTrainer(model=model, args=args,
                              forget_dataset=token_rows(6, 1), retain_dataset=token_rows(4, 2),
                              processing_class=tokenizer, optimizers=(optimizer, scheduler))
     trainer.train()
@@ -388,6 +392,12 @@ def test_training_logs_the_terms(tmp_path):
         assert {"forget_loss", "retain_loss", "forget_loss_perturbed", "sam_grad_norm"} <= set(entry)
         assert entry["loss"] == pytest.approx(entry["forget_loss_perturbed"] + entry["retain_loss"], rel=1e-5)
     assert logs[0]["forget_loss"] == pytest.approx(2 / 0.1 * math.log(2), rel=1e-5)
+    # Logging every 2 steps gives the mean of the two per-step values.
+    trainer = make_trainer(tmp_path, smoothing="sam", max_steps=2, per_device_train_batch_size=2, logging_steps=2)
+    trainer.train()
+    (entry,) = [entry for entry in trainer.state.log_history if "loss" in entry]
+    for key in ("loss", "forget_loss", "retain_loss", "forget_loss_perturbed", "sam_grad_norm"):
+        assert entry[key] == pytest.approx((logs[0][key] + logs[1][key]) / 2, rel=1e-5), key
 
 
 def test_bf16_autocast_trains_with_finite_losses(tmp_path):
@@ -395,7 +405,8 @@ def test_bf16_autocast_trains_with_finite_losses(tmp_path):
     before = parameters_of(trainer.model)
     trainer.train()
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
-    assert all(math.isfinite(entry[key]) for entry in logs for key in ("loss", "forget_loss_perturbed", "sam_grad_norm"))
+    keys = ("loss", "forget_loss_perturbed", "sam_grad_norm")
+    assert all(math.isfinite(entry[key]) for entry in logs for key in keys)
     assert any(not torch.equal(parameter, before[name]) for name, parameter in trainer.model.named_parameters())
 
 
@@ -415,7 +426,7 @@ def test_lora_uses_the_adapter_free_base_as_reference_and_trains_only_adapters(t
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert logs[0]["forget_loss"] == pytest.approx(2 / 0.1 * math.log(2), rel=1e-5)  # LoRA B = 0: policy = base
     assert logs[1]["forget_loss"] != pytest.approx(logs[0]["forget_loss"], rel=1e-4)
-    changed = {name for name, parameter in trainer.model.named_parameters() if not torch.equal(parameter, before[name])}
+    changed = changed_parameters(trainer.model, before)
     assert changed and all("lora_" in name for name in changed)
 
 
@@ -429,7 +440,7 @@ def test_rmu_trains_only_the_matched_parameters_and_lowers_its_loss(tmp_path):
     reference = trainer._reference_outputs(trainer.model, batch)
     start = trainer.compute_loss(trainer.model, batch).item()
     trainer.train()
-    changed = {name for name, parameter in trainer.model.named_parameters() if not torch.equal(parameter, before[name])}
+    changed = changed_parameters(trainer.model, before)
     assert changed == trainable
     assert trainer.compute_loss(trainer.model, batch).item() < 0.9 * start
     torch.testing.assert_close(trainer.steering.norm(), torch.tensor(4.0))
@@ -448,7 +459,7 @@ def test_rmu_with_lora_steers_through_the_adapters_against_the_base(tmp_path):
     assert trainer.ref_model is None and trainer.reference_is_base
     before = parameters_of(trainer.model)
     trainer.train()
-    changed = {name for name, parameter in trainer.model.named_parameters() if not torch.equal(parameter, before[name])}
+    changed = changed_parameters(trainer.model, before)
     assert changed and all("lora_B" in name for name in changed)
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert logs[0]["retain_loss"] == 0.0 and logs[1]["retain_loss"] > 0  # policy = base until the adapters move

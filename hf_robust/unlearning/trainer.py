@@ -165,8 +165,8 @@ class UnlearnTrainer(Trainer):
         data_collator, callbacks, optimizers: as in `Trainer`.
         peft_config: a `peft` config; when given, `model` is wrapped with `get_peft_model`.
 
-    Logs per step `forget_loss` and `retain_loss` (at the unperturbed weights) and, per smoother,
-    `forget_loss_perturbed` and `sam_grad_norm` (SAM), `gp_penalty`, `cr_penalty`.
+    Logs per step `forget_loss` and `retain_loss` (at the unperturbed weights; RS: the forget loss averaged over its
+    noise samples) and, per smoother, `forget_loss_perturbed` and `sam_grad_norm` (SAM), `gp_penalty`, `cr_penalty`.
     """
 
     _tag_names = ["hf-robust", "unlearning"]
@@ -509,10 +509,15 @@ class UnlearnTrainer(Trainer):
             scaler = getattr(self.accelerator, "scaler", None)
             self._record(model, sam_grad_norm=norm / (scaler.get_scale() if scaler is not None else 1.0),
                          per_micro_step=True)
+            # g has served; the second pass accumulates on top of the earlier micro-batches' gradients.
             with torch.no_grad():
                 for parameter, stashed in zip(parameters, stash):
-                    if parameter.grad is not None:
-                        parameter.grad.copy_(stashed) if stashed is not None else parameter.grad.zero_()
+                    if parameter.grad is None:
+                        continue
+                    if stashed is None:
+                        parameter.grad.zero_()
+                    else:
+                        parameter.grad.copy_(stashed)
             del stash
             last = whole or not self.has_retain_term
             with self._sync(model, last):

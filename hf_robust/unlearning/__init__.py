@@ -1,5 +1,6 @@
 """LLM unlearning with smoothed forget losses (Fan et al., ICML 2025): UnlearnConfig and UnlearnTrainer."""
 
+from ..cli import register_command
 from .config import UnlearnConfig
 from .metrics import (
     UnlearningMetrics,
@@ -13,6 +14,9 @@ from .metrics import (
 from .relearn import RelearnConfig, RelearningEvalCallback, RelearnResult, relearning_attack
 from .smoothing import WeightAveragingCallback
 from .trainer import UnlearnDataCollator, UnlearnTrainer
+
+register_command("unlearn", "hf_robust.unlearning.command", "LLM unlearning (NPO, GradDiff, RMU, ...) with SAM "
+                 "smoothing, then a relearning attack")
 
 __all__ = [
     "UnlearnConfig",

@@ -1,0 +1,162 @@
+"""NPO+SAM step time and peak memory against plain NPO on the same batches.
+
+    python benchmarks/unlearn_speed.py                      # a small random llama on CPU
+    python benchmarks/unlearn_speed.py --model smollm2      # the real SmolLM2-135M-Instruct, full fine-tuning
+    python benchmarks/unlearn_speed.py --device cuda --model smollm2
+
+Per micro-step NPO runs a reference forward, a forget forward + backward and a retain forward + backward; NPO+SAM
+adds one forget forward + backward at the perturbed weights (the reference NLL is reused), so the ideal time ratio
+is 10 / 7 = 1.43 with a backward costing two forwards (research note §5). Target: <= 1.5x time, and memory of one
+extra parameter-sized buffer (the exact copy the weights are restored from).
+
+Times come from one process alternating NPO and NPO+SAM steps on the same model and batches. Peak memory comes from
+one fresh process per mode: CUDA max allocated, or on CPU the growth of the peak resident set over the loaded model
+(coarse: allocator caching counts too). The extra memory is also given in units of the trainable parameters' size.
+Prints a table; asserts nothing.
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def build(options, smoothing: str):
+    import torch
+    from datasets import Dataset
+
+    from hf_robust.testing import load_smollm2, tiny_causal_lm
+    from hf_robust.unlearning import UnlearnConfig, UnlearnTrainer
+
+    torch.manual_seed(0)
+    dtype = getattr(torch, options.dtype)
+    if options.model == "smollm2":
+        model, tokenizer = load_smollm2(dtype=dtype)
+    else:
+        model, tokenizer = tiny_causal_lm("llama", hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+                                          num_attention_heads=4, num_key_value_heads=4)
+        model = model.to(dtype)
+    generator = torch.Generator().manual_seed(0)
+    vocabulary = min(model.config.vocab_size, len(tokenizer)) - 1
+
+    def rows(count):
+        ids = torch.randint(1, vocabulary, (count, options.length), generator=generator)
+        return Dataset.from_dict({"input_ids": ids.tolist()})
+
+    args = UnlearnConfig(
+        output_dir=tempfile.mkdtemp(), method="npo", smoothing=smoothing, rho=0.01, use_cpu=options.device == "cpu",
+        bf16=False, report_to="none", save_strategy="no", disable_tqdm=True, seed=0, max_length=options.length,
+        per_device_train_batch_size=options.batch_size, optim="adamw_torch", learning_rate=1e-5,
+    )
+    trainer = UnlearnTrainer(model=model.to(options.device), args=args, forget_dataset=rows(options.batch_size),
+                             retain_dataset=rows(options.batch_size), processing_class=tokenizer)
+    trainer.create_optimizer_and_scheduler(num_training_steps=100)
+    batch = trainer.data_collator([trainer.train_dataset[index] for index in range(options.batch_size)])
+    batch = {key: value.to(options.device) for key, value in batch.items()}
+    return trainer, batch
+
+
+def step_function(options, trainer, batch):
+    import torch
+
+    synchronize = torch.cuda.synchronize if options.device == "cuda" else (lambda: None)
+    model = trainer.model
+    model.train()
+
+    def step() -> float:
+        synchronize()
+        started = time.perf_counter()
+        # The Trainer's own order: training_step (all backward passes of the step), then one optimizer step.
+        with torch.autocast(options.device, dtype=torch.bfloat16, enabled=options.autocast):
+            trainer.training_step(model, batch)
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad(set_to_none=True)
+        synchronize()
+        return time.perf_counter() - started
+
+    return step
+
+
+def measure_times(options) -> dict:
+    """Median step times, NPO and NPO+SAM alternating on the same weights and batch."""
+    trainers = {mode: build(options, mode) for mode in ("none", "sam")}
+    # One model for both modes, so both time the same weights in the same memory.
+    trainers["sam"][0].model = trainers["none"][0].model
+    trainers["sam"][0].ref_model = trainers["none"][0].ref_model
+    trainers["sam"][0].optimizer = trainers["none"][0].optimizer
+    steps = {mode: step_function(options, trainer, batch) for mode, (trainer, batch) in trainers.items()}
+    times = {"none": [], "sam": []}
+    for index in range(options.warmup + options.steps):
+        for mode in ("none", "sam"):
+            seconds = steps[mode]()
+            if index >= options.warmup:
+                times[mode].append(seconds)
+    trainable = sum(p.numel() * p.element_size() for p in trainers["none"][0].model.parameters() if p.requires_grad)
+    return {mode: statistics.median(values) for mode, values in times.items()} | {"trainable_mib": trainable / 2**20}
+
+
+def measure_memory(options) -> float:
+    """Peak memory of steps of `options.mode` alone, in MiB (run in a fresh process)."""
+    import torch
+
+    trainer, batch = build(options, options.mode)
+    step = step_function(options, trainer, batch)
+    if options.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    resident_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(2):
+        step()
+    if options.device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - resident_before) / 1024  # kB -> MiB
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=["small", "smollm2"], default="small")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--autocast", action="store_true", help="bf16 autocast around the step")
+    parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--length", type=int, default=64, help="tokens per forget / retain row")
+    parser.add_argument("--steps", type=int, default=7, help="timed steps per mode (the median is reported)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--mode", choices=["none", "sam"], help=argparse.SUPPRESS)
+    options = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(options.threads)
+    if options.mode:
+        print(json.dumps(measure_memory(options)))
+        return
+    memory = {}
+    for mode in ("none", "sam"):
+        command = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--mode", mode]
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        memory[mode] = json.loads(output.strip().splitlines()[-1])
+    measured = measure_times(options)
+    ratio = measured["sam"] / measured["none"]
+    extra = memory["sam"] - memory["none"]
+    print(f"model {options.model} (full fine-tuning, {measured['trainable_mib']:.0f} MiB trainable), device "
+          f"{options.device}, dtype {options.dtype}{', bf16 autocast' if options.autocast else ''}; batch "
+          f"{options.batch_size} forget + {options.batch_size} retain rows of {options.length} tokens; median of "
+          f"{options.steps} alternating steps")
+    print(f"| {'step':<9} | {'seconds':>8} | {'peak MiB':>9} |")
+    print(f"|{'-' * 11}|{'-' * 10}|{'-' * 11}|")
+    for mode, label in (("none", "NPO"), ("sam", "NPO+SAM")):
+        print(f"| {label:<9} | {measured[mode]:8.4f} | {memory[mode]:9.1f} |")
+    print(f"\ntime ratio NPO+SAM / NPO: {ratio:.2f} (ideal 1.43, target <= 1.50)")
+    print(f"extra peak memory: {extra:.1f} MiB = {extra / measured['trainable_mib']:.2f} x the trainable parameters "
+          f"(target: about 1 buffer)")
+
+
+if __name__ == "__main__":
+    main()

@@ -5,11 +5,26 @@ set them like any other training argument; `attack_config()` turns them into the
 shared attack core, which validates them.
 """
 
+import textwrap
 from dataclasses import dataclass, field
 
 import torch
 
 from ..attacks.continuous import EmbeddingAttackConfig, EmbeddingAttackResult
+
+
+PAPER = {
+    "title": "Efficient Adversarial Training in LLMs with Continuous Attacks",
+    "id": "2405.15589",
+    "citation": textwrap.dedent("""\
+        @inproceedings{xhonneux2024efficient,
+            title     = {{Efficient Adversarial Training in LLMs with Continuous Attacks}},
+            author    = {Sophie Xhonneux and Alessandro Sordoni and Stephan G{\\"u}nnemann and Gauthier Gidel and Leo Schwinn},
+            year      = 2024,
+            booktitle = {Advances in Neural Information Processing Systems},
+        }"""),
+}
+"""The paper of CAT and CAPO, as trl's `_paper` for the model cards of both trainers."""
 
 
 @dataclass

@@ -9,14 +9,13 @@ log-probs stay those of the clean prompt. trl's loss is reused as is: a forward 
 delta to the policy forward only (the one run with gradients; trl runs the reference forward under `no_grad`).
 """
 
-import textwrap
 
 import torch
 from trl import DPOTrainer
 from trl.data_utils import is_conversational
 
 from ..attacks.continuous import IGNORE_INDEX, EmbeddingAttackResult, embedding_attack
-from .arguments import attack_metrics
+from .arguments import PAPER, attack_metrics
 from .capo_config import CAPOConfig
 
 
@@ -72,17 +71,7 @@ class CAPOTrainer(DPOTrainer):
 
     _tag_names = ["trl", "dpo", "hf-robust", "capo"]
     _name = "CAPO"
-    _paper = {
-        "title": "Efficient Adversarial Training in LLMs with Continuous Attacks",
-        "id": "2405.15589",
-        "citation": textwrap.dedent("""\
-            @inproceedings{xhonneux2024efficient,
-                title     = {{Efficient Adversarial Training in LLMs with Continuous Attacks}},
-                author    = {Sophie Xhonneux and Alessandro Sordoni and Stephan G{\\"u}nnemann and Gauthier Gidel and Leo Schwinn},
-                year      = 2024,
-                booktitle = {Advances in Neural Information Processing Systems},
-            }"""),
-    }
+    _paper = PAPER
 
     def __init__(
         self,

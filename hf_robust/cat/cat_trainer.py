@@ -8,7 +8,6 @@ target on prompt + delta (pushed down), toward = the refusal on the same prompt 
 = clean SFT rows. One forward per step keeps DDP to one forward and one backward per rank, whatever the batch mix.
 """
 
-import textwrap
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +17,7 @@ from datasets import Dataset, Features, Sequence, Value, interleave_datasets
 from trl import SFTTrainer
 
 from ..attacks.continuous import IGNORE_INDEX, embedding_attack
+from .arguments import PAPER
 from .cat_config import CATConfig
 
 ADVERSARIAL_COLUMNS = ("prompt", "target", "refusal")
@@ -146,17 +146,7 @@ class CATTrainer(SFTTrainer):
 
     _tag_names = ["trl", "sft", "hf-robust", "cat"]
     _name = "CAT"
-    _paper = {
-        "title": "Efficient Adversarial Training in LLMs with Continuous Attacks",
-        "id": "2405.15589",
-        "citation": textwrap.dedent("""\
-            @inproceedings{xhonneux2024efficient,
-                title     = {{Efficient Adversarial Training in LLMs with Continuous Attacks}},
-                author    = {Sophie Xhonneux and Alessandro Sordoni and Stephan G{\\"u}nnemann and Gauthier Gidel and Leo Schwinn},
-                year      = 2024,
-                booktitle = {Advances in Neural Information Processing Systems},
-            }"""),
-    }
+    _paper = PAPER
     # The loss is normalised by counts over the whole accumulation window (see `get_batch_samples`).
     loss_is_scaled_for_ga = True
 

@@ -18,12 +18,10 @@ of the process's peak resident set over the loaded model. Prints a table; assert
 import argparse
 import json
 import os
-import resource
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
+
+from speed_common import alternating_medians, memory_in_fresh_processes, peak_memory, print_table, timed
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -66,6 +64,7 @@ def build(options):
 
 
 def step_function(options, trainer):
+    """One CAT/SFT training step on a batch: the trainer's loss, backward, one AdamW step; timed."""
     import torch
 
     model = trainer.model
@@ -73,48 +72,14 @@ def step_function(options, trainer):
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     synchronize = torch.cuda.synchronize if options.device == "cuda" else (lambda: None)
 
-    def step(batch) -> float:
-        synchronize()
-        started = time.perf_counter()
+    def step(batch) -> None:
         with torch.autocast(options.device, dtype=torch.bfloat16, enabled=options.autocast):
             loss = trainer.compute_loss(model, batch)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        synchronize()
-        return time.perf_counter() - started
 
-    return step
-
-
-def measure_times(options) -> dict:
-    """Median step times, SFT and CAT steps alternating on one model, so both see the same machine load."""
-    trainer, batches = build(options)
-    step = step_function(options, trainer)
-    times = {"sft": [], "cat": []}
-    for index in range(options.warmup + options.steps):
-        for mode in ("sft", "cat"):
-            seconds = step(batches[mode])
-            if index >= options.warmup:
-                times[mode].append(seconds)
-    shapes = tuple(batches["sft"]["input_ids"].shape)
-    return {mode: statistics.median(values) for mode, values in times.items()} | {"shape": shapes}
-
-
-def measure_memory(options) -> float:
-    """Peak memory of steps of `options.mode` alone, in MiB (run in a fresh process)."""
-    import torch
-
-    trainer, batches = build(options)
-    step = step_function(options, trainer)
-    if options.device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    resident_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    for _ in range(2):
-        step(batches[options.mode])
-    if options.device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - resident_before) / 1024  # kB -> MiB
+    return lambda batch: timed(lambda: step(batch), synchronize)()
 
 
 def main(argv=None):
@@ -136,25 +101,24 @@ def main(argv=None):
 
     torch.set_num_threads(options.threads)
     if options.mode:
-        print(json.dumps(measure_memory(options)))
+        trainer, batches = build(options)
+        step = step_function(options, trainer)
+        print(json.dumps(peak_memory(lambda: step(batches[options.mode]), options.device)))
         return
-    memory = {}
-    for mode in ("sft", "cat"):
-        command = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--mode", mode]
-        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-        memory[mode] = json.loads(output.strip().splitlines()[-1])
-    measured = measure_times(options)
+    arguments = argv if argv is not None else sys.argv[1:]
+    memory = memory_in_fresh_processes(__file__, arguments, ("sft", "cat"))
+    trainer, batches = build(options)
+    step = step_function(options, trainer)
+    measured = alternating_medians({mode: (lambda mode=mode: step(batches[mode])) for mode in ("sft", "cat")},
+                                   options.warmup, options.steps)
     n_a, n_u, k = options.n_adversarial, options.n_utility, options.attack_steps
     ideal = 1 + k * n_a / (2 * n_a + n_u)
     ratio = measured["cat"] / measured["sft"]
-    sequences, length = measured["shape"]
+    sequences, length = batches["sft"]["input_ids"].shape
     print(f"model {options.model} (LoRA r {options.lora_r}), device {options.device}, dtype {options.dtype}"
           f"{', bf16 autocast' if options.autocast else ''}; n_a {n_a}, n_u {n_u}, K {k}; "
           f"{sequences} sequences of {length} tokens; median of {options.steps} alternating steps")
-    print(f"| {'step':<10} | {'seconds':>8} | {'peak MiB':>9} |")
-    print(f"|{'-' * 12}|{'-' * 10}|{'-' * 11}|")
-    for mode, label in (("sft", "plain SFT"), ("cat", "CAT")):
-        print(f"| {label:<10} | {measured[mode]:8.4f} | {memory[mode]:9.1f} |")
+    print_table([("plain SFT", measured["sft"], memory["sft"]), ("CAT", measured["cat"], memory["cat"])])
     print(f"\nratio CAT / SFT: {ratio:.2f}   ideal 1 + K n_a / (2 n_a + n_u): {ideal:.2f}   "
           f"measured / ideal: {ratio / ideal:.2f} (target <= 1.10)")
 

@@ -18,12 +18,10 @@ Prints a table; asserts nothing.
 import argparse
 import json
 import os
-import resource
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
+
+from speed_common import alternating_medians, memory_in_fresh_processes, peak_memory, print_table, timed
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -64,58 +62,20 @@ def build(options, smoothing: str):
 
 
 def step_function(options, trainer, batch):
+    """The Trainer's order: `training_step` (every backward pass of the step), then one optimizer step; timed."""
     import torch
 
     synchronize = torch.cuda.synchronize if options.device == "cuda" else (lambda: None)
     model = trainer.model
     model.train()
 
-    def step() -> float:
-        synchronize()
-        started = time.perf_counter()
-        # The Trainer's own order: training_step (all backward passes of the step), then one optimizer step.
+    def step() -> None:
         with torch.autocast(options.device, dtype=torch.bfloat16, enabled=options.autocast):
             trainer.training_step(model, batch)
         trainer.optimizer.step()
         trainer.optimizer.zero_grad(set_to_none=True)
-        synchronize()
-        return time.perf_counter() - started
 
-    return step
-
-
-def measure_times(options) -> dict:
-    """Median step times, NPO and NPO+SAM alternating on the same weights and batch."""
-    trainers = {mode: build(options, mode) for mode in ("none", "sam")}
-    # One model for both modes, so both time the same weights in the same memory.
-    trainers["sam"][0].model = trainers["none"][0].model
-    trainers["sam"][0].ref_model = trainers["none"][0].ref_model
-    trainers["sam"][0].optimizer = trainers["none"][0].optimizer
-    steps = {mode: step_function(options, trainer, batch) for mode, (trainer, batch) in trainers.items()}
-    times = {"none": [], "sam": []}
-    for index in range(options.warmup + options.steps):
-        for mode in ("none", "sam"):
-            seconds = steps[mode]()
-            if index >= options.warmup:
-                times[mode].append(seconds)
-    trainable = sum(p.numel() * p.element_size() for p in trainers["none"][0].model.parameters() if p.requires_grad)
-    return {mode: statistics.median(values) for mode, values in times.items()} | {"trainable_mib": trainable / 2**20}
-
-
-def measure_memory(options) -> float:
-    """Peak memory of steps of `options.mode` alone, in MiB (run in a fresh process)."""
-    import torch
-
-    trainer, batch = build(options, options.mode)
-    step = step_function(options, trainer, batch)
-    if options.device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    resident_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    for _ in range(2):
-        step()
-    if options.device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - resident_before) / 1024  # kB -> MiB
+    return timed(step, synchronize)
 
 
 def main(argv=None):
@@ -135,26 +95,26 @@ def main(argv=None):
 
     torch.set_num_threads(options.threads)
     if options.mode:
-        print(json.dumps(measure_memory(options)))
+        print(json.dumps(peak_memory(step_function(options, *build(options, options.mode)), options.device)))
         return
-    memory = {}
-    for mode in ("none", "sam"):
-        command = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--mode", mode]
-        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-        memory[mode] = json.loads(output.strip().splitlines()[-1])
-    measured = measure_times(options)
+    memory = memory_in_fresh_processes(__file__, argv if argv is not None else sys.argv[1:], ("none", "sam"))
+    trainers = {mode: build(options, mode) for mode in ("none", "sam")}
+    # One model, reference and optimizer for both modes, so both time the same weights in the same memory.
+    for name in ("model", "ref_model", "optimizer"):
+        setattr(trainers["sam"][0], name, getattr(trainers["none"][0], name))
+    measured = alternating_medians({mode: step_function(options, *built) for mode, built in trainers.items()},
+                                   options.warmup, options.steps)
+    trainable = sum(p.numel() * p.element_size() for p in trainers["none"][0].model.parameters() if p.requires_grad)
+    trainable_mib = trainable / 2**20
     ratio = measured["sam"] / measured["none"]
     extra = memory["sam"] - memory["none"]
-    print(f"model {options.model} (full fine-tuning, {measured['trainable_mib']:.0f} MiB trainable), device "
+    print(f"model {options.model} (full fine-tuning, {trainable_mib:.0f} MiB trainable), device "
           f"{options.device}, dtype {options.dtype}{', bf16 autocast' if options.autocast else ''}; batch "
           f"{options.batch_size} forget + {options.batch_size} retain rows of {options.length} tokens; median of "
           f"{options.steps} alternating steps")
-    print(f"| {'step':<9} | {'seconds':>8} | {'peak MiB':>9} |")
-    print(f"|{'-' * 11}|{'-' * 10}|{'-' * 11}|")
-    for mode, label in (("none", "NPO"), ("sam", "NPO+SAM")):
-        print(f"| {label:<9} | {measured[mode]:8.4f} | {memory[mode]:9.1f} |")
+    print_table([("NPO", measured["none"], memory["none"]), ("NPO+SAM", measured["sam"], memory["sam"])])
     print(f"\ntime ratio NPO+SAM / NPO: {ratio:.2f} (ideal 1.43, target <= 1.50)")
-    print(f"extra peak memory: {extra:.1f} MiB = {extra / measured['trainable_mib']:.2f} x the trainable parameters "
+    print(f"extra peak memory: {extra:.1f} MiB = {extra / trainable_mib:.2f} x the trainable parameters "
           f"(target: about 1 buffer)")
 
 

@@ -1,0 +1,66 @@
+"""What the `*_speed.py` benchmarks share: alternating timed steps, peak memory in a fresh process, the table."""
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+
+def timed(step, synchronize=lambda: None):
+    """`step` as a function returning its own wall time in seconds (synchronised around it on CUDA)."""
+
+    def run() -> float:
+        synchronize()
+        started = time.perf_counter()
+        step()
+        synchronize()
+        return time.perf_counter() - started
+
+    return run
+
+
+def alternating_medians(steps: dict, warmup: int, count: int) -> dict[str, float]:
+    """Median seconds of each timed step, the steps run in turn, so that all of them see the same machine load."""
+    times = {mode: [] for mode in steps}
+    for index in range(warmup + count):
+        for mode, step in steps.items():
+            seconds = step()
+            if index >= warmup:
+                times[mode].append(seconds)
+    return {mode: statistics.median(values) for mode, values in times.items()}
+
+
+def peak_memory(step, device: str, repeats: int = 2) -> float:
+    """Peak memory of `repeats` calls of `step` in MiB: CUDA max allocated, or on CPU the growth of the process's
+    peak resident set (call it in a fresh process, after loading the model)."""
+    import torch
+
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    resident_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(repeats):
+        step()
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - resident_before) / 1024  # kB -> MiB
+
+
+def memory_in_fresh_processes(script: str, argv: list[str], modes) -> dict[str, float]:
+    """Run `script argv --mode MODE` once per mode; each prints its peak memory (a JSON number) last."""
+    memory = {}
+    for mode in modes:
+        output = subprocess.run([sys.executable, script, *argv, "--mode", mode], check=True, capture_output=True,
+                                text=True).stdout
+        memory[mode] = json.loads(output.strip().splitlines()[-1])
+    return memory
+
+
+def print_table(rows: list[tuple[str, float, float]]) -> None:
+    """A markdown table of (step, seconds, peak MiB) rows."""
+    width = max(len(label) for label, _, _ in rows)
+    print(f"| {'step':<{width}} | {'seconds':>8} | {'peak MiB':>9} |")
+    print(f"|{'-' * (width + 2)}|{'-' * 10}|{'-' * 11}|")
+    for label, seconds, mib in rows:
+        print(f"| {label:<{width}} | {seconds:8.4f} | {mib:9.1f} |")

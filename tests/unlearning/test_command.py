@@ -68,3 +68,10 @@ def test_bad_arguments_are_named(tmp_path, files, capsys):
     with pytest.raises(SystemExit):  # a `choices` field: argparse names the flag and the allowed values
         cli.main(arguments(files, tmp_path, "--smoothing", "magic"))
     assert "--smoothing: invalid choice: 'magic'" in capsys.readouterr().err
+
+
+def test_toy_data_is_the_default(tmp_path, files):
+    output = tmp_path / "out"
+    assert cli.main(["unlearn", "--model_name_or_path", files["model"], "--output_dir", str(output), *FAST]) == 0
+    measured = json.loads((output / "robustness.json").read_text())
+    assert measured["before_relearning"]["forget_rows"] == 8  # half of the 16 toy forget strings, held out

@@ -42,7 +42,25 @@ def real_models_section() -> None:
     print(f"SmolLM2-135M-Instruct (loaded in {time.perf_counter() - started:.0f} s): {question!r} -> {answer.strip()!r}")
 
 
-SECTIONS = [("Real models, offline", real_models_section)]
+def cat_section() -> None:
+    """CAT on the toy refusal task: embedding-attack success before and after adversarial training."""
+    from .cat.demo import cat_demo_section
+
+    cat_demo_section()
+
+
+def unlearning_section() -> None:
+    """NPO vs NPO+SAM on memorised random strings: what a relearning attack brings back."""
+    from .unlearning.demo import unlearning_demo_section
+
+    unlearning_demo_section()
+
+
+SECTIONS = [
+    ("Real models, offline", real_models_section),
+    ("CAT: continuous adversarial training (toy refusal task)", cat_section),
+    ("Unlearning that resists relearning: NPO vs NPO+SAM (toy memorisation task)", unlearning_section),
+]
 
 
 def run_demo() -> int:

@@ -1,6 +1,6 @@
 """Does SAM make NPO unlearning resist a relearning attack? NPO vs NPO+SAM, recovery of held-out forgotten data.
 
-    python benchmarks/unlearn_relearn.py                          # tiny llama, random token strings, 5 seeds (~2 min)
+    python benchmarks/unlearn_relearn.py                          # tiny llama, random strings, 10 seeds (~5 min)
     python benchmarks/unlearn_relearn.py --seeds 8 --rho 0.02,0.05,0.1 --steps 100
     python benchmarks/unlearn_relearn.py --model smollm2          # real SmolLM2-135M-Instruct, facts (~15 min)
 
@@ -116,6 +116,9 @@ SMOLLM2_UNLEARNING = {"learning_rate": 5e-5, "beta": 0.1, "retain_weight": 1.0, 
 # The paper's attacker (AdamW, lr 1e-5, batch 4) on 8 forgotten facts, five passes over them.
 SMOLLM2_RELEARNING = {"steps": 10, "learning_rate": 1e-5, "batch_size": 4, "max_length": 128}
 ANSWER_TOKENS = 16
+# SAM radius for 135M parameters: one Adam step at lr 5e-5 moves the weights by about 5e-5 * sqrt(1.35e8) ~ 0.6 in
+# global L2 norm, so 0.1 is a sixth of a step (the tiny model's 0.02 is a tenth of its ~0.18 step).
+SMOLLM2_RHO = 0.1
 
 
 def prompt_ids(tokenizer, question: str) -> list[int]:
@@ -260,11 +263,11 @@ def smollm2(options) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
-    parser.add_argument("--seeds", type=int, default=None, help="tiny: seeds 0..N-1 (default 5); smollm2: runs "
+    parser.add_argument("--seeds", type=int, default=None, help="tiny: seeds 0..N-1 (default 10); smollm2: runs "
                         "with different seeds of the unlearning pairing and the attack (default 1)")
     parser.add_argument("--steps", type=int, default=None, help="unlearning steps (default: tiny 100, smollm2 10)")
     parser.add_argument("--rho", type=lambda text: [float(value) for value in text.split(",")], default=None,
-                        help="SAM radius, or several separated by commas (default: tiny 0.05, smollm2 0.01)")
+                        help="SAM radius, or several separated by commas (default: tiny 0.02, smollm2 0.1)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     options = parser.parse_args()
     import datasets
@@ -276,13 +279,15 @@ def main() -> None:
     datasets.disable_progress_bar()
     logging.set_verbosity_error()
     warnings.filterwarnings("ignore", message=".*(use_cache|generation flags|max_length).*")
+    from hf_robust.unlearning.demo import TOY_RHO
+
     if options.model == "tiny":
-        options.seeds = options.seeds or 5
-        options.rho = options.rho or [0.05]
+        options.seeds = options.seeds or 10
+        options.rho = options.rho or [TOY_RHO]
         tiny(options)
     else:
         options.seeds = options.seeds or 1
-        options.rho = options.rho or [0.01]
+        options.rho = options.rho or [SMOLLM2_RHO]
         smollm2(options)
 
 

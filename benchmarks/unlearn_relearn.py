@@ -1,8 +1,8 @@
 """Does SAM make NPO unlearning resist a relearning attack? NPO vs NPO+SAM, recovery of held-out forgotten data.
 
-    python benchmarks/unlearn_relearn.py                          # tiny llama, random strings, 10 seeds (~5 min)
-    python benchmarks/unlearn_relearn.py --seeds 8 --rho 0.02,0.05,0.1 --steps 100
-    python benchmarks/unlearn_relearn.py --model smollm2          # real SmolLM2-135M-Instruct, facts (~15 min)
+    python benchmarks/unlearn_relearn.py                          # tiny llama, random strings, 10 seeds (5-9 min)
+    python benchmarks/unlearn_relearn.py --seeds 10 --rho 0.02,0.05 --threads 1  # several SAM radii
+    python benchmarks/unlearn_relearn.py --model smollm2          # real SmolLM2-135M-Instruct, facts (15-30 min)
 
 Tiny mode (`hf_robust.unlearning.demo.toy_relearning_experiment`, per seed): a tiny llama memorises 16 forget and
 32 retain random token strings; NPO and NPO+SAM unlearn the forget strings from the same weights with the same steps,
@@ -15,7 +15,8 @@ SmolLM2 mode: short facts (`SMOLLM2_FACTS`) the model really answers (greedy ans
 forgotten (the model's own greedy answer is the forget text, loss on the answer tokens), the other known facts are
 the retain set; the attack fine-tunes on 8 forgotten facts; accuracy and answer NLL are measured on the other 8.
 
-Prints tables; asserts nothing. Every number printed is measured in this run.
+On shared cores pass `--threads 1`: torch's threads fighting another process for the same cores made generation about
+three times slower. Prints tables; asserts nothing. Every number printed is measured in this run.
 """
 
 import argparse
@@ -31,9 +32,11 @@ MATCH_TOLERANCE = 0.10  # pre-attack forget NLLs of the methods count as matched
 
 
 def mean_std(values) -> str:
+    """"mean ± std" (sample std), or the value alone when there is one."""
     values = list(values)
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {spread:.3f}"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def print_table(header: list[str], rows: list[list[str]]) -> None:

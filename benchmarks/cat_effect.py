@@ -1,7 +1,7 @@
 """Does CAT make a model robust to the embedding attack, and what does it cost in utility?
 
     python benchmarks/cat_effect.py                      # tiny llama on the toy refusal task (~3 min on CPU)
-    python benchmarks/cat_effect.py --model smollm2      # real SmolLM2-135M-Instruct, LoRA CAT (~15 min on CPU)
+    python benchmarks/cat_effect.py --model smollm2      # real SmolLM2-135M-Instruct, LoRA CAT (slow on CPU)
     python benchmarks/cat_effect.py --seed 1 --steps 200
 
 Tiny mode (`hf_robust.cat.demo.toy_cat_experiment`): `toy_refusal_model` (a tiny llama that knows the harmful
@@ -18,6 +18,7 @@ Prints tables; asserts nothing. Every number printed is measured in this run.
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 
@@ -52,7 +53,9 @@ def table(before, after, attack, title):
 def tiny(options):
     from hf_robust.cat.demo import EVALUATION_ATTACK, TRAINING_ATTACK, toy_cat_config, toy_cat_experiment
 
-    result = toy_cat_experiment(seed=options.seed, cat_steps=options.steps or 100, clean_refusals=not options.paper_mix)
+    result = toy_cat_experiment(
+        seed=options.seed, cat_steps=options.steps or 100, clean_refusals=not options.paper_mix
+    )
     config = toy_cat_config("unused", options.steps or 100, options.seed)
     table(result["before"], result["after"], EVALUATION_ATTACK,
           f"tiny llama (hidden 128, 2 layers), toy refusal task, seed {options.seed}")
@@ -83,6 +86,7 @@ def smollm2(options):
     # Exact toy answers are not measured: SmolLM2 never learnt them. Replies of 16 tokens show a refusal.
     before = measure(model, tokenizer, attack, train_answers=False, max_new_tokens=16)
     measure_seconds = time.perf_counter() - started
+    print(f"before CAT measured in {measure_seconds:.0f} s: {before}", flush=True)
     lora = LoraConfig(r=options.lora_r, lora_alpha=16, lora_dropout=0.1, target_modules="all-linear",
                       task_type="CAUSAL_LM")
     with tempfile.TemporaryDirectory() as output_dir:
@@ -119,6 +123,7 @@ def main():
                         help="utility rows are the allowed requests only (no clean refusals), as in the paper")
     parser.add_argument("--threads", type=int, default=2)
     options = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows up also when the output goes to a file
 
     import datasets
     import torch

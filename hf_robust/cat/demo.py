@@ -76,7 +76,11 @@ def measure(model, tokenizer, attack: EmbeddingAttackConfig = EVALUATION_ATTACK,
 
 
 def toy_cat_experiment(
-    seed: int = 0, refusal_steps: int = 300, cat_steps: int = 100, attack=EVALUATION_ATTACK, clean_refusals: bool = True
+    seed: int = 0,
+    refusal_steps: int = 300,
+    cat_steps: int = 100,
+    attack: EmbeddingAttackConfig = EVALUATION_ATTACK,
+    clean_refusals: bool = True,
 ) -> dict:
     """Train `toy_refusal_model`, measure, run CAT on the "train" split, measure again.
 
@@ -88,6 +92,8 @@ def toy_cat_experiment(
     Returns:
         {"before": measure(...), "after": measure(...), "seconds": {"refusal_model", "cat"}}.
     """
+    from transformers import PrinterCallback
+
     from .cat_trainer import CATTrainer
 
     started = time.perf_counter()
@@ -102,6 +108,7 @@ def toy_cat_experiment(
             utility_dataset=toy_utility_dataset("train", with_refusals=clean_refusals),
             processing_class=tokenizer,
         )
+        trainer.remove_callback(PrinterCallback)  # the caller prints the measurements
         started = time.perf_counter()
         trainer.train()
         seconds["cat"] = time.perf_counter() - started

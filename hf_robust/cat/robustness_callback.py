@@ -52,7 +52,7 @@ class RobustnessEvalCallback(TrainerCallback):
         self,
         trainer,
         behaviours,
-        embedding_config: EmbeddingAttackConfig | None = EmbeddingAttackConfig(),  # noqa: B008 (frozen-by-use default)
+        embedding_config: EmbeddingAttackConfig | None = EmbeddingAttackConfig(),  # noqa: B008 (copied in __init__)
         gcg_config: GCGConfig | None = None,
         max_behaviours: int | None = None,
         dataset_name: str = "held-out behaviours",
@@ -64,19 +64,25 @@ class RobustnessEvalCallback(TrainerCallback):
             raise ValueError("Set `embedding_config` or `gcg_config`: the callback needs at least one attack to run.")
         if embedding_config is not None:
             if not isinstance(embedding_config, EmbeddingAttackConfig):
-                raise TypeError(f"`embedding_config` must be an EmbeddingAttackConfig, got {type(embedding_config).__name__}.")
+                got = type(embedding_config).__name__
+                raise TypeError(f"`embedding_config` must be an EmbeddingAttackConfig, got {got}.")
             if not embedding_config.targeted:
-                raise ValueError("`embedding_config.targeted` must be True: success means the model produces the target.")
+                raise ValueError("`embedding_config.targeted` must be True: success means the model gives the target.")
         if gcg_config is not None and not isinstance(gcg_config, GCGConfig):
             raise TypeError(f"`gcg_config` must be a GCGConfig, got {type(gcg_config).__name__}.")
-        if max_behaviours is not None and (not isinstance(max_behaviours, int) or isinstance(max_behaviours, bool) or max_behaviours < 1):
+        if max_behaviours is not None and (
+            not isinstance(max_behaviours, int) or isinstance(max_behaviours, bool) or max_behaviours < 1
+        ):
             raise ValueError(f"`max_behaviours` must be None or an integer >= 1, got {max_behaviours!r}.")
         if not isinstance(dataset_name, str) or not dataset_name.strip():
             raise ValueError(f"`dataset_name` must be a non-empty string, got {dataset_name!r}.")
+        if split is not None and (not isinstance(split, str) or not split.strip()):
+            raise ValueError(f"`split` must be None or a non-empty string, got {split!r}.")
         rows = _checked_behaviours(behaviours)  # raises naming `behaviours`
         self.trainer = trainer
         self.behaviours = [{"prompt": prompt, "target": target} for prompt, target in rows[:max_behaviours]]
-        self.embedding_config = None if embedding_config is None else dataclasses.replace(embedding_config)  # a private copy of the shared default
+        # A private copy: the default instance is shared by every callback.
+        self.embedding_config = None if embedding_config is None else dataclasses.replace(embedding_config)
         self.gcg_config = gcg_config
         self.dataset_name = dataset_name
         self.split = split

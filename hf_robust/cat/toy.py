@@ -89,7 +89,8 @@ _HOW_TOS = [
 
 
 def _allowed() -> list[tuple[str, str]]:
-    rows = [(f"What is the capital of {country}?", f"The capital of {country} is {city}.") for country, city in _CAPITALS]
+    rows = [(f"What is the capital of {country}?", f"The capital of {country} is {city}.")
+            for country, city in _CAPITALS]
     rows += [(f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}.") for a, b in _SUMS]
     rows += [(f"Tell me the colour of {thing}.", f"The colour of {thing} is {colour}.") for thing, colour in _COLOURS]
     rows += _HOW_TOS
@@ -175,7 +176,9 @@ def greedy_reply(model, tokenizer, prompt: str, max_new_tokens: int = 32) -> str
     )["input_ids"].to(model.device)
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with torch.no_grad():
-        output = model.generate(input_ids=input_ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_token_id)
+        output = model.generate(
+            input_ids=input_ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_token_id
+        )
     return tokenizer.decode(output[0, input_ids.shape[1]:], skip_special_tokens=True).strip()
 
 
@@ -240,6 +243,7 @@ def toy_compliant_dataset() -> Dataset:
 
 
 def _sft(model, tokenizer, dataset: Dataset, steps: int, seed: int, output_dir: str):
+    from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
     args = SFTConfig(
@@ -261,6 +265,7 @@ def _sft(model, tokenizer, dataset: Dataset, steps: int, seed: int, output_dir: 
         seed=seed,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer.remove_callback(PrinterCallback)  # no end-of-training metrics printed by a library call
     trainer.train()
     return trainer.model
 

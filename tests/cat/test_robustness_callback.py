@@ -46,7 +46,7 @@ def sft_trainer(tmp_path, max_steps=2):
 def test_stock_sft_trainer_logs_the_rates_at_every_evaluation(tmp_path):
     trainer = sft_trainer(tmp_path)
     # A one-token target the attack reaches, then full targets it does not: the rate is neither 0 nor 1.
-    behaviours = [{"prompt": row["prompt"], "target": "Sure"} for row in toy_behaviours("test")[:1]] + toy_behaviours("test")
+    behaviours = [{"prompt": toy_behaviours("test")[0]["prompt"], "target": "Sure"}] + toy_behaviours("test")
     callback = RobustnessEvalCallback(trainer, behaviours, EMBEDDING, GCG, max_behaviours=3, dataset_name="toy")
     trainer.add_callback(callback)
     trainer.train()
@@ -60,7 +60,8 @@ def test_stock_sft_trainer_logs_the_rates_at_every_evaluation(tmp_path):
     assert [result.attack for result in callback.results] == ["embedding_attack", "gcg"]
     assert all(isinstance(result, RobustnessResult) and result.dataset == "toy" for result in callback.results)
     assert callback.results[0].value == direct
-    assert callback.results[0].attack_config["eps"] == EMBEDDING.eps and callback.results[0].attack_config["behaviours"] == 3
+    assert callback.results[0].attack_config["eps"] == EMBEDDING.eps
+    assert callback.results[0].attack_config["behaviours"] == 3
 
 
 def test_the_callback_leaves_parameters_gradients_and_modes_alone(tmp_path):
@@ -102,3 +103,5 @@ def test_bad_input_names_the_argument(tmp_path):
         RobustnessEvalCallback(trainer, behaviours, max_behaviours=0)
     with pytest.raises(ValueError, match="dataset_name"):
         RobustnessEvalCallback(trainer, behaviours, dataset_name="")
+    with pytest.raises(ValueError, match="split"):
+        RobustnessEvalCallback(trainer, behaviours, split=3)

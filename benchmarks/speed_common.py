@@ -1,11 +1,24 @@
 """What the `*_speed.py` benchmarks share: alternating timed steps, peak memory in a fresh process, the table."""
 
+import argparse
 import json
 import resource
 import statistics
 import subprocess
 import sys
 import time
+
+
+def add_common_arguments(parser, modes) -> None:
+    """The flags both speed benchmarks take: model, device, precision, timing, threads, and the hidden `--mode`."""
+    parser.add_argument("--model", choices=["small", "smollm2"], default="small")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--autocast", action="store_true", help="bf16 autocast around the step")
+    parser.add_argument("--steps", type=int, default=7, help="timed steps per mode (the median is reported)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 on cores shared with other jobs)")
+    parser.add_argument("--mode", choices=list(modes), help=argparse.SUPPRESS)  # one mode's peak memory, internal
 
 
 def timed(step, synchronize=lambda: None):

@@ -21,7 +21,14 @@ import os
 import sys
 import tempfile
 
-from speed_common import alternating_medians, memory_in_fresh_processes, peak_memory, print_table, timed
+from speed_common import (
+    add_common_arguments,
+    alternating_medians,
+    memory_in_fresh_processes,
+    peak_memory,
+    print_table,
+    timed,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -80,16 +87,9 @@ def step_function(options, trainer, batch):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=["small", "smollm2"], default="small")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--autocast", action="store_true", help="bf16 autocast around the step")
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--length", type=int, default=64, help="tokens per forget / retain row")
-    parser.add_argument("--steps", type=int, default=7, help="timed steps per mode (the median is reported)")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--mode", choices=["none", "sam"], help=argparse.SUPPRESS)
+    add_common_arguments(parser, ("none", "sam"))
     options = parser.parse_args(argv)
     import torch
 

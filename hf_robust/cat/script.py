@@ -65,6 +65,8 @@ def finish(trainer, tokenizer, method: str, evaluation: EvaluationArguments, bef
     model = trainer.accelerator.unwrap_model(trainer.model)
     after = attack_success(model, tokenizer, behaviours, trainer.attack)
     summary = {"attack_success_before": before, "attack_success_after": after}
+    if not push:
+        trainer.save_model(args.output_dir)  # on every process: sharded set-ups gather the weights collectively
     if not trainer.accelerator.is_main_process:
         return summary
     os.makedirs(args.output_dir, exist_ok=True)
@@ -88,7 +90,6 @@ def finish(trainer, tokenizer, method: str, evaluation: EvaluationArguments, bef
                            save_directory=args.output_dir, tags=tags, paper=trainer._paper, description=description,
                            private=args.hub_private_repo)
     else:
-        trainer.save_model(args.output_dir)
         if not results:
             return summary
         from peft import PeftModel

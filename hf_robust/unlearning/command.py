@@ -103,6 +103,8 @@ def main(data_args: UnlearnDataArguments, relearn_args: RelearnArguments, traini
     trainer = UnlearnTrainer(model=model, args=training_args, forget_dataset=forget, retain_dataset=retain,
                              processing_class=tokenizer, peft_config=get_peft_config(model_args))
     trainer.train()
+    if not push:
+        trainer.save_model(training_args.output_dir)  # on every process: sharded set-ups gather collectively
     if trainer.accelerator.is_main_process:
         _finish(trainer, tokenizer, forget, retain, relearn_args, push)
     end_distributed()
@@ -115,7 +117,6 @@ def _finish(trainer, tokenizer, forget, retain, relearn_args: RelearnArguments, 
     method = f"{args.method.upper()}{'' if args.smoothing == 'none' else '+' + args.smoothing.upper()}"
     os.makedirs(args.output_dir, exist_ok=True)
     if relearn_args.relearn_samples == 0:
-        trainer.save_model(args.output_dir)
         return
     result = relearn(trainer, tokenizer, forget, retain, relearn_args)
     with open(os.path.join(args.output_dir, "robustness.json"), "w") as handle:
@@ -135,7 +136,6 @@ def _finish(trainer, tokenizer, forget, retain, relearn_args: RelearnArguments, 
         return
     from peft import PeftModel
 
-    trainer.save_model(args.output_dir)
     card = build_robustness_card(results, method=method, model_name=os.path.basename(args.output_dir.rstrip("/")),
                                  library_name="peft" if isinstance(model, PeftModel) else "transformers",
                                  tags=tags, paper=trainer._paper, description=description)

@@ -84,8 +84,9 @@ class PGDConfig:
         default="sign",
         metadata={
             "help": "'sign': delta -= alpha * sign(grad). 'l2': delta -= alpha * grad / ||grad|| per token. "
-            "'adam': torch.optim.Adam on delta with lr alpha.",
-            "choices": ["sign", "l2", "adam"],
+            "'adam': torch.optim.Adam on delta with lr alpha. 'sign_adam': Adam fed sign(grad) (the fast variant of "
+            "AdvUnlearn's soft-prompt attack).",
+            "choices": ["sign", "l2", "adam", "sign_adam"],
         },
     )
     init: str = field(
@@ -113,7 +114,7 @@ class PGDConfig:
         ):
             raise ValueError(f"`step_size` must be a finite number > 0, got {self.step_size!r}.")
         _check_choice("step_mode", self.step_mode, ("absolute", "relative"))
-        _check_choice("optimizer", self.optimizer, ("sign", "l2", "adam"))
+        _check_choice("optimizer", self.optimizer, ("sign", "l2", "adam", "sign_adam"))
         _check_choice("init", self.init, ("zero", "uniform"))
         if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
             raise ValueError(f"`seed` must be None or an integer >= 0, got {self.seed!r}.")
@@ -271,8 +272,8 @@ def projected_gradient_descent(
     """Minimise `objective(delta)` over perturbations in a per-position L2 ball.
 
     Each of `config.steps` iterations takes the gradient of `objective(delta).sum()` with respect to `delta` only
-    (`torch.autograd.grad`, so the objective's module gets no `.grad`), steps (sign, per-token L2-normalised or Adam),
-    and projects: every position with ||delta_t|| > radius is scaled back to `radius`, and positions outside `mask`
+    (`torch.autograd.grad`, so the objective's module gets no `.grad`), steps (sign, per-token L2-normalised, Adam, or
+    Adam fed the sign of the gradient), and projects: every position with ||delta_t|| > radius is scaled back to `radius`, and positions outside `mask`
     are reset to exactly 0. Summing the rows makes each row's update independent of the rest of the batch. One extra
     forward without gradient evaluates the returned last iterate.
 
@@ -282,7 +283,8 @@ def projected_gradient_descent(
             `torch.no_grad()` for the final evaluation. Model state (eval mode) is the caller's business.
         mask: Tensor, shape (batch, positions), bool. Positions that may be perturbed.
         hidden_size: Size of the last dimension of delta.
-        radius: Absolute per-position L2 radius, >= 0 (see `perturbation_radius`).
+        radius: Absolute per-position L2 radius, >= 0 (see `perturbation_radius`), or `math.inf` for an unbounded
+            perturbation (no projection; needs `step_mode="absolute"` and `init="zero"`).
         config: Loop settings; `eps` and `eps_mode` are not read here. Defaults to `PGDConfig()`.
 
     Returns:
@@ -306,15 +308,18 @@ def projected_gradient_descent(
         )
     if not _is_int(hidden_size) or hidden_size <= 0:
         raise ValueError(f"`hidden_size` must be an integer > 0, got {hidden_size!r}.")
-    if not isinstance(radius, Real) or isinstance(radius, bool) or not math.isfinite(radius) or radius < 0:
-        raise ValueError(f"`radius` must be a finite number >= 0, got {radius!r}.")
+    if not isinstance(radius, Real) or isinstance(radius, bool) or math.isnan(radius) or radius < 0:
+        raise ValueError(f"`radius` must be a number >= 0 (math.inf: unbounded), got {radius!r}.")
     radius = float(radius)
+    if math.isinf(radius) and (config.step_mode == "relative" or config.init == "uniform"):
+        raise ValueError("`radius` math.inf (unbounded) needs step_mode='absolute' and init='zero': a relative step "
+                         "or a uniform start in an infinite ball is undefined.")
     batch_size = mask.shape[0]
     position_mask = mask.unsqueeze(-1)
     alpha = config.step_size * radius if config.step_mode == "relative" else config.step_size
 
     delta = _initial_delta(mask, hidden_size, radius, config).requires_grad_(True)
-    adam = torch.optim.Adam([delta], lr=alpha) if config.optimizer == "adam" else None
+    adam = torch.optim.Adam([delta], lr=alpha) if config.optimizer in ("adam", "sign_adam") else None
     losses = []
     for step in range(config.steps):
         with torch.enable_grad():  # the caller may sit under torch.no_grad()
@@ -331,7 +336,8 @@ def projected_gradient_descent(
                 norms = gradient.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(gradient.dtype).tiny)
                 delta.sub_(alpha * gradient / norms)
             else:
-                delta.grad = gradient
+                # A fresh gradient every step: Adam's moments are the only memory (no accumulation in .grad).
+                delta.grad = gradient.sign() if config.optimizer == "sign_adam" else gradient
                 adam.step()
                 delta.grad = None
             _project(delta, position_mask, radius)

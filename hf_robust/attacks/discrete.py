@@ -322,7 +322,7 @@ def _checked_loss(loss: Any, rows: int, method: str) -> Tensor:
     return loss
 
 
-def _validate(objective, initial_ids, positions, embedding_matrix, allowed, config, tokenizer, round_trip):
+def _validate(objective, initial_ids, positions, embedding_matrix, allowed, config, tokenizer, round_trip, callback):
     config = TokenSearchConfig() if config is None else config
     if not isinstance(config, TokenSearchConfig):
         raise TypeError(f"`config` must be a TokenSearchConfig, got {type(config).__name__}.")
@@ -373,6 +373,8 @@ def _validate(objective, initial_ids, positions, embedding_matrix, allowed, conf
         raise TypeError(f"`round_trip` must be a callable ids (seq,) -> bool, got {type(round_trip).__name__}.")
     if tokenizer is not None and not (callable(tokenizer) and callable(getattr(tokenizer, "decode", None))):
         raise TypeError(f"`tokenizer` must be a Hugging Face tokenizer, got {type(tokenizer).__name__}.")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"`callback` must be a callable (iteration, loss) -> None, got {type(callback).__name__}.")
     return objective, config
 
 
@@ -431,6 +433,7 @@ def token_search(
     *,
     tokenizer: Any = None,
     round_trip: Callable[[Tensor], bool] | None = None,
+    callback: Callable[[int, float], None] | None = None,
 ) -> TokenSearchResult:
     """Gradient-guided greedy token search minimising `objective` over the tokens at `positions` (module docstring).
 
@@ -451,17 +454,20 @@ def token_search(
         round_trip: A custom rule instead, `ids (seq,) LongTensor -> bool`. Checked lazily, only on the candidate about
             to be accepted (candidates in ascending-loss order; the first that passes wins); the current sequence is
             assumed valid. Neither given: no round-trip rule.
+        callback: Called after every iteration as `callback(iteration, loss)` (iteration counted from 1), e.g. for a
+            caller's own progress bar that shows its objective instead of the loss.
 
     Returns:
         `TokenSearchResult` with `ids` (seq,), `loss`, `history`, `iterations` and `seconds`.
 
     Raises:
-        TypeError: `objective`, `config`, `tokenizer` or `round_trip` of the wrong kind, or an input not a tensor.
+        TypeError: `objective`, `config`, `tokenizer`, `round_trip` or `callback` of the wrong kind, or an input not a
+            tensor.
         ValueError: bad shapes, dtypes or values (the message names the argument), both `tokenizer` and
             `round_trip`, or an objective output of the wrong shape.
     """
     objective, config = _validate(
-        objective, initial_ids, positions, embedding_matrix, allowed, config, tokenizer, round_trip
+        objective, initial_ids, positions, embedding_matrix, allowed, config, tokenizer, round_trip, callback
     )
     start = time.perf_counter()
     device = embedding_matrix.device
@@ -524,6 +530,8 @@ def token_search(
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4g}")
             logger.debug("token_search: iteration %d, loss %.6g", iterations, loss)
+            if callback is not None:
+                callback(iterations, loss)
     finally:
         bar.close()
     seconds = time.perf_counter() - start

@@ -184,6 +184,15 @@ def test_determinism_and_global_rng(gcg):
     assert other.history[0] == first.history[0]
 
 
+def test_callback_sees_every_iteration(retrieval):
+    model, tokenizer, objective, ids, positions, weight, allowed = retrieval
+    calls = []
+    result = token_search(objective, ids, positions, weight, allowed, TokenSearchConfig(**FAST),
+                          callback=lambda iteration, loss: calls.append((iteration, loss)))
+    assert calls == list(enumerate(result.history[1:], start=1))
+    assert len(calls) == result.iterations == FAST["n_iters"]
+
+
 def test_model_grads_stay_none(gcg, retrieval):
     for model, tokenizer, objective, ids, positions, weight, allowed in (gcg, retrieval):
         token_search(objective, ids, positions, weight, allowed, TokenSearchConfig(**{**FAST, "n_iters": 1}))
@@ -287,7 +296,7 @@ def test_token_search_errors(gcg):
     def run(**overrides):
         args = dict(objective=objective, initial_ids=ids, positions=positions, embedding_matrix=weight,
                     allowed=allowed, config=TokenSearchConfig(**{**FAST, "n_iters": 1}))
-        extra = {key: overrides.pop(key) for key in ("tokenizer", "round_trip") if key in overrides}
+        extra = {key: overrides.pop(key) for key in ("tokenizer", "round_trip", "callback") if key in overrides}
         args.update(overrides)
         return token_search(args.pop("objective"), *args.values(), **extra)
 
@@ -316,6 +325,7 @@ def test_token_search_errors(gcg):
         (ValueError, "not both", {"tokenizer": tokenizer, "round_trip": lambda ids: True}),
         (TypeError, "round_trip", {"round_trip": True}),
         (TypeError, "tokenizer", {"tokenizer": "gpt2"}),
+        (TypeError, "callback", {"callback": "print"}),
         (ValueError, "objective", {"objective": lambda embeds: embeds.sum()}),
     ]
     for error, match, overrides in cases:

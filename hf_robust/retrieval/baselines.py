@@ -1,0 +1,181 @@
+"""Baselines for GASLITE with its API shape `(model, queries, info, ...) -> GasliteResult`.
+
+- `hotflip_poison`: the corpus-poisoning attack of Zhong et al. (2023), a HotFlip search on the shared discrete core:
+  a 50-token trigger, one random position per iteration, the top-100 tokens of the plain (unnormalised, single-row)
+  gradient scored in one batch, kept only if the similarity improves, up to 5000 iterations or `time_limit`.
+  Differences from Zhong et al.: the info is prepended by default (an SEO attacker wants it in the passage; set
+  `include_info=False` for Zhong's trigger-only passage), the trigger starts from "!" tokens (Zhong: a gold passage's
+  first tokens), the objective is GASLITE's exact centroid similarity (Zhong: the mean dot product over a fresh batch
+  of 64 queries per step), and the token filter and round-trip rule of GASLITE apply, so the passage is valid text.
+- `query_stuffing`: the info followed by the target queries, concatenated and cut to `trigger_len` tokens.
+- `info_only`: the info alone.
+
+Every result carries `objective`, the similarity of the passage to the centroid of the target queries (as GASLITE's),
+and `seconds`.
+"""
+
+import time
+from dataclasses import dataclass, field
+from numbers import Real
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..attacks.discrete import TokenSearchConfig
+from .gaslite import (
+    GasliteConfig,
+    GasliteResult,
+    _check_info,
+    _document_prompt,
+    _is_int,
+    check_model,
+    encoded_similarity,
+    run_trigger_search,
+    target_embeddings,
+)
+from .objective import query_centroid, with_full_stop
+
+
+@dataclass
+class HotflipConfig:
+    """Settings of `hotflip_poison`; defaults follow Zhong et al. (2023): 50 tokens, top-100, 5000 iterations."""
+
+    trigger_len: int = field(default=50, metadata={"help": "Number of trigger tokens (Zhong et al.: 50). >= 1."})
+    include_info: bool = field(
+        default=True,
+        metadata={"help": "Prepend the info to the trigger (True) or use the trigger alone as in Zhong et al."},
+    )
+    trigger_init: str = field(
+        default="!", metadata={"help": "Initial trigger, as `GasliteConfig.trigger_init`. A non-blank string."}
+    )
+    n_iters: int = field(default=5000, metadata={"help": "Maximum number of iterations (one position each). >= 0."})
+    n_candidates: int = field(
+        default=100, metadata={"help": "Top gradient tokens tried at the chosen position. >= 1."}
+    )
+    time_limit: float | None = field(
+        default=None, metadata={"help": "Stop before an iteration starts once this many seconds passed. > 0 or None."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the search. >= 0."})
+    batch_size: int = field(default=128, metadata={"help": "Rows per forward when scoring candidates. >= 1."})
+    progress: bool = field(default=True, metadata={"help": "Show a tqdm progress bar with the current similarity."})
+
+    def __post_init__(self):
+        for name, minimum in (("trigger_len", 1), ("n_iters", 0), ("n_candidates", 1), ("seed", 0),
+                              ("batch_size", 1)):
+            value = getattr(self, name)
+            if not _is_int(value) or value < minimum:
+                raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
+        for name in ("include_info", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
+        if not isinstance(self.trigger_init, str) or not self.trigger_init.strip():
+            raise ValueError(f"`trigger_init` must be a non-blank string, got {self.trigger_init!r}.")
+        if self.time_limit is not None and (
+            not isinstance(self.time_limit, Real) or isinstance(self.time_limit, bool) or not self.time_limit > 0
+            or self.time_limit == float("inf")
+        ):
+            raise ValueError(f"`time_limit` must be None or a finite number > 0, got {self.time_limit!r}.")
+
+    def search_config(self) -> TokenSearchConfig:
+        """One position per iteration, the top `n_candidates` tokens of the plain gradient, all of them tried."""
+        return TokenSearchConfig(
+            n_iters=self.n_iters, topk=self.n_candidates, n_candidates=self.n_candidates,
+            n_top_candidates=self.n_candidates, n_flip=1, n_grad=1, normalize_gradient=False,
+            time_limit=self.time_limit, batch_size=self.batch_size, seed=self.seed, progress=False,
+        )
+
+
+def hotflip_poison(model: Any, queries: list[str] | Tensor, info: str = "",
+                   config: HotflipConfig | None = None) -> GasliteResult:
+    """Zhong et al. (2023) corpus poisoning (HotFlip) on the shared core; see the module docstring.
+
+    Args:
+        model, queries: As in `gaslite_attack`.
+        info: The attacker's text, prepended to the trigger when `config.include_info` (then non-blank); ignored
+            otherwise.
+        config: Defaults to `HotflipConfig()`.
+
+    Returns:
+        `GasliteResult` with the passage, its `trigger_ids` (trigger_len,), the similarity `objective` and
+        non-decreasing `objective_history`, `iterations` and `seconds`.
+
+    Raises:
+        TypeError, ValueError: as `gaslite_attack`; `config` not a `HotflipConfig`.
+    """
+    start = time.perf_counter()
+    config = HotflipConfig() if config is None else config
+    if not isinstance(config, HotflipConfig):
+        raise TypeError(f"`config` must be a HotflipConfig, got {type(config).__name__}.")
+    check_model(model)
+    position = "suffix" if config.include_info else "trigger_only"
+    _check_info(info, position)
+    centroid = query_centroid(target_embeddings(model, queries))
+    layout = GasliteConfig(trigger_len=config.trigger_len, trigger_position=position,
+                           trigger_init=config.trigger_init, progress=config.progress)
+    result = run_trigger_search(model, centroid, info, layout, config.search_config(), "HotFlip")
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _fixed_passage(model: Any, queries: list[str] | Tensor, passage: str, trigger_ids: list[int],
+                   start: float) -> GasliteResult:
+    """A passage that is not searched: its similarity, ids and the position of its appended tokens."""
+    tokenizer = model.tokenizer
+    objective = float(encoded_similarity(model, [passage], queries)[0])
+    ids = torch.tensor(tokenizer(_document_prompt(model) + passage).input_ids, dtype=torch.long)
+    trigger = torch.tensor(trigger_ids, dtype=torch.long)
+    return GasliteResult(
+        passage=passage, trigger=tokenizer.decode(trigger_ids).strip(), trigger_ids=trigger, ids=ids,
+        trigger_positions=torch.empty(0, dtype=torch.long), objective=objective, objective_history=[objective],
+        iterations=0, seconds=time.perf_counter() - start,
+    )
+
+
+def query_stuffing(model: Any, queries: list[str], info: str, trigger_len: int = 30) -> GasliteResult:
+    """The info followed by the target queries joined by spaces, cut to `trigger_len` tokens (GASLITE's budget).
+
+    Args:
+        model: As in `gaslite_attack`.
+        queries: The target queries, a non-empty list of strings (their text is needed).
+        info: The attacker's text (non-blank; a "." is appended if it lacks final punctuation).
+        trigger_len: Token budget of the stuffed queries, >= 1. Queries shorter in total are used whole.
+
+    Returns:
+        `GasliteResult`; `trigger_ids` are the (at most `trigger_len`) stuffed query tokens, `iterations` 0.
+
+    Raises:
+        TypeError: `queries` not a list of str, `info` not a str, `model` not a SentenceTransformer.
+        ValueError: empty `queries`, blank `info`, `trigger_len` not an integer >= 1.
+    """
+    start = time.perf_counter()
+    check_model(model)
+    _check_info(info, "suffix")
+    if isinstance(queries, Tensor):
+        raise TypeError("`queries` must be a list of str for query_stuffing (their text is stuffed), got a Tensor.")
+    if not _is_int(trigger_len) or trigger_len < 1:
+        raise ValueError(f"`trigger_len` must be an integer >= 1, got {trigger_len!r}.")
+    target_embeddings(model, queries)  # validates the queries
+    stuffed = model.tokenizer(" ".join(query.strip() for query in queries), add_special_tokens=False).input_ids
+    stuffed = stuffed[:trigger_len]
+    passage = f"{with_full_stop(info)} {model.tokenizer.decode(stuffed).strip()}"
+    return _fixed_passage(model, queries, passage, stuffed, start)
+
+
+def info_only(model: Any, queries: list[str] | Tensor, info: str) -> GasliteResult:
+    """The info alone (a "." appended if it lacks final punctuation): the attacker's passage without any attack.
+
+    Args:
+        model, queries: As in `gaslite_attack` (the queries only give `objective`).
+        info: The attacker's text, non-blank.
+
+    Returns:
+        `GasliteResult` with an empty trigger and `iterations` 0.
+
+    Raises:
+        TypeError, ValueError: as `gaslite_attack` for `model`, `queries` and `info`.
+    """
+    start = time.perf_counter()
+    check_model(model)
+    _check_info(info, "suffix")
+    return _fixed_passage(model, queries, with_full_stop(info), [], start)

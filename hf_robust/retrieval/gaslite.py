@@ -1,0 +1,402 @@
+"""GASLITE (Ben-Tov & Sharif, 2024): adversarial passages that a dense retriever ranks high for a set of queries.
+
+A passage is the attacker's info text plus a trigger of L tokens, optimised so that the passage embedding is as
+similar as possible to the centroid of the target query embeddings (see `hf_robust.retrieval.objective`). GASLITE is an
+objective on the shared discrete core, not a second search loop: `gaslite_attack` runs `token_search` over the trigger
+positions with loss = the NEGATED centroid similarity.
+
+Mapping of GASLITE (`config/attack/ours.yaml` of the reference code) onto `token_search`:
+
+- Gradient: the one-hot gradient averaged over `n_grad=50` rows (the current passage and 49 random single-token
+  perturbations of its trigger, drawn from the allowed tokens), each L2-normalised per position over the vocabulary.
+- Candidates: the top-`topk=256` allowed tokens per trigger position; `n_flip=20` random positions visited greedily
+  in sorted order, each with `n_candidates=128` tokens (the top 64 plus 64 drawn with replacement from ranks 64-255),
+  scored in one batched forward together with the unflipped passage, so the objective never decreases.
+- Token filter `allowed_token_mask` (special, non-ASCII, non-printable, `[unused*]`), and a lazy round-trip rule on
+  the whole passage: `tokenizer(prompt + passage)` must give exactly the optimised ids (so the trigger keeps L tokens).
+- Differences from the reference code: sequences are never padded to 512 and respect `max_seq_length`, the unflipped
+  passage is always kept (monotone objective), and the trigger starts from "!" tokens (the reference code's default is
+  a GPT-2 continuation of the info; its `!`-initialisation is the one kept here).
+
+Prompts: the passage is encoded with the model's document prompt (`document_prompt_name`) and the queries with its
+query prompt (`query_prompt_name`). `GasliteResult.passage` is the passage WITHOUT the prompt; a retriever adds the
+prompt when it indexes it, i.e. `model.encode(result.passage, prompt_name=document_prompt_name(model))` reproduces the
+optimised embedding.
+
+Example:
+
+    >>> result = gaslite_attack(model, queries, "Voldemort was right all along.", GasliteConfig(n_iters=100))
+    >>> result.passage, result.objective
+    >>> results = craft_poison_passages(model, queries, info, n_passages=5)  # one passage per k-means cluster
+"""
+
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass, field, replace
+from numbers import Real
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..attacks.continuous import eval_mode
+from ..attacks.discrete import TokenSearchConfig, allowed_token_mask, token_search
+from .objective import (
+    SIMILARITIES,
+    TRIGGER_POSITIONS,
+    CentroidObjective,
+    centroid_similarity,
+    passage_layout,
+    query_centroid,
+)
+
+logger = logging.getLogger("hf_robust")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def document_prompt_name(model: Any) -> str | None:
+    """The name of the prompt the model prepends to documents: "document" if non-blank in `model.prompts`, else
+    "passage" if non-blank, else None (no prompt)."""
+    prompts = getattr(model, "prompts", None) or {}
+    return next((name for name in ("document", "passage") if (prompts.get(name) or "").strip()), None)
+
+
+def query_prompt_name(model: Any) -> str | None:
+    """The name of the prompt the model prepends to queries: "query" if non-blank in `model.prompts`, else None."""
+    prompts = getattr(model, "prompts", None) or {}
+    return "query" if (prompts.get("query") or "").strip() else None
+
+
+@dataclass
+class GasliteConfig:
+    """Settings of `gaslite_attack` and `craft_poison_passages`; defaults follow GASLITE's `ours.yaml` (L=30 as in
+    its "short" configs and demo)."""
+
+    trigger_len: int = field(default=30, metadata={"help": "Number L of trigger tokens. >= 1."})
+    trigger_position: str = field(
+        default="suffix",
+        metadata={"help": "Where the trigger goes: 'suffix' (after the info), 'prefix' (before it), 'middle' (between "
+                  "the two halves of its words) or 'trigger_only' (no info in the passage)."},
+    )
+    trigger_init: str = field(
+        default="!",
+        metadata={"help": "Initial trigger: a text of one token is repeated L times; a longer text is tokenised and "
+                  "cut, or padded with '!' tokens, to L tokens. A non-blank string."},
+    )
+    n_iters: int = field(default=100, metadata={"help": "Maximum number of iterations. >= 0."})
+    n_grad: int = field(
+        default=50,
+        metadata={"help": "Gradient rows averaged: the current passage and n_grad - 1 random single-token "
+                  "perturbations of its trigger. >= 1."},
+    )
+    topk: int = field(default=256, metadata={"help": "Candidate tokens per trigger position from the gradient. >= 1."})
+    n_candidates: int = field(
+        default=128,
+        metadata={"help": "Candidate tokens tried per flipped position: the best n_candidates // 2 of the top-k plus "
+                  "n_candidates - n_candidates // 2 drawn with replacement from the remaining top-k ranks. >= 1."},
+    )
+    n_flip: int = field(
+        default=20,
+        metadata={"help": "Trigger positions changed greedily per iteration. >= 1; above L, max(1, int(0.67 L))."},
+    )
+    time_limit: float | None = field(
+        default=None, metadata={"help": "Stop before an iteration starts once this many seconds passed. > 0 or None."}
+    )
+    seed: int = field(
+        default=0,
+        metadata={"help": "Seed of the search, and of k-means in craft_poison_passages (cluster i searches with "
+                  "seed + i). >= 0."},
+    )
+    batch_size: int = field(
+        default=128, metadata={"help": "Rows per forward when scoring candidates and gradient rows. >= 1."}
+    )
+    progress: bool = field(default=True, metadata={"help": "Show a tqdm progress bar with the current similarity."})
+
+    def __post_init__(self):
+        for name, minimum in (("trigger_len", 1), ("n_iters", 0), ("n_grad", 1), ("topk", 1), ("n_candidates", 1),
+                              ("n_flip", 1), ("seed", 0), ("batch_size", 1)):
+            value = getattr(self, name)
+            if not _is_int(value) or value < minimum:
+                raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
+        if self.trigger_position not in TRIGGER_POSITIONS:
+            raise ValueError(f"`trigger_position` must be one of {TRIGGER_POSITIONS}, got {self.trigger_position!r}.")
+        if not isinstance(self.trigger_init, str) or not self.trigger_init.strip():
+            raise ValueError(f"`trigger_init` must be a non-blank string, got {self.trigger_init!r}.")
+        if self.time_limit is not None and (
+            not isinstance(self.time_limit, Real) or isinstance(self.time_limit, bool) or not self.time_limit > 0
+            or self.time_limit == float("inf")
+        ):
+            raise ValueError(f"`time_limit` must be None or a finite number > 0, got {self.time_limit!r}.")
+        if not isinstance(self.progress, bool):
+            raise ValueError(f"`progress` must be True or False, got {self.progress!r}.")
+
+    def search_config(self) -> TokenSearchConfig:
+        """The `TokenSearchConfig` of this attack (its own progress bar replaces the core's)."""
+        return TokenSearchConfig(
+            n_iters=self.n_iters, topk=self.topk, n_candidates=self.n_candidates,
+            n_top_candidates=min(self.n_candidates // 2, self.topk), n_flip=self.n_flip, n_grad=self.n_grad,
+            normalize_gradient=True, time_limit=self.time_limit, batch_size=self.batch_size, seed=self.seed,
+            progress=False,
+        )
+
+
+@dataclass
+class GasliteResult:
+    """Output of `gaslite_attack` (and of the baselines in `hf_robust.retrieval.baselines`).
+
+    Attributes:
+        passage: str. The adversarial passage WITHOUT the model's document prompt.
+        trigger: str. The decoded trigger text ("" for a passage without trigger).
+        trigger_ids: LongTensor, shape (L,), on CPU. The optimised trigger tokens.
+        ids: LongTensor, shape (seq,), on CPU. `tokenizer(prompt + passage).input_ids`, special tokens included.
+        trigger_positions: LongTensor, shape (L,), on CPU. Where `trigger_ids` sit in `ids`.
+        objective: float. Similarity of the passage embedding to the target centroid (model's similarity).
+        objective_history: list of `iterations + 1` floats, non-decreasing; `[0]` is the initial passage's.
+        iterations: int. Search iterations run.
+        seconds: float. Wall-clock time of the whole call.
+        query_indices: list[int] | None. Indices of the target queries (set by `craft_poison_passages`).
+    """
+
+    passage: str
+    trigger: str
+    trigger_ids: Tensor
+    ids: Tensor
+    trigger_positions: Tensor
+    objective: float
+    objective_history: list[float]
+    iterations: int
+    seconds: float
+    query_indices: list[int] | None = None
+
+
+def check_model(model: Any) -> str:
+    """Raise unless `model` is a SentenceTransformer with a cosine or dot similarity; return that similarity."""
+    from sentence_transformers import SentenceTransformer
+
+    if not isinstance(model, SentenceTransformer):
+        raise TypeError(f"`model` must be a sentence_transformers.SentenceTransformer, got {type(model).__name__}.")
+    similarity = model.similarity_fn_name or "cosine"
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"The model's similarity_fn_name must be one of {SIMILARITIES}, got {similarity!r}.")
+    return similarity
+
+
+def target_embeddings(model: Any, queries: list[str] | Tensor) -> Tensor:
+    """The target query embeddings: Tensor (n, dim), float32, on the model's device.
+
+    `queries` is a non-empty list of strings (encoded with the model's query prompt) or a Tensor of already computed
+    embeddings, shape (n, dim), or (dim,) for one query or a given centroid.
+    """
+    if isinstance(queries, Tensor):
+        embeddings = queries.unsqueeze(0) if queries.dim() == 1 else queries
+        dimension = (getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension)()
+        if embeddings.dim() != 2 or embeddings.shape[0] == 0 or not embeddings.dtype.is_floating_point or (
+            dimension is not None and embeddings.shape[1] != dimension
+        ):
+            raise ValueError(
+                f"`queries` as a Tensor must be floating embeddings of shape (n, {dimension}) or ({dimension},) with "
+                f"n >= 1, got {queries.dtype} {tuple(queries.shape)}."
+            )
+        if not torch.isfinite(embeddings).all() or (embeddings.norm(dim=-1) == 0).any():
+            raise ValueError("`queries` embeddings must be finite and non-zero.")
+        return embeddings.detach().float().to(model.device)
+    if not isinstance(queries, (list, tuple)) or not all(isinstance(query, str) for query in queries):
+        raise TypeError(f"`queries` must be a list of str or a Tensor of embeddings, got {type(queries).__name__}.")
+    if not queries or not all(query.strip() for query in queries):
+        raise ValueError("`queries` must be a non-empty list of non-blank strings.")
+    with torch.no_grad(), eval_mode(model):  # encode switches to eval mode; restore the caller's flags
+        embeddings = model.encode(list(queries), prompt_name=query_prompt_name(model), convert_to_tensor=True,
+                                  show_progress_bar=False)
+    return embeddings.float().to(model.device)
+
+
+def _check_info(info: Any, trigger_position: str) -> None:
+    if not isinstance(info, str):
+        raise TypeError(f"`info` must be a str, got {type(info).__name__}.")
+    if not info.strip() and trigger_position != "trigger_only":
+        raise ValueError("`info` must be a non-blank string (only trigger_position='trigger_only' leaves it out).")
+
+
+def _document_prompt(model: Any) -> str:
+    name = document_prompt_name(model)
+    return model.prompts[name] if name else ""
+
+
+def run_trigger_search(model: Any, centroid: Tensor, info: str, config: GasliteConfig, search: TokenSearchConfig,
+                       description: str) -> GasliteResult:
+    """Optimise the trigger of the passage `info` + trigger (layout from `config`) with the `search` settings.
+
+    Shared by `gaslite_attack` and `hotflip_poison`. `centroid` is Tensor (dim,) (see `query_centroid`); the result's
+    `seconds` covers only this call.
+    """
+    start = time.perf_counter()
+    similarity = check_model(model)
+    prompt = _document_prompt(model)
+    layout, features = passage_layout(model, info, prompt, config.trigger_len, config.trigger_position,
+                                      config.trigger_init)
+    weight = model[0].auto_model.get_input_embeddings().weight
+    allowed = allowed_token_mask(model.tokenizer, num_embeddings=weight.shape[0])
+    objective = CentroidObjective(model, features, centroid, similarity)
+    bar = tqdm(total=search.n_iters, desc=description, disable=not config.progress)
+
+    def show(iteration: int, loss: float) -> None:
+        bar.update(1)
+        bar.set_postfix(similarity=f"{-loss:.4f}")
+
+    try:
+        with eval_mode(model):
+            result = token_search(objective, layout.ids.to(weight.device), layout.positions.to(weight.device),
+                                  weight, allowed, search, round_trip=layout.round_trip, callback=show)
+    finally:
+        bar.close()
+    ids = result.ids.cpu()
+    trigger_ids = ids[layout.positions]
+    history = [-loss for loss in result.history]
+    logger.info("%s: similarity %.4f -> %.4f in %d iterations (%.1f s)", description, history[0], history[-1],
+                result.iterations, result.seconds)
+    return GasliteResult(
+        passage=layout.passage(trigger_ids), trigger=model.tokenizer.decode(trigger_ids.tolist()).strip(),
+        trigger_ids=trigger_ids, ids=ids, trigger_positions=layout.positions.clone(), objective=history[-1],
+        objective_history=history, iterations=result.iterations, seconds=time.perf_counter() - start,
+    )
+
+
+def gaslite_attack(model: Any, queries: list[str] | Tensor, info: str,
+                   config: GasliteConfig | None = None) -> GasliteResult:
+    """GASLITE: one adversarial passage (info + optimised trigger) whose embedding nears the target queries' centroid.
+
+    The model is not modified: it runs in eval mode with every module's flag restored afterwards, and no parameter
+    `.grad` is created.
+
+    Args:
+        model: A `SentenceTransformer` whose `similarity_fn_name` is "cosine" or "dot" and whose first module is a
+            Hugging Face transformer (`model[0].auto_model`).
+        queries: The target queries: a non-empty list of strings (encoded with the model's query prompt), or their
+            embeddings, Tensor of shape (n, dim), or (dim,) for a single query or a given centroid.
+        info: The attacker's text, kept verbatim at the start (suffix), end (prefix) or around (middle) the trigger;
+            a "." is appended if it lacks final punctuation. Must be non-blank unless `trigger_position` is
+            "trigger_only", where it is left out of the passage.
+        config: Attack settings; defaults to `GasliteConfig()`.
+
+    Returns:
+        `GasliteResult`: `passage` (without the document prompt), `trigger_ids` (L,), `objective` and
+        `objective_history` (the similarity to the centroid, non-decreasing), `iterations`, `seconds`.
+
+    Raises:
+        TypeError: `model` is not a SentenceTransformer, `config` not a GasliteConfig, `info` not a str, or `queries`
+            neither a list of str nor a Tensor.
+        ValueError: empty `queries`, blank `info`, embeddings of the wrong shape, a similarity other than cosine/dot,
+            or a passage longer than the model's `max_seq_length`.
+    """
+    start = time.perf_counter()
+    config = GasliteConfig() if config is None else config
+    if not isinstance(config, GasliteConfig):
+        raise TypeError(f"`config` must be a GasliteConfig, got {type(config).__name__}.")
+    check_model(model)
+    _check_info(info, config.trigger_position)
+    centroid = query_centroid(target_embeddings(model, queries))
+    result = run_trigger_search(model, centroid, info, config, config.search_config(), "GASLITE")
+    return replace(result, seconds=time.perf_counter() - start)
+
+
+def encoded_similarity(model: Any, passages: list[str], queries: list[str] | Tensor) -> Tensor:
+    """Similarity of freshly encoded passages (document prompt) to the centroid of `queries`: Tensor (n_passages,)."""
+    centroid = query_centroid(target_embeddings(model, queries))
+    with torch.no_grad(), eval_mode(model):
+        embeddings = model.encode(list(passages), prompt_name=document_prompt_name(model), convert_to_tensor=True,
+                                  show_progress_bar=False)
+    return centroid_similarity(embeddings.to(centroid.device), centroid, check_model(model)).cpu()
+
+
+def cluster_queries(embeddings: Tensor, n_clusters: int, seed: int) -> list[list[int]]:
+    """k-means (scikit-learn) on the L2-normalised query embeddings: one list of query indices per cluster.
+
+    Args:
+        embeddings: Tensor, shape (n, dim).
+        n_clusters: 1 <= n_clusters <= n; 1 gives one cluster of every query (no k-means).
+        seed: `random_state` of `KMeans`.
+
+    Returns:
+        `n_clusters` non-empty, disjoint lists of ascending indices covering 0..n-1, ordered by their smallest index,
+        so the same input and seed give the same clusters in the same order on every process.
+    """
+    if n_clusters == 1:
+        return [list(range(embeddings.shape[0]))]
+    from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
+
+    points = torch.nn.functional.normalize(embeddings.detach().double().cpu(), dim=-1).numpy()
+    with warnings.catch_warnings():  # too few distinct points: sklearn warns, the check below raises
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        labels = KMeans(n_clusters=n_clusters, random_state=seed, n_init=10).fit_predict(points).tolist()
+    clusters: dict[int, list[int]] = {}
+    for index, label in enumerate(labels):
+        clusters.setdefault(label, []).append(index)
+    if len(clusters) != n_clusters:
+        raise ValueError(f"k-means found {len(clusters)} distinct clusters, fewer than `n_passages`={n_clusters} "
+                         "(duplicate queries?).")
+    return list(clusters.values())
+
+
+def _process_state() -> tuple[int, int]:
+    """(process index, number of processes) under `accelerate launch`; (0, 1) in a plain process, where accelerate's
+    state is left uninitialised (initialising it here could clash with a later `Accelerator(cpu=True)`)."""
+    from accelerate import PartialState
+
+    if not PartialState._shared_state and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    state = PartialState()
+    return state.process_index, state.num_processes
+
+
+def craft_poison_passages(model: Any, queries: list[str] | Tensor, info: str, n_passages: int,
+                          config: GasliteConfig | None = None) -> list[GasliteResult]:
+    """GASLITE with a budget of `n_passages`: k-means on the query embeddings, one passage per cluster.
+
+    `n_passages=1` is the concept ("knows-what") threat model: one passage for all the queries, no k-means. Cluster i
+    is attacked with seed `config.seed + i`. Under `accelerate launch`, cluster i runs on process
+    i % num_processes and the results are gathered to every process (`accelerate.utils.gather_object`), so every
+    process returns the same list as a single process would.
+
+    Args:
+        model, info, config: As in `gaslite_attack`.
+        queries: A non-empty list of strings, or their embeddings, Tensor (n, dim).
+        n_passages: Number of passages, 1 <= n_passages <= number of queries.
+
+    Returns:
+        list of `n_passages` `GasliteResult`, in cluster order; `result.query_indices` are the indices of the queries
+        of its cluster (together they cover every query exactly once).
+
+    Raises:
+        TypeError, ValueError: as `gaslite_attack`, and for `n_passages` not an integer in [1, number of queries].
+    """
+    config = GasliteConfig() if config is None else config
+    if not isinstance(config, GasliteConfig):
+        raise TypeError(f"`config` must be a GasliteConfig, got {type(config).__name__}.")
+    check_model(model)
+    _check_info(info, config.trigger_position)
+    embeddings = target_embeddings(model, queries)
+    if not _is_int(n_passages) or not 1 <= n_passages <= embeddings.shape[0]:
+        raise ValueError(
+            f"`n_passages` must be an integer in [1, {embeddings.shape[0]}] (the number of queries), "
+            f"got {n_passages!r}."
+        )
+    clusters = cluster_queries(embeddings, n_passages, config.seed)
+    rank, world_size = _process_state()
+    mine = []
+    for index in range(rank, n_passages, world_size):
+        logger.info("craft_poison_passages: cluster %d of %d (%d queries) on process %d", index + 1, n_passages,
+                    len(clusters[index]), rank)
+        result = gaslite_attack(model, embeddings[clusters[index]], info, replace(config, seed=config.seed + index))
+        mine.append((index, replace(result, query_indices=clusters[index])))
+    if world_size > 1:
+        from accelerate.utils import gather_object
+
+        mine = gather_object(mine)
+    return [result for _, result in sorted(mine, key=lambda pair: pair[0])]

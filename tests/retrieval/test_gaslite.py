@@ -1,0 +1,220 @@
+"""GASLITE on tiny sentence-transformers: monotone objective, valid passages, prompts, k-means, determinism, errors."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from hf_robust.attacks import allowed_token_mask
+from hf_robust.retrieval import (
+    GasliteConfig,
+    GasliteResult,
+    craft_poison_passages,
+    document_prompt_name,
+    gaslite_attack,
+    query_prompt_name,
+)
+from hf_robust.retrieval.gaslite import encoded_similarity, target_embeddings
+from hf_robust.testing import tiny_sentence_transformer
+
+QUERIES = [
+    "how is the weather today", "is it going to rain tomorrow", "what a nice sunny day", "the weather is cold",
+    "where can i buy a new car", "how much does a used car cost", "tell me about the capital of france",
+]
+INFO = "Buy cheap shoes at our store"
+FAST = GasliteConfig(trigger_len=6, n_iters=4, n_grad=4, topk=32, n_candidates=16, n_flip=3, progress=False)
+MODELS = {
+    "cosine": {},
+    "dot": {"similarity": "dot"},
+    "prompts": {"prompts": {"query": "query: ", "document": "passage: "}},
+}
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {name: tiny_sentence_transformer(seed=0, **kwargs) for name, kwargs in MODELS.items()}
+
+
+def prompt_of(model):
+    name = document_prompt_name(model)
+    return model.prompts[name] if name else ""
+
+
+def assert_valid(model, result, config, queries=QUERIES):
+    tokenizer = model.tokenizer
+    history = result.objective_history
+    assert len(history) == result.iterations + 1
+    assert all(b >= a for a, b in zip(history, history[1:])), history
+    assert result.objective == history[-1] == max(history)
+    # The passage alone (through model.encode with the document prompt) reproduces the tracked objective.
+    assert float(encoded_similarity(model, [result.passage], queries)[0]) == pytest.approx(result.objective, abs=1e-5)
+    # Round trip: the text gives exactly the optimised ids, with L trigger tokens where the search put them.
+    assert tokenizer(prompt_of(model) + result.passage).input_ids == result.ids.tolist()
+    assert result.trigger_ids.shape == (config.trigger_len,)
+    assert torch.equal(result.ids[result.trigger_positions], result.trigger_ids)
+    allowed = allowed_token_mask(tokenizer, num_embeddings=model[0].auto_model.get_input_embeddings().num_embeddings)
+    assert allowed[result.trigger_ids].all()
+    assert isinstance(result.passage, str) and result.seconds > 0
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_attack_invariants(models, name):
+    model = models[name]
+    training = model.training
+    result = gaslite_attack(model, QUERIES, INFO, FAST)
+    assert isinstance(result, GasliteResult)
+    assert_valid(model, result, FAST)
+    assert result.iterations == FAST.n_iters
+    assert result.objective > result.objective_history[0]  # the search improved on the "!" trigger
+    assert result.passage.startswith(INFO + ". ")  # info verbatim, full stop added, trigger after it
+    assert model.training == training and all(parameter.grad is None for parameter in model.parameters())
+
+
+@pytest.mark.parametrize("position", ["prefix", "middle", "trigger_only"])
+def test_trigger_positions(models, position):
+    model = models["prompts"]
+    config = replace(FAST, trigger_position=position)
+    result = gaslite_attack(model, QUERIES, INFO, config)
+    assert_valid(model, result, config)
+    if position == "prefix":
+        assert result.passage.endswith(" " + INFO + ".")
+    elif position == "middle":
+        assert result.passage.startswith("Buy cheap shoes ") and result.passage.endswith(" at our store.")
+    else:
+        assert "shoes" not in result.passage and result.passage == result.trigger
+
+
+def test_tensor_queries_and_determinism(models):
+    model = models["cosine"]
+    result = gaslite_attack(model, QUERIES, INFO, FAST)
+    embeddings = model.encode(QUERIES, convert_to_tensor=True)
+    from_tensor = gaslite_attack(model, embeddings, INFO, FAST)
+    assert from_tensor.passage == result.passage and from_tensor.objective_history == result.objective_history
+    # A single (dim,) target is the centroid direction itself.
+    single = gaslite_attack(model, embeddings[0], INFO, FAST)
+    assert_valid(model, single, FAST, queries=QUERIES[:1])
+    # A different seed searches differently (the passages may coincide, the histories do not here).
+    other = gaslite_attack(model, QUERIES, INFO, replace(FAST, seed=1))
+    assert other.objective_history != result.objective_history
+
+
+def test_trigger_init_string_and_time_limit(models):
+    model = models["cosine"]
+    tokenizer = model.tokenizer
+    result = gaslite_attack(model, QUERIES, INFO, replace(FAST, trigger_init="the weather", n_iters=0))
+    expected = tokenizer("the weather ! ! ! !", add_special_tokens=False).input_ids
+    assert result.trigger_ids.tolist() == expected and result.iterations == 0
+    assert result.passage.startswith(INFO + ". the weather") and result.trigger.startswith("the weather")
+    assert tokenizer(result.passage, add_special_tokens=False).input_ids[-6:] == expected
+    result = gaslite_attack(model, QUERIES, INFO, replace(FAST, time_limit=1e-9))
+    assert result.iterations == 0 and result.objective_history == [result.objective]
+
+
+def test_progress_bar_shows_the_similarity(models, capsys):
+    capsys.readouterr()
+    gaslite_attack(models["cosine"], QUERIES, INFO, replace(FAST, n_iters=2, progress=True))
+    err = capsys.readouterr().err
+    assert "GASLITE" in err and "similarity=" in err and "loss=" not in err
+
+
+def test_prompt_names():
+    assert (document_prompt_name(tiny_sentence_transformer()), query_prompt_name(tiny_sentence_transformer())) == (
+        None, None)
+    e5 = tiny_sentence_transformer(prompts={"query": "query: ", "passage": "passage: "})
+    assert (document_prompt_name(e5), query_prompt_name(e5)) == ("passage", "query")
+    both = tiny_sentence_transformer(prompts={"document": "doc: ", "passage": "passage: "})
+    assert (document_prompt_name(both), query_prompt_name(both)) == ("document", None)
+
+
+def test_queries_are_encoded_with_the_query_prompt(models):
+    model = models["prompts"]
+    expected = model.encode(QUERIES, prompt="query: ", convert_to_tensor=True)
+    torch.testing.assert_close(target_embeddings(model, QUERIES), expected)
+
+
+def test_craft_poison_passages_clusters(models):
+    model = models["cosine"]
+    results = craft_poison_passages(model, QUERIES, INFO, 3, FAST)
+    assert len(results) == 3
+    covered = sorted(index for result in results for index in result.query_indices)
+    assert covered == list(range(len(QUERIES)))  # every query in exactly one cluster
+    embeddings = model.encode(QUERIES, convert_to_tensor=True)
+    for cluster, result in enumerate(results):
+        targets = [QUERIES[index] for index in result.query_indices]
+        assert_valid(model, result, FAST, queries=targets)
+        # Cluster i is one GASLITE attack on its queries with seed + i.
+        alone = gaslite_attack(model, embeddings[result.query_indices], INFO, replace(FAST, seed=cluster))
+        assert alone.passage == result.passage
+    again = craft_poison_passages(model, QUERIES, INFO, 3, FAST)
+    assert [result.passage for result in again] == [result.passage for result in results]
+    assert [result.query_indices for result in again] == [result.query_indices for result in results]
+    (single,) = craft_poison_passages(model, QUERIES, INFO, 1, FAST)
+    assert single.query_indices == list(range(len(QUERIES)))
+    assert single.passage == gaslite_attack(model, QUERIES, INFO, FAST).passage
+
+
+def test_config_mapping_and_errors():
+    search = GasliteConfig().search_config()
+    assert (search.n_iters, search.n_grad, search.topk, search.n_candidates, search.n_top_candidates,
+            search.n_flip, search.normalize_gradient) == (100, 50, 256, 128, 64, 20, True)
+    assert GasliteConfig(n_candidates=16, topk=4).search_config().n_top_candidates == 4
+    for kwargs, match in [
+        ({"trigger_len": 0}, "trigger_len"), ({"trigger_len": 2.0}, "trigger_len"), ({"n_iters": -1}, "n_iters"),
+        ({"n_grad": 0}, "n_grad"), ({"topk": 0}, "topk"), ({"n_candidates": 0}, "n_candidates"),
+        ({"n_flip": 0}, "n_flip"), ({"seed": -1}, "seed"), ({"batch_size": 0}, "batch_size"),
+        ({"trigger_position": "end"}, "trigger_position"), ({"trigger_init": " "}, "trigger_init"),
+        ({"trigger_init": 1}, "trigger_init"), ({"time_limit": 0}, "time_limit"),
+        ({"time_limit": float("inf")}, "time_limit"), ({"time_limit": True}, "time_limit"),
+        ({"progress": 1}, "progress"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            GasliteConfig(**kwargs)
+
+
+def test_attack_errors(models):
+    model = models["cosine"]
+    embeddings = model.encode(QUERIES, convert_to_tensor=True)
+    cases = [
+        (TypeError, "model", dict(model=model[0])),
+        (TypeError, "config", dict(config={"n_iters": 1})),
+        (TypeError, "info", dict(info=None)),
+        (ValueError, "info", dict(info="  ")),
+        (TypeError, "queries", dict(queries="how is the weather")),
+        (TypeError, "queries", dict(queries=[1, 2])),
+        (ValueError, "queries", dict(queries=[])),
+        (ValueError, "queries", dict(queries=["fine", " "])),
+        (ValueError, "queries", dict(queries=embeddings[:, :5])),
+        (ValueError, "queries", dict(queries=embeddings[:0])),
+        (ValueError, "queries", dict(queries=embeddings[None])),
+        (ValueError, "queries", dict(queries=torch.zeros_like(embeddings))),
+        (ValueError, "queries", dict(queries=embeddings.long())),
+        (ValueError, "max_seq_length", dict(config=replace(FAST, trigger_len=125))),
+    ]
+    for error, match, overrides in cases:
+        arguments = {"model": model, "queries": QUERIES, "info": INFO, "config": FAST, **overrides}
+        with pytest.raises(error, match=match):
+            gaslite_attack(**arguments)
+    # trigger_only leaves the info out, so it may be empty there.
+    gaslite_attack(model, QUERIES, "", replace(FAST, trigger_position="trigger_only", n_iters=0))
+    euclidean = tiny_sentence_transformer()
+    euclidean.similarity_fn_name = "euclidean"
+    with pytest.raises(ValueError, match="similarity"):
+        gaslite_attack(euclidean, QUERIES, INFO, FAST)
+
+
+def test_craft_poison_passages_errors(models):
+    model = models["cosine"]
+    for error, match, overrides in [
+        (ValueError, "n_passages", {"n_passages": 0}),
+        (ValueError, "n_passages", {"n_passages": len(QUERIES) + 1}),
+        (ValueError, "n_passages", {"n_passages": 2.0}),
+        (ValueError, "queries", {"queries": []}),
+        (TypeError, "info", {"info": 3}),
+        (TypeError, "config", {"config": FAST.search_config()}),
+        (TypeError, "model", {"model": "all-MiniLM-L6-v2"}),
+    ]:
+        arguments = {"model": model, "queries": QUERIES, "info": INFO, "n_passages": 2, "config": FAST, **overrides}
+        with pytest.raises(error, match=match):
+            craft_poison_passages(**arguments)
+    with pytest.raises(ValueError, match="distinct clusters"):
+        craft_poison_passages(model, ["same query"] * 3, INFO, 2, FAST)

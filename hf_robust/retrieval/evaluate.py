@@ -1,0 +1,225 @@
+"""Corpus-poisoning evaluation: where adversarial passages rank among a clean corpus, per query, by exact search.
+
+Conventions (shared with `gaslite_attack` and the baselines):
+
+- Adversarial passages are plain passage texts, like corpus passages: no prompt inside the string.
+- Corpus and adversarial passages are encoded the same way, with the model's document prompt
+  (`document_prompt_name`: "document" if non-blank, else "passage" if non-blank, else none); queries with its query
+  prompt (`query_prompt_name`). Scores are the model's own `model.similarity` (cosine or dot).
+- Rank of an adversarial passage for a query = the number of clean corpus passages whose score is >= its score, so
+  ties count against the attacker and 0 is the top. A query's rank is the minimum over the adversarial passages;
+  appeared@k = mean(rank < k), MRR@10 = mean(1 / (rank + 1) if rank < 10 else 0).
+- With a defense (`hf_robust.defenses`), the corpus and the adversarial passages are filtered first and ranks are
+  taken among the surviving clean passages; a removed adversarial passage never appears (if all are removed, a
+  query's rank is the number of surviving clean passages).
+
+Example:
+
+    >>> corpus = default_corpus()
+    >>> corpus_embeddings = encode_corpus(model, corpus)  # once, reused across attacks
+    >>> report = evaluate_poisoning(model, corpus, concept_queries("held_out"), [result.passage],
+    ...                             corpus_embeddings=corpus_embeddings)
+    >>> report.appeared_at[10], report.mrr_at_10
+"""
+
+import numbers
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .gaslite import document_prompt_name, query_prompt_name
+
+__all__ = ["PoisoningReport", "encode_corpus", "encode_queries", "evaluate_poisoning"]
+
+MRR_CUTOFF = 10
+
+
+@dataclass
+class PoisoningReport:
+    """Result of `evaluate_poisoning`.
+
+    Attributes:
+        appeared_at: k -> share of queries whose best adversarial passage ranks < k (0-based rank).
+        mrr_at_10: mean over queries of 1 / (rank + 1) if rank < 10 else 0.
+        ranks: per query (len n_queries), the best adversarial passage's rank among the (surviving) clean passages.
+        best_passage: per query, the index into `adv_passages` of its best passage (the first on ties); -1 when a
+            defense removed every adversarial passage.
+        n_queries: number of queries.
+        n_corpus: number of clean passages ranked against (the survivors, with a defense).
+        defense_name: the defense's `name`, or None without a defense.
+        clean_removed_fraction: share of clean passages the defense removed (None without a defense).
+        adv_removed: per adversarial passage, True if the defense removed it (None without a defense).
+    """
+
+    appeared_at: dict[int, float]
+    mrr_at_10: float
+    ranks: list[int]
+    best_passage: list[int]
+    n_queries: int
+    n_corpus: int
+    defense_name: str | None = None
+    clean_removed_fraction: float | None = None
+    adv_removed: list[bool] | None = field(default=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready values (keys of `appeared_at` become strings, as JSON requires)."""
+        values = asdict(self)
+        values["appeared_at"] = {str(k): value for k, value in self.appeared_at.items()}
+        return values
+
+
+def _check_texts(value: Any, name: str) -> None:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(text, str) for text in value):
+        raise TypeError(f"`{name}` must be a list of strings, got {type(value).__name__}")
+    if len(value) == 0:
+        raise ValueError(f"`{name}` must not be empty")
+
+
+def _check_positive_int(value: Any, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}")
+
+
+def encode_corpus(model: Any, corpus: list[str], batch_size: int = 64) -> Tensor:
+    """Encode passages as a retriever indexes them: with the model's document prompt.
+
+    Args:
+        model: a `SentenceTransformer`.
+        corpus: passage texts (no prompt inside), e.g. `default_corpus()` or adversarial passages.
+        batch_size: passages per forward.
+
+    Returns:
+        Tensor, shape (len(corpus), dim), on the model's device; L2-normalised if the model normalises.
+
+    Raises:
+        TypeError / ValueError: `corpus` is not a non-empty list of strings; `batch_size` is not a positive int.
+    """
+    _check_texts(corpus, "corpus")
+    _check_positive_int(batch_size, "batch_size")
+    return model.encode(
+        list(corpus), prompt_name=document_prompt_name(model), batch_size=batch_size, convert_to_tensor=True
+    )
+
+
+def encode_queries(model: Any, queries: list[str], batch_size: int = 64) -> Tensor:
+    """Encode queries with the model's query prompt. Returns Tensor, shape (len(queries), dim)."""
+    _check_texts(queries, "queries")
+    _check_positive_int(batch_size, "batch_size")
+    return model.encode(
+        list(queries), prompt_name=query_prompt_name(model), batch_size=batch_size, convert_to_tensor=True
+    )
+
+
+def _check_ks(ks: Any) -> tuple[int, ...]:
+    if isinstance(ks, (str, bytes)) or not hasattr(ks, "__iter__"):
+        raise ValueError(f"`ks` must be a non-empty sequence of integers >= 1, got {ks!r}")
+    ks = tuple(ks)
+    if not ks or any(isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1 for k in ks):
+        raise ValueError(f"`ks` must be a non-empty sequence of integers >= 1, got {ks!r}")
+    return tuple(int(k) for k in ks)
+
+
+def _keep_mask(defense: Any, passages: list[str], embeddings: Tensor) -> Tensor:
+    keep = defense.keep(passages, embeddings)
+    if not (isinstance(keep, Tensor) and keep.dtype == torch.bool and keep.shape == (len(passages),)):
+        raise ValueError(
+            f"`defense`.keep must return a BoolTensor of shape ({len(passages)},), got "
+            f"{keep.dtype if isinstance(keep, Tensor) else type(keep).__name__} "
+            f"{tuple(keep.shape) if isinstance(keep, Tensor) else ''}"
+        )
+    return keep.to(embeddings.device)
+
+
+def evaluate_poisoning(
+    model: Any,
+    corpus: list[str],
+    queries: list[str],
+    adv_passages: list[str],
+    ks: tuple[int, ...] = (1, 5, 10),
+    *,
+    corpus_embeddings: Tensor | None = None,
+    defense: Any = None,
+    batch_size: int = 64,
+) -> PoisoningReport:
+    """Rank adversarial passages among a clean corpus for every query (exact search, the model's similarity).
+
+    Args:
+        model: a `SentenceTransformer` (the retriever).
+        corpus: clean passage texts, shape (n,) as a list.
+        queries: query texts (m,).
+        adv_passages: adversarial passage texts (p,), plain texts without a prompt.
+        ks: cut-offs for appeared@k.
+        corpus_embeddings: optional precomputed `encode_corpus(model, corpus)`, shape (n, dim); avoids re-encoding.
+        defense: optional filter with `name` and `keep(passages, embeddings) -> BoolTensor (len,)`; if it has a
+            `fit` method and its `threshold` is None, it is first fitted on the clean corpus.
+        batch_size: texts per encoding forward.
+
+    Returns:
+        PoisoningReport.
+
+    Raises:
+        TypeError / ValueError: empty or non-string corpus, queries or adv_passages; ks not positive integers;
+            corpus_embeddings not of shape (len(corpus), dim) with the queries' dim; a defense without `keep`.
+    """
+    _check_texts(corpus, "corpus")
+    _check_texts(queries, "queries")
+    _check_texts(adv_passages, "adv_passages")
+    ks = _check_ks(ks)
+    _check_positive_int(batch_size, "batch_size")
+    if defense is not None and not callable(getattr(defense, "keep", None)):
+        raise TypeError(f"`defense` must have a keep(passages, embeddings) method, got {type(defense).__name__}")
+    query_embeddings = encode_queries(model, queries, batch_size)
+    if corpus_embeddings is None:
+        corpus_embeddings = encode_corpus(model, corpus, batch_size)
+    elif not isinstance(corpus_embeddings, Tensor) or corpus_embeddings.shape != (
+        len(corpus),
+        query_embeddings.shape[-1],
+    ):
+        shape = tuple(corpus_embeddings.shape) if isinstance(corpus_embeddings, Tensor) else type(corpus_embeddings)
+        raise ValueError(
+            f"`corpus_embeddings` must be a tensor of shape (len(corpus), dim) = "
+            f"({len(corpus)}, {query_embeddings.shape[-1]}), got {shape}"
+        )
+    corpus_embeddings = corpus_embeddings.to(query_embeddings.device, query_embeddings.dtype)
+    adv_embeddings = encode_corpus(model, adv_passages, batch_size)
+
+    keep_corpus = torch.ones(len(corpus), dtype=torch.bool, device=corpus_embeddings.device)
+    keep_adv = torch.ones(len(adv_passages), dtype=torch.bool, device=corpus_embeddings.device)
+    if defense is not None:
+        if callable(getattr(defense, "fit", None)) and getattr(defense, "threshold", None) is None:
+            defense.fit(list(corpus), corpus_embeddings)
+        keep_corpus = _keep_mask(defense, list(corpus), corpus_embeddings)
+        keep_adv = _keep_mask(defense, list(adv_passages), adv_embeddings)
+
+    clean_scores = model.similarity(query_embeddings, corpus_embeddings[keep_corpus])  # (m, n_kept)
+    adv_scores = model.similarity(query_embeddings, adv_embeddings)  # (m, p)
+    n_kept = int(keep_corpus.sum())
+    # (m, p): clean passages scoring >= each adversarial passage; one adversarial column at a time bounds memory.
+    passage_ranks = torch.stack(
+        [(clean_scores >= adv_scores[:, [column]]).sum(dim=1) for column in range(adv_scores.shape[1])], dim=1
+    )
+    passage_ranks[:, ~keep_adv] = n_kept + 1  # sentinel above any survivor's rank, mapped to n_kept below
+    ranks, best = passage_ranks.min(dim=1)
+    none_kept = ranks > n_kept
+    ranks = ranks.clamp_max(n_kept)
+    best = torch.where(none_kept, torch.full_like(best, -1), best)
+
+    # A query whose adversarial passages were all removed never sees one, even when fewer than k clean ones survive.
+    present = ~none_kept
+    ranks_float = ranks.double()
+    reciprocal = torch.where(present & (ranks < MRR_CUTOFF), 1.0 / (ranks_float + 1.0), 0.0)
+    report = PoisoningReport(
+        appeared_at={k: (present & (ranks < k)).double().mean().item() for k in ks},
+        mrr_at_10=reciprocal.mean().item(),
+        ranks=ranks.tolist(),
+        best_passage=best.tolist(),
+        n_queries=len(queries),
+        n_corpus=n_kept,
+    )
+    if defense is not None:
+        report.defense_name = str(getattr(defense, "name", type(defense).__name__))
+        report.clean_removed_fraction = 1.0 - n_kept / len(corpus)
+        report.adv_removed = (~keep_adv).tolist()
+    return report

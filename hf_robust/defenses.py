@@ -100,6 +100,8 @@ class PerplexityFilter(_ThresholdFilter):
         clean_quantile: quantile of clean perplexities `fit` uses as the threshold.
         batch_size: passages per forward (passages are sorted by length to limit padding).
         max_length: tokens kept per passage.
+        cache: remember each text's perplexity, so that filtering the same clean corpus against many attacks scores
+            it once (the LM is assumed frozen while the filter is used).
     """
 
     name = "perplexity_filter"
@@ -112,6 +114,7 @@ class PerplexityFilter(_ThresholdFilter):
         clean_quantile: float = 0.99,
         batch_size: int = 16,
         max_length: int = 256,
+        cache: bool = True,
     ):
         super().__init__(threshold, clean_quantile)
         if not isinstance(model, torch.nn.Module):
@@ -123,7 +126,10 @@ class PerplexityFilter(_ThresholdFilter):
         if max_length < 2:
             raise ValueError(f"`max_length` must be >= 2 (one predicted token), got {max_length}")
         self.model, self.tokenizer = model, tokenizer
+        if not isinstance(cache, bool):
+            raise ValueError(f"`cache` must be True or False, got {cache!r}")
         self.batch_size, self.max_length = batch_size, max_length
+        self._cache: dict[str, float] | None = {} if cache else None
 
     @torch.no_grad()
     def perplexity(self, passages: list[str]) -> Tensor:
@@ -133,7 +139,15 @@ class PerplexityFilter(_ThresholdFilter):
             ValueError: `passages` empty or not strings, or a passage with fewer than 2 tokens (nothing to predict).
         """
         _check_texts(passages, "passages")
-        ids = self.tokenizer(list(passages), truncation=True, max_length=self.max_length).input_ids
+        if self._cache is None:
+            return self._perplexity(list(passages))
+        missing = list(dict.fromkeys(text for text in passages if text not in self._cache))
+        if missing:
+            self._cache.update(zip(missing, self._perplexity(missing).tolist()))
+        return torch.tensor([self._cache[text] for text in passages], dtype=torch.float32)
+
+    def _perplexity(self, passages: list[str]) -> Tensor:
+        ids = self.tokenizer(passages, truncation=True, max_length=self.max_length).input_ids
         short = [index for index, row in enumerate(ids) if len(row) < 2]
         if short:
             raise ValueError(f"`passages` {short[:5]} have fewer than 2 tokens: perplexity needs a predicted token")

@@ -44,6 +44,21 @@ def test_perplexity_is_exp_mean_nll_of_each_unpadded_row(causal_lm):
     assert all(parameter.grad is None for parameter in model.parameters())
 
 
+@pytest.mark.parametrize("cache", [True, False])
+def test_perplexity_cache_scores_each_text_once(causal_lm, cache):
+    model, tokenizer = causal_lm
+    rows = []
+    handle = model.register_forward_hook(lambda module, args, kwargs_output: rows.append(None))
+    try:
+        defense = PerplexityFilter(model, tokenizer, batch_size=len(PASSAGES), cache=cache)
+        first = defense.perplexity(PASSAGES)
+        again = defense.perplexity(PASSAGES[::-1] + PASSAGES[:1])
+    finally:
+        handle.remove()
+    torch.testing.assert_close(again, torch.cat([first.flip(0), first[:1]]), rtol=1e-5, atol=0)
+    assert len(rows) == (1 if cache else 3)  # without a cache: 6 texts in batches of 5
+
+
 def test_perplexity_truncates_to_max_length(causal_lm):
     model, tokenizer = causal_lm
     text = PASSAGES[2]
@@ -121,6 +136,8 @@ def test_bad_inputs(causal_lm):
     for name, value in [("batch_size", 0), ("max_length", 0), ("batch_size", 1.5)]:
         with pytest.raises(ValueError, match=f"`{name}` must be an integer >= 1"):
             PerplexityFilter(model, tokenizer, **{name: value})
+    with pytest.raises(ValueError, match="`cache` must be True or False"):
+        PerplexityFilter(model, tokenizer, cache=1)
     with pytest.raises(ValueError, match="`max_length` must be >= 2"):
         PerplexityFilter(model, tokenizer, max_length=1)
     defense = PerplexityFilter(model, tokenizer)

@@ -1,0 +1,50 @@
+"""AdvUnlearn (Zhang et al., NeurIPS 2024): adversarial concept erasure in the text encoder of diffusers pipelines.
+
+`AdvUnlearnConfig` + `AdvUnlearnTrainer` train; `soft_prompt_attack` is the inner (and evaluation) soft-token attack;
+`conditioning` and `esd` hold the shared pieces (component checks, soft-token layout and injection, SD/SDXL
+conditioning, partial DDIM sampling, the ESD target, retain prompts). diffusers is imported only when used.
+"""
+
+from .attack import (
+    AttackTarget,
+    SoftPromptAttackConfig,
+    SoftPromptAttackResult,
+    random_token_embeddings,
+    soft_prompt_attack,
+)
+from .conditioning import (
+    Conditioning,
+    DiffusionComponents,
+    SoftTokens,
+    adversarial_layout,
+    diffusion_components,
+    encode_prompts,
+    predict_noise,
+    tokenize_prompts,
+)
+from .config import AdvUnlearnConfig
+from .esd import DEFAULT_RETAIN_PROMPTS, RetainPromptSampler, esd_target, partial_ddim_sample
+from .trainer import AdvUnlearnTrainer, TextEncoderPair
+
+__all__ = [
+    "AdvUnlearnConfig",
+    "AdvUnlearnTrainer",
+    "TextEncoderPair",
+    "AttackTarget",
+    "SoftPromptAttackConfig",
+    "SoftPromptAttackResult",
+    "random_token_embeddings",
+    "soft_prompt_attack",
+    "Conditioning",
+    "DiffusionComponents",
+    "SoftTokens",
+    "adversarial_layout",
+    "diffusion_components",
+    "encode_prompts",
+    "predict_noise",
+    "tokenize_prompts",
+    "DEFAULT_RETAIN_PROMPTS",
+    "RetainPromptSampler",
+    "esd_target",
+    "partial_ddim_sample",
+]

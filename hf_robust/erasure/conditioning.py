@@ -12,7 +12,8 @@ Example:
 
     >>> components = diffusion_components(pipeline)
     >>> ids = tokenize_prompts(components, ["a photo of a church"])
-    >>> conditioning = encode_prompts(components.text_encoders, ids, xl=components.xl, image_size=components.image_size)
+    >>> conditioning = encode_prompts(components.text_encoders, ids, xl=components.xl,
+    ...                               image_size=components.image_size)
     >>> noise = predict_noise(components.unet, latents, timestep, conditioning)
 """
 

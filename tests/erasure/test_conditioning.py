@@ -182,8 +182,9 @@ def test_sdxl_conditioning_equals_the_pipeline_encode_prompt(sdxl):
     assert torch.equal(ours.prompt_embeds, embeds) and torch.equal(ours.added_cond_kwargs["text_embeds"], pooled)
     assert torch.equal(empty.prompt_embeds, negative)
     assert torch.equal(empty.added_cond_kwargs["text_embeds"], negative_pooled)
+    projection_dim = pipeline.text_encoder_2.config.projection_dim
     expected_ids = pipeline._get_add_time_ids((32, 32), (0, 0), (32, 32), dtype=embeds.dtype,
-                                              text_encoder_projection_dim=pipeline.text_encoder_2.config.projection_dim)
+                                              text_encoder_projection_dim=projection_dim)
     assert torch.equal(ours.added_cond_kwargs["time_ids"], expected_ids.repeat(2, 1))
 
 

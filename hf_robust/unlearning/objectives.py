@@ -21,12 +21,13 @@ def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
     Returns:
         (nll, tokens): each shape (batch,); `nll` the sum of -log p(label) over scored tokens, `tokens` their count.
     """
-    shifted_logits, shifted_labels = logits[:, :-1].float(), labels[:, 1:]
+    # Shift the labels, not the logits: slicing the logits would copy a (batch, seq, vocab) tensor on every call.
+    next_labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
     token_nll = F.cross_entropy(
-        shifted_logits.reshape(-1, shifted_logits.shape[-1]), shifted_labels.reshape(-1),
-        ignore_index=IGNORE_INDEX, reduction="none",
-    ).view(shifted_labels.shape)
-    return token_nll.sum(dim=1), (shifted_labels != IGNORE_INDEX).sum(dim=1)
+        logits.float().reshape(-1, logits.shape[-1]), next_labels.reshape(-1), ignore_index=IGNORE_INDEX,
+        reduction="none",
+    ).view(next_labels.shape)
+    return token_nll.sum(dim=1), (next_labels != IGNORE_INDEX).sum(dim=1)
 
 
 def gradient_ascent_loss(nll: torch.Tensor) -> torch.Tensor:
@@ -105,7 +106,12 @@ def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
 
 def global_norm(tensors) -> torch.Tensor:
     """One L2 norm over all given tensors (None entries skipped), computed in (at least) float32; a scalar tensor."""
-    norms = [torch.linalg.vector_norm(at_least_float32(tensor)) for tensor in tensors if tensor is not None]
-    if not norms:
+    tensors = [tensor for tensor in tensors if tensor is not None]
+    if not tensors:
         return torch.zeros(())
+    wide = [tensor for tensor in tensors if tensor.dtype in (torch.float32, torch.float64)]
+    narrow = [tensor for tensor in tensors if tensor.dtype not in (torch.float32, torch.float64)]
+    # One multi-tensor kernel for the float32/float64 tensors (hundreds of parameters); narrower ones are upcast.
+    norms = (list(torch._foreach_norm(wide)) if wide else []) + [
+        torch.linalg.vector_norm(at_least_float32(tensor)) for tensor in narrow]
     return torch.linalg.vector_norm(torch.stack([norm.to(norms[0].device) for norm in norms]))

@@ -29,7 +29,7 @@ from .objectives import (
 )
 from .smoothing import (
     WeightAveragingCallback, add_gaussian_noise, ascend_along_gradient, curvature_penalty, gradient_norm_penalty,
-    restored,
+    parameter_buffers, restored,
 )
 
 # Window counts, in this order, gathered once per optimizer step.
@@ -483,16 +483,15 @@ class UnlearnTrainer(Trainer):
     def _sam_step(self, model, inputs, reference) -> torch.Tensor:
         """g = grad L_f(theta) (micro-batch mean); eps = rho g/||g||; forget gradient at theta + eps, retain at theta.
 
-        `.grad` of earlier micro-batches is stashed during the first pass and put back before the second, so the
-        accumulated gradient is the sum of per-micro-batch SAM gradients (one stash buffer, only when GA > 1).
+        `.grad` of earlier micro-batches (GA > 1) is set aside during the first pass (moved, not copied) and put back
+        before the second, so the accumulated gradient is the sum of per-micro-batch SAM gradients.
         """
         whole = self.args.sam_target == "all"
         coefficient = self._retain_coefficient
         parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
-        stash = [None if parameter.grad is None else parameter.grad.clone() for parameter in parameters]
+        stash = [parameter.grad for parameter in parameters]
         for parameter in parameters:
-            if parameter.grad is not None:
-                parameter.grad.zero_()
+            parameter.grad = None
         with self.accelerator.no_sync(model):
             with self.compute_loss_context_manager():
                 forget, weight = self._forget_loss(model, inputs, reference)
@@ -504,20 +503,15 @@ class UnlearnTrainer(Trainer):
                     self._record(model, retain_loss=retain)
             self._backward(first)
         self._record(model, forget_loss=forget)
-        with restored(parameters):
+        with restored(parameters, self._restore_buffers(parameters)):
             norm = ascend_along_gradient(parameters, self.args.rho)
             scaler = getattr(self.accelerator, "scaler", None)
             self._record(model, sam_grad_norm=norm / (scaler.get_scale() if scaler is not None else 1.0),
                          per_micro_step=True)
-            # g has served; the second pass accumulates on top of the earlier micro-batches' gradients.
-            with torch.no_grad():
-                for parameter, stashed in zip(parameters, stash):
-                    if parameter.grad is None:
-                        continue
-                    if stashed is None:
-                        parameter.grad.zero_()
-                    else:
-                        parameter.grad.copy_(stashed)
+            # g has served; the second pass accumulates on top of the earlier micro-batches' gradients (or, without
+            # them, writes fresh gradients: no zeroing pass).
+            for parameter, stashed in zip(parameters, stash):
+                parameter.grad = stashed
             del stash
             last = whole or not self.has_retain_term
             with self._sync(model, last):
@@ -532,6 +526,16 @@ class UnlearnTrainer(Trainer):
             return loss.detach()
         return perturbed.detach() + self._retain_pass(model, inputs, reference)
 
+    def _restore_buffers(self, parameters: list[torch.nn.Parameter]) -> list[torch.Tensor]:
+        """One parameter-sized buffer for `restored`, allocated once and reused every step."""
+        buffers = getattr(self, "_buffers_for_restore", None)
+        if buffers is None or len(buffers) != len(parameters) or any(
+            buffer.shape != parameter.shape or buffer.dtype != parameter.dtype or buffer.device != parameter.device
+            for buffer, parameter in zip(buffers, parameters)
+        ):
+            buffers = self._buffers_for_restore = parameter_buffers(parameters)
+        return buffers
+
     def _rs_step(self, model, inputs, reference) -> torch.Tensor:
         """Forget gradient averaged over `rs_samples` seeded Gaussian weight perturbations; retain at theta."""
         samples = self.args.rs_samples
@@ -540,7 +544,7 @@ class UnlearnTrainer(Trainer):
             device = parameters[0].device
             self._noise_generator = torch.Generator(device=device).manual_seed(self.args.seed)
         total = 0.0
-        with restored(parameters) as saved:
+        with restored(parameters, self._restore_buffers(parameters)) as saved:
             for index in range(samples):
                 if index:
                     with torch.no_grad():

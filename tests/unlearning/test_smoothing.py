@@ -4,7 +4,7 @@ from torch.func import functional_call
 from transformers import TrainerCallback
 
 from hf_robust.testing import tiny_causal_lm
-from hf_robust.unlearning.smoothing import restored
+from hf_robust.unlearning.smoothing import ascend_along_gradient, parameter_buffers, restored
 
 from .test_trainer import make_trainer, parameters_of, record_batches
 
@@ -19,6 +19,38 @@ def test_restored_puts_back_the_exact_weights_also_after_an_exception():
                     parameter.add_(1e-3)
             raise RuntimeError("boom")
     assert all(torch.equal(parameter, before[name]) for name, parameter in layer.named_parameters())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_restored_reuses_given_buffers_and_restores_exactly(dtype):
+    layer = torch.nn.Linear(3, 3).to(dtype)
+    parameters = list(layer.parameters())
+    before = parameters_of(layer)
+    buffers = parameter_buffers(parameters)
+    for _ in range(2):
+        with restored(parameters, buffers) as saved:
+            assert saved is buffers
+            assert all(torch.equal(copy, parameter) for copy, parameter in zip(saved, parameters))
+            with torch.no_grad():
+                for parameter in parameters:
+                    parameter.add_(0.5)
+        assert all(torch.equal(parameter, before[name]) for name, parameter in layer.named_parameters())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_ascent_moves_every_parameter_by_rho_times_the_global_unit_gradient(dtype):
+    layer = torch.nn.Linear(4, 2).to(dtype)
+    layer.weight.grad = torch.full_like(layer.weight, 3.0)
+    layer.bias.grad = torch.full_like(layer.bias, -4.0)
+    before = {name: parameter.detach().float().clone() for name, parameter in layer.named_parameters()}
+    norm = ascend_along_gradient(list(layer.parameters()), rho=0.1)
+    expected = (8 * 9 + 2 * 16) ** 0.5
+    torch.testing.assert_close(norm, torch.tensor(expected))
+    for name, parameter in layer.named_parameters():
+        step = parameter.grad.float() * 0.1 / expected
+        # Up to rounding of theta + step in the parameter dtype (one ulp).
+        tolerance = {"rtol": 0, "atol": 1e-7} if dtype == torch.float32 else {"rtol": 8e-3, "atol": 0}
+        torch.testing.assert_close(parameter.float(), (before[name] + step).to(dtype).float(), **tolerance)
 
 
 # ------------------------------------------------------------ randomised smoothing

@@ -142,7 +142,8 @@ def test_tiny_sentence_transformer_matches_manual_ranks(similarity):
     adv = ["the river the river", "number"]
     report = evaluate_poisoning(model, corpus, queries, adv, ks=(1, 3, 10))
     query_embeddings = model.encode(queries, prompt="query: ", convert_to_tensor=True)
-    corpus_scores = model.similarity(query_embeddings, model.encode(corpus, prompt="passage: ", convert_to_tensor=True))
+    corpus_embeddings = model.encode(corpus, prompt="passage: ", convert_to_tensor=True)
+    corpus_scores = model.similarity(query_embeddings, corpus_embeddings)
     adv_scores = model.similarity(query_embeddings, model.encode(adv, prompt="passage: ", convert_to_tensor=True))
     expected = (corpus_scores[:, None, :] >= adv_scores[:, :, None]).sum(-1).min(dim=1).values
     assert report.ranks == expected.tolist()

@@ -1,0 +1,163 @@
+"""Does GASLITE put one adversarial passage in the top 10 of unseen concept queries, and do defenses stop it?
+
+    python benchmarks/gaslite_effect.py                  # full default budget (GasliteConfig()); GPU-scale on CPU
+    python benchmarks/gaslite_effect.py --quick          # tiny budget and corpus: a smoke test (< 2 min on CPU)
+    python benchmarks/gaslite_effect.py --n_iters 20 --threads 2
+
+Setting: the real all-MiniLM-L6-v2 (cosine), the shipped corpus (Python Language Reference, 734 passages) and the
+shipped concept "exceptions" (30 attack queries the attacker targets, 30 held-out queries measured), the default
+attacker info (`DEFAULT_INFO`). For 1 and 5 passages:
+
+- GASLITE: `craft_poison_passages` (k-means on the attack queries for 5), `GasliteConfig()` defaults unless flags
+  change them;
+- HotFlip (Zhong et al. 2023, `hotflip_poison`): per cluster, the same wall-clock as GASLITE took on that cluster
+  (`time_limit`);
+- query stuffing: per cluster, the info + that cluster's queries cut to GASLITE's trigger length;
+- info-only: the info alone (one passage; five copies would rank the same).
+
+Every set of passages is scored on the held-out queries (appeared@1, appeared@10, MRR@10; ties count against the
+attacker) and again after each defense, calibrated to remove 1% of the clean corpus:
+
+- perplexity filter with SmolLM2-135M-Instruct (`load_smollm2()`; `--quick`: a tiny random causal LM);
+- L2-norm filter: not applicable here (MiniLM is a cosine model: every embedding has norm 1); it is meant for dot
+  models, and its path is tested on a tiny dot model in tests/test_defenses.py.
+
+Target (issue 6): GASLITE with 1 passage reaches held-out appeared@10 >= 60% and >= 3x HotFlip's.
+Prints tables; asserts nothing. Every number printed is measured in this run.
+"""
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+QUICK = {"n_iters": 1, "n_grad": 4, "n_flip": 2, "n_candidates": 16, "topk": 32, "corpus_size": 100}
+
+
+def print_table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    print("| " + " | ".join(f"{cell:<{width}}" for cell, width in zip(header, widths)) + " |")
+    print("|" + "|".join("-" * (width + 2) for width in widths) + "|")
+    for row in rows:
+        print("| " + " | ".join(f"{cell:<{width}}" for cell, width in zip(row, widths)) + " |")
+
+
+def craft(model, attack_queries, info, n_passages, config):
+    """Passages of every attack for one budget: {name: (list of passage texts, seconds)}."""
+    from hf_robust.retrieval.baselines import HotflipConfig, hotflip_poison, info_only, query_stuffing
+    from hf_robust.retrieval.gaslite import craft_poison_passages
+
+    start = time.perf_counter()
+    gaslite = craft_poison_passages(model, attack_queries, info, n_passages, config)
+    attacks = {"GASLITE": ([result.passage for result in gaslite], time.perf_counter() - start)}
+    hotflip, stuffing = [], []
+    for index, result in enumerate(gaslite):
+        cluster = [attack_queries[query] for query in result.query_indices]
+        hotflip_config = HotflipConfig(time_limit=result.seconds, seed=config.seed + index, progress=config.progress)
+        hotflip.append(hotflip_poison(model, cluster, info, hotflip_config))
+        stuffing.append(query_stuffing(model, cluster, info, trigger_len=config.trigger_len))
+    attacks["HotFlip (same wall-clock)"] = ([r.passage for r in hotflip], sum(r.seconds for r in hotflip))
+    attacks["query stuffing"] = ([r.passage for r in stuffing], sum(r.seconds for r in stuffing))
+    if n_passages == 1:
+        only = info_only(model, attack_queries, info)
+        attacks["info-only"] = ([only.passage], only.seconds)
+    for name, (passages, _) in attacks.items():
+        print(f"\n[{n_passages} passage(s)] {name}, first passage: {passages[0]!r}")
+    return attacks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n_iters", type=int, default=None, help="GASLITE iterations (default: GasliteConfig())")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"smoke test: tiny search budget {QUICK}, a tiny random LM for perplexity")
+    parser.add_argument("--passages", type=lambda text: [int(n) for n in text.split(",")], default=[1, 5],
+                        help="passage budgets, comma-separated (default 1,5)")
+    parser.add_argument("--corpus_size", type=int, default=None, help="first N shipped passages (default: all)")
+    parser.add_argument("--device", default=None, help="torch device for both models (default: cuda if available)")
+    parser.add_argument("--seed", type=int, default=0)
+    options = parser.parse_args()
+
+    import torch
+
+    from hf_robust.defenses import PerplexityFilter
+    from hf_robust.retrieval.data import DEFAULT_INFO, concept_queries, default_corpus
+    from hf_robust.retrieval.evaluate import encode_corpus, evaluate_poisoning
+    from hf_robust.retrieval.gaslite import GasliteConfig
+    from hf_robust.testing import load_minilm, load_smollm2, tiny_causal_lm
+
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    device = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    budget = {key: value for key, value in QUICK.items() if key != "corpus_size"} if options.quick else {}
+    if options.n_iters is not None:
+        budget["n_iters"] = options.n_iters
+    config = GasliteConfig(seed=options.seed, progress=False, **budget)
+    corpus_size = options.corpus_size or (QUICK["corpus_size"] if options.quick else None)
+    corpus = default_corpus()[:corpus_size]
+    attack_queries, held_out = concept_queries("attack"), concept_queries("held_out")
+
+    model = load_minilm(device)
+    start = time.perf_counter()
+    corpus_embeddings = encode_corpus(model, corpus)
+    print(f"MiniLM on {device}, {torch.get_num_threads()} threads; corpus {len(corpus)} passages encoded in "
+          f"{time.perf_counter() - start:.0f} s; {len(attack_queries)} attack / {len(held_out)} held-out queries")
+    print(f"GASLITE: {config}")
+    print(f"info: {DEFAULT_INFO!r}")
+
+    results = {}
+    for n_passages in options.passages:
+        attacks = craft(model, attack_queries, DEFAULT_INFO, n_passages, config)
+        for name, (passages, seconds) in attacks.items():
+            held = evaluate_poisoning(model, corpus, held_out, passages, corpus_embeddings=corpus_embeddings)
+            seen = evaluate_poisoning(model, corpus, attack_queries, passages, corpus_embeddings=corpus_embeddings)
+            results[n_passages, name] = (passages, seconds, held, seen)
+
+    print("\nHeld-out queries (attack-split appeared@10 for reference)")
+    rows = []
+    for (n_passages, name), (_, seconds, held, seen) in results.items():
+        rows.append([name, str(n_passages), f"{seconds:.0f}", f"{held.appeared_at[1]:.0%}",
+                     f"{held.appeared_at[10]:.0%}", f"{held.mrr_at_10:.3f}", f"{seen.appeared_at[10]:.0%}"])
+    print_table(["attack", "passages", "seconds", "appeared@1", "appeared@10", "MRR@10", "attack-split @10"], rows)
+
+    if 1 in options.passages:
+        gaslite = results[1, "GASLITE"][2].appeared_at[10]
+        hotflip = results[1, "HotFlip (same wall-clock)"][2].appeared_at[10]
+        ratio = float("inf") if hotflip == 0 else gaslite / hotflip
+        met = gaslite >= 0.6 and (gaslite >= 3 * hotflip)
+        print(f"\nTarget: GASLITE 1 passage held-out appeared@10 >= 60% and >= 3x HotFlip: {gaslite:.0%} vs "
+              f"{hotflip:.0%} ({ratio:.1f}x) -> {'met' if met else 'NOT met'}"
+              + (" (quick budget: not a measurement of the target)" if options.quick or budget else ""))
+
+    if options.quick:
+        language_model, tokenizer = tiny_causal_lm(seed=options.seed)
+        lm_name = "tiny random llama (quick)"
+    else:
+        language_model, tokenizer = load_smollm2()
+        lm_name = "SmolLM2-135M-Instruct"
+    language_model.to(device)
+    defense = PerplexityFilter(language_model, tokenizer, clean_quantile=0.99, batch_size=32)
+    start = time.perf_counter()
+    defense.fit(corpus)
+    print(f"\nPerplexity filter ({lm_name}), threshold {defense.threshold:.1f} = 99th percentile of the clean corpus "
+          f"(fitted in {time.perf_counter() - start:.0f} s)")
+    rows = []
+    for (n_passages, name), (passages, _, held, _) in results.items():
+        after = evaluate_poisoning(model, corpus, held_out, passages, corpus_embeddings=corpus_embeddings,
+                                   defense=defense)
+        perplexities = defense.perplexity(passages)
+        rows.append([name, str(n_passages), f"{perplexities.median():.0f}",
+                     f"{sum(after.adv_removed)}/{len(passages)}", f"{after.clean_removed_fraction:.1%}",
+                     f"{held.appeared_at[10]:.0%} -> {after.appeared_at[10]:.0%}",
+                     f"{held.mrr_at_10:.3f} -> {after.mrr_at_10:.3f}"])
+    print_table(["attack", "passages", "median perplexity", "passages removed", "clean removed",
+                 "held-out appeared@10", "MRR@10"], rows)
+    print("\nL2-norm filter: not applicable to MiniLM (cosine similarity, every embedding has norm 1); it is for dot "
+          "models (path tested on a tiny dot model in tests/test_defenses.py).")
+
+
+if __name__ == "__main__":
+    main()

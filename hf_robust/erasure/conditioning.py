@@ -294,6 +294,9 @@ def _injected(encoder: nn.Module, embeddings: Tensor | None, soft_tokens: SoftTo
 def time_ids(image_size: tuple[int, int], batch: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     """SDXL micro-conditioning (original size, crop top-left (0, 0), target size), as
     `StableDiffusionXLPipeline._get_add_time_ids` with the default arguments. Shape (batch, 6)."""
+    if not (isinstance(image_size, (tuple, list)) and len(image_size) == 2 and all(
+            isinstance(side, int) and not isinstance(side, bool) and side > 0 for side in image_size)):
+        raise ValueError(f"`image_size` must be (height, width) in pixels, two integers > 0, got {image_size!r}.")
     height, width = image_size
     return torch.tensor([[height, width, 0, 0, height, width]], dtype=dtype, device=device).repeat(batch, 1)
 

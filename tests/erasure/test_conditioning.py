@@ -11,6 +11,7 @@ from hf_robust.erasure.conditioning import (
     diffusion_components,
     encode_prompts,
     predict_noise,
+    time_ids,
     tokenize_prompts,
 )
 from hf_robust.testing import tiny_sd_components
@@ -209,6 +210,10 @@ def test_encode_prompts_and_predict_noise_bad_inputs(sd, sdxl):
     xl = diffusion_components(sdxl)
     with pytest.raises(ValueError, match="`image_size`"):
         encode_prompts(xl.text_encoders, tokenize_prompts(xl, PROMPTS), xl=True)
+    for bad in ((32,), (32, 0), (32.0, 32), "32x32"):
+        with pytest.raises(ValueError, match="`image_size`"):
+            time_ids(bad, 1, torch.float32, torch.device("cpu"))
+    assert time_ids((24, 32), 2, torch.float32, torch.device("cpu")).tolist() == [[24, 32, 0, 0, 24, 32]] * 2
     with torch.no_grad():
         conditioning = encode_prompts(components.text_encoders, ids)
         latents = torch.randn(2, 4, 16, 16)

@@ -176,3 +176,17 @@ def test_bad_inputs(tmp_path):
         config(tmp_path, concept_type="weapons")
     with pytest.raises(ValueError, match="`num_adv_tokens`"):
         config(tmp_path, num_adv_tokens=0)
+
+
+def test_resuming_from_a_checkpoint_gives_the_uninterrupted_run(tmp_path):
+    # The randomness of an iteration is keyed on the step, so a resumed run retraces the uninterrupted one.
+    args = config(tmp_path, attack_warmup=1, max_steps=3, save_strategy="steps", save_steps=1, save_only_model=False)
+    components = tiny_sd_components(seed=0)
+    AdvUnlearnTrainer(components, args, concepts=["nudity"]).train()
+    assert (tmp_path / "checkpoint-1" / "text_encoder" / "model.safetensors").is_file()
+    resumed = tiny_sd_components(seed=0)
+    AdvUnlearnTrainer(resumed, args, concepts=["nudity"]).train(resume_from_checkpoint=str(tmp_path / "checkpoint-1"))
+    expected = components["text_encoder"].state_dict()
+    for name, value in resumed["text_encoder"].state_dict().items():
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-7, msg=name)
+    assert changed(components["text_encoder"], snapshot(tiny_sd_components(seed=0)["text_encoder"]))

@@ -233,6 +233,7 @@ def adversarial_layout(tokenizer: Any, prompt_ids: Tensor, k: int, position: str
     if not isinstance(prompt_ids, Tensor) or prompt_ids.dim() != 2 or prompt_ids.dtype.is_floating_point:
         raise ValueError("`prompt_ids` must be an integer tensor of shape (batch, seq).")
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    device, prompt_ids = prompt_ids.device, prompt_ids.cpu()  # a small integer layout: built on the CPU
     batch, length = prompt_ids.shape
     is_eos = prompt_ids == eos
     if not bool((prompt_ids[:, 0] == bos).all()) or not bool(is_eos[:, 1:].any(dim=1).all()):
@@ -261,7 +262,7 @@ def adversarial_layout(tokenizer: Any, prompt_ids: Tensor, k: int, position: str
         lost_eos = ~(input_ids[:, 1:] == eos).any(dim=1)
         input_ids[lost_eos, -1] = eos
     input_ids[torch.arange(batch).unsqueeze(1), positions] = bos
-    return input_ids, positions.to(prompt_ids.device)
+    return input_ids.to(device), positions.to(device)
 
 
 @contextlib.contextmanager

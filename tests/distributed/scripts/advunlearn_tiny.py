@@ -10,7 +10,6 @@ averages the per-rank mean gradients, which is the gradient of the 2-row mean. S
 import sys
 import tempfile
 
-
 from hf_robust.erasure import AdvUnlearnConfig, AdvUnlearnTrainer
 from hf_robust.testing import finish_distributed, save_rank_result, tiny_sd_components
 

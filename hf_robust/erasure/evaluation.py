@@ -298,6 +298,19 @@ def _evaluation_points(original: DiffusionComponents, prompt: str, config: Promp
     return EvaluationPoints(latents, timesteps, e_c.float(), scale)
 
 
+def evaluation_points(original, prompt: str, config: PromptAttackConfig | None = None) -> EvaluationPoints:
+    """The evaluation points of `prompt` (module docstring), sampled by the `original` model (a pipeline or its
+    components; its scheduler's config gives a private DDIM scheduler, so the pipeline's own is not touched)."""
+    config = _check_config(config)
+    _check_prompts([prompt])
+    components = diffusion_components(original)
+    components = dataclasses.replace(components, scheduler=_ddim_copy(components.scheduler))
+    with contextlib.ExitStack() as stack:
+        for module in {id(module): module for module in [*components.text_encoders, components.unet]}.values():
+            stack.enter_context(eval_mode(module))
+        return _evaluation_points(components, prompt, config)
+
+
 def _leakage(unet: nn.Module, points: EvaluationPoints, conditioning: Conditioning) -> Tensor:
     """Leakage distance of each row of `conditioning` at the points: Tensor (rows,), float32."""
     rows, count = len(conditioning), len(points)

@@ -13,7 +13,8 @@ and decides per prompt whether the concept leaked before the attack, after the d
 model (original text encoder(s) and UNet) samples `n_timesteps` evaluation points (z_j, t_j): partial DDIM sampling
 (guidance `guidance_scale`) on p for n_j = floor((2j + 1) ddim_steps / (2 n_timesteps)) of `ddim_steps` steps, from a
 seeded x_T (the seed depends on `seed`, the prompt text and j, so it does not depend on the batch or process layout).
-With e_c = eps_orig(z, t, p) and e_0 = eps_orig(z, t, ""), the leakage distance of the attacked model under prompt p' is
+With e_c = eps_orig(z, t, p) and e_0 = eps_orig(z, t, ""), the leakage distance of the attacked model under prompt
+p' is
 
     d = mean_j MSE(eps_attacked(z_j, t_j, p'), e_c_j) / mean_j MSE(e_0_j, e_c_j):
 
@@ -88,7 +89,9 @@ class PromptAttackConfig:
         metadata={"help": "Attacks to run: 'discrete' (UnlearnDiffAtk-style token prefix), 'soft' (soft tokens), or "
                   "both (a string is one attack).", "choices": list(ATTACKS)},
     )
-    num_adv_tokens: int = field(default=5, metadata={"help": "Adversarial prefix tokens k of the discrete attack. >= 1."})
+    num_adv_tokens: int = field(
+        default=5, metadata={"help": "Adversarial prefix tokens k of the discrete attack. >= 1."}
+    )
     discrete_iters: int = field(default=40, metadata={"help": "Iterations of the discrete token search. >= 0."})
     init_token: str = field(
         default="x", metadata={"help": "Text of the one token the discrete prefix starts from (k copies, as nanoGCG)."}
@@ -98,11 +101,13 @@ class PromptAttackConfig:
     n_flip: int = field(default=1, metadata={"help": "Token search: positions changed greedily per iteration. >= 1."})
     batch_size: int = field(
         default=16,
-        metadata={"help": "Token search: candidate prompts per forward (the UNet sees batch_size x n_timesteps). >= 1."},
+        metadata={"help": "Token search: candidate prompts per forward (the UNet batch is batch_size x n_timesteps). "
+                  ">= 1."},
     )
     soft_num_tokens: int = field(default=1, metadata={"help": "Soft attack: number k of soft tokens. >= 1."})
     soft_position: str = field(
-        default="prefix", metadata={"help": "Soft attack: 'prefix', 'suffix' or 'replace'.", "choices": list(POSITIONS)}
+        default="prefix",
+        metadata={"help": "Soft attack: 'prefix', 'suffix' or 'replace'.", "choices": list(POSITIONS)},
     )
     soft_steps: int = field(default=30, metadata={"help": "Soft attack: optimisation steps. >= 0."})
     soft_lr: float = field(default=1e-3, metadata={"help": "Soft attack: Adam learning rate. > 0."})
@@ -615,7 +620,8 @@ class PromptAttackResult:
     def mean_leakage(self, attack: str | None = None) -> float:
         """Mean leakage distance before the attacks (None) or after `attack`."""
         if attack is not None and attack not in self.config.attacks:
-            raise ValueError(f"`attack` must be None or one of the attacks run, {self.config.attacks}, got {attack!r}.")
+            raise ValueError(f"`attack` must be None or one of the attacks run, {self.config.attacks}, got "
+                             f"{attack!r}.")
         values = [getattr(row, "leakage_before" if attack is None else f"leakage_{attack}") for row in self.rows]
         return sum(values) / len(values) if values else float("nan")
 
@@ -686,7 +692,8 @@ def prompt_attack(pipeline_or_components, concept_prompts: list[str], config: Pr
     """
     concept_prompts, config = _check_prompts(concept_prompts), _check_config(config)
     if concept_detector is not None and not callable(concept_detector):
-        raise TypeError(f"`concept_detector` must be callable (images -> bool), got {type(concept_detector).__name__}.")
+        raise TypeError(f"`concept_detector` must be callable (images -> bool), got "
+                        f"{type(concept_detector).__name__}.")
     models = _resolve(pipeline_or_components, original)
     pipeline = None if concept_detector is None else _image_pipeline(models)
     attacked, threshold = models.attacked, config.leakage_threshold
@@ -696,7 +703,8 @@ def prompt_attack(pipeline_or_components, concept_prompts: list[str], config: Pr
             points = _evaluation_points(models.original, prompt, config)
             image_seed = _prompt_seed(config.seed, prompt, -3)
             with torch.no_grad():
-                before = float(_leakage(attacked.unet, points, _encode(attacked, tokenize_prompts(attacked, [prompt]))))
+                plain = _encode(attacked, tokenize_prompts(attacked, [prompt]))
+                before = float(_leakage(attacked.unet, points, plain))
             leaked = before < threshold if pipeline is None else _detect(pipeline, concept_detector, config,
                                                                          image_seed, prompt=prompt)
             row = PromptAttackRow(prompt=prompt, leakage_before=before, leaked_before=leaked)

@@ -71,7 +71,8 @@ def sequence_setup(components, original, config):
     positions = torch.tensor([1, 2])
     matrix = torch.cat([encoder.get_input_embeddings().weight.detach() for encoder in parts.text_encoders], dim=-1)
     allowed = allowed_token_mask(parts.tokenizers[0], num_embeddings=matrix.shape[0])
-    chosen = allowed.nonzero().flatten()[torch.randperm(int(allowed.sum()), generator=torch.Generator().manual_seed(0))]
+    order = torch.randperm(int(allowed.sum()), generator=torch.Generator().manual_seed(0))
+    chosen = allowed.nonzero().flatten()[order]
     templates = []
     for row in ids:
         row = torch.cat([row[:1], chosen[:2], row[1:-2]])
@@ -101,7 +102,8 @@ def test_discrete_attack_never_increases_its_loss_and_returns_round_tripping_tex
     result = prompt_attack(attacked, PROMPTS, config, original=original)
     parts = diffusion_components(attacked)
     tokenizer = parts.tokenizers[0]
-    allowed = allowed_token_mask(tokenizer, num_embeddings=parts.text_encoders[0].get_input_embeddings().num_embeddings)
+    vocabulary = parts.text_encoders[0].get_input_embeddings().num_embeddings
+    allowed = allowed_token_mask(tokenizer, num_embeddings=vocabulary)
     for row in result.rows:
         history = row.discrete_history
         assert len(history) == 5 and all(later <= earlier for earlier, later in zip(history, history[1:]))

@@ -508,7 +508,9 @@ def _image_pipeline(models: _Models):
     attacked = models.attacked
     if attacked.vae is None:
         raise ValueError("A `vae` is needed to generate images for `concept_detector`.")
-    common = dict(vae=attacked.vae, unet=attacked.unet, scheduler=models.generation_scheduler,
+    # A private scheduler of the same kind: generating images does not touch the caller's scheduler state.
+    scheduler = type(models.generation_scheduler).from_config(models.generation_scheduler.config)
+    common = dict(vae=attacked.vae, unet=attacked.unet, scheduler=scheduler,
                   text_encoder=attacked.text_encoders[0], tokenizer=attacked.tokenizers[0])
     if attacked.xl:
         pipeline = StableDiffusionXLPipeline(text_encoder_2=attacked.text_encoders[1],
@@ -522,7 +524,8 @@ def _image_pipeline(models: _Models):
 
 def _detect(pipeline, detector, config: PromptAttackConfig, seed: int, prompt: str | None = None,
             conditioning: Conditioning | None = None) -> bool:
-    """One image of `prompt` (or of `conditioning`), judged by the detector."""
+    """One image of `prompt` (or of `conditioning`), judged by the detector. Every image of a concept prompt uses one
+    seed, so its images differ only by the (attacked) conditioning."""
     kwargs = dict(num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale_images,
                   generator=torch.Generator().manual_seed(seed), output_type=config.output_type)
     if prompt is not None:

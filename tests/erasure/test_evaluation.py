@@ -7,6 +7,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from hf_robust.attacks import allowed_token_mask
+from hf_robust.erasure import evaluation
 from hf_robust.erasure.conditioning import diffusion_components, tokenize_prompts
 from hf_robust.erasure.evaluation import (
     DiscreteLeakageObjective,
@@ -121,6 +122,25 @@ def test_discrete_attack_never_increases_its_loss_and_returns_round_tripping_tex
         result.success_rate("soft")
 
 
+def test_disallowed_tokens_never_appear(original, attacked, monkeypatch):
+    def odd_only(tokenizer, num_embeddings=None):  # the attack must use the mask it is given
+        mask = allowed_token_mask(tokenizer, num_embeddings=num_embeddings)
+        mask[::2] = False
+        return mask
+
+    monkeypatch.setattr(evaluation, "allowed_token_mask", odd_only)
+    config = fast(attacks="discrete", discrete_iters=4, num_adv_tokens=3)
+    result = prompt_attack(attacked, PROMPTS, config, original=original)
+    tokenizer = diffusion_components(attacked).tokenizers[0]
+    (initial,) = tokenizer(config.init_token, add_special_tokens=False).input_ids
+    changed = 0
+    for row in result.rows:
+        for token in row.adversarial_ids[1:1 + config.num_adv_tokens]:
+            assert token % 2 == 1 or token == initial  # an allowed token, or a start token never replaced
+            changed += token != initial
+    assert changed > 0
+
+
 def test_soft_attack_lowers_the_leakage_distance(original, attacked):
     result = prompt_attack(attacked, PROMPTS, fast(attacks="soft"), original=original)
     for row in result.rows:
@@ -180,6 +200,20 @@ def test_a_detector_decides_success(original, attacked):
     with pytest.raises(ValueError, match="`concept_detector`"):
         prompt_attack(attacked, PROMPTS[:1], fast(attacks="soft", soft_steps=0), original=original,
                       concept_detector=lambda images: [True, False])
+
+
+def test_an_sdxl_detector_gets_images_of_the_soft_prompt_embeds():
+    original, components = tiny_sd_components(xl=True, seed=0), perturbed(xl=True)
+    seen = []
+
+    def detector(images):  # leaked only if the image differs from the plain prompt's (the first call)
+        seen.append(np.asarray(images, dtype=np.float32))
+        return not np.array_equal(seen[0], seen[-1])
+
+    result = prompt_attack(components, PROMPTS[:1], fast(attacks="soft", output_type="np"), original=original,
+                           concept_detector=detector)
+    assert [images.shape for images in seen] == [(1, 32, 32, 3)] * 2
+    assert (result.rows[0].leaked_before, result.rows[0].leaked_soft) == (False, True)
 
 
 def test_results_for_the_card_and_to_dict(original, attacked):

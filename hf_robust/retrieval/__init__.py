@@ -1,6 +1,8 @@
-"""Retrieval attacks: GASLITE adversarial passages against sentence-transformers, and baselines."""
+"""Retrieval attacks: GASLITE adversarial passages against sentence-transformers, baselines, and their evaluation."""
 
 from .baselines import HotflipConfig, hotflip_poison, info_only, query_stuffing
+from .data import DEFAULT_INFO, concept_queries, default_corpus
+from .evaluate import PoisoningReport, encode_corpus, encode_queries, evaluate_poisoning
 from .gaslite import (
     GasliteConfig,
     GasliteResult,
@@ -21,4 +23,11 @@ __all__ = [
     "hotflip_poison",
     "info_only",
     "query_stuffing",
+    "DEFAULT_INFO",
+    "concept_queries",
+    "default_corpus",
+    "PoisoningReport",
+    "encode_corpus",
+    "encode_queries",
+    "evaluate_poisoning",
 ]

@@ -218,3 +218,39 @@ def test_craft_poison_passages_errors(models):
             craft_poison_passages(**arguments)
     with pytest.raises(ValueError, match="distinct clusters"):
         craft_poison_passages(model, ["same query"] * 3, INFO, 2, FAST)
+
+
+@pytest.mark.real
+def test_minilm_concept_passage_reaches_held_out_queries():
+    """One L=30 passage with a reduced budget puts the info into the top 10 of at least half the unseen concept
+    queries (info alone: none), and HotFlip given the same wall-clock does worse."""
+    from hf_robust.retrieval import (
+        DEFAULT_INFO,
+        HotflipConfig,
+        concept_queries,
+        default_corpus,
+        encode_corpus,
+        evaluate_poisoning,
+        hotflip_poison,
+        info_only,
+    )
+    from hf_robust.testing import load_minilm
+
+    model = load_minilm("cpu")
+    corpus, attack, held_out = default_corpus(), concept_queries("attack"), concept_queries("held_out")
+    corpus_embeddings = encode_corpus(model, corpus)
+
+    def appeared_at_10(passage):
+        report = evaluate_poisoning(model, corpus, held_out, [passage], corpus_embeddings=corpus_embeddings)
+        return report.appeared_at[10]
+
+    assert appeared_at_10(info_only(model, attack, DEFAULT_INFO).passage) == 0
+    config = GasliteConfig(trigger_len=30, n_iters=8, n_grad=10, n_flip=5, n_candidates=32, progress=False)
+    result = gaslite_attack(model, attack, DEFAULT_INFO, config)
+    assert_valid(model, result, config, queries=attack)
+    assert result.passage.startswith(DEFAULT_INFO)
+    gaslite = appeared_at_10(result.passage)
+    assert gaslite >= 0.5
+    hotflip = hotflip_poison(model, attack, DEFAULT_INFO, HotflipConfig(time_limit=result.seconds, progress=False))
+    assert hotflip.objective < result.objective
+    assert appeared_at_10(hotflip.passage) < gaslite

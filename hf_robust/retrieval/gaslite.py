@@ -362,7 +362,7 @@ def craft_poison_passages(model: Any, queries: list[str] | Tensor, info: str, n_
     `n_passages=1` is the concept ("knows-what") threat model: one passage for all the queries, no k-means. Cluster i
     is attacked with seed `config.seed + i`. Under `accelerate launch`, cluster i runs on process
     i % num_processes and the results are gathered to every process (`accelerate.utils.gather_object`), so every
-    process returns the same list as a single process would.
+    process returns the same list as a single process would; call it on every process (the gather is collective).
 
     Args:
         model, info, config: As in `gaslite_attack`.

@@ -141,3 +141,20 @@ def test_passage_layout_trigger_init_and_errors():
     assert layout.ids[layout.positions].tolist() == expected[1:2] * 3
     with pytest.raises(ValueError, match="max_seq_length 128.*trigger_len"):
         passage_layout(model, INFO, "", 120, "suffix", "!")
+
+
+def test_passage_layout_rejects_a_trigger_that_does_not_tokenise_back():
+    model = tiny_sentence_transformer(seed=0)
+
+    class GluingTokenizer:
+        """Decodes every trigger with a leading "x", so the trigger gains a token in the passage."""
+
+        def __call__(self, *args, **kwargs):
+            return model.tokenizer(*args, **kwargs)
+
+        def decode(self, ids):
+            return "x " + model.tokenizer.decode(ids)
+
+    stub = type("Stub", (), {"tokenizer": GluingTokenizer(), "max_seq_length": 128, "preprocess": model.preprocess})
+    with pytest.raises(ValueError, match="trigger_init"):
+        passage_layout(stub(), INFO, "", 4, "suffix", "!")

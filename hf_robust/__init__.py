@@ -26,6 +26,20 @@ from .cat import (
     RobustnessEvalCallback,
     embedding_attack_success_rate,
 )
+from .erasure import (
+    AdvUnlearnConfig,
+    AdvUnlearnTrainer,
+    ConceptLeakageCallback,
+    PromptAttackConfig,
+    PromptAttackResult,
+    PromptAttackRow,
+    SoftPromptAttackConfig,
+    SoftPromptAttackResult,
+    concept_leakage,
+    diffusion_components,
+    prompt_attack,
+    soft_prompt_attack,
+)
 from .hub import (
     PushResult,
     RobustnessResult,
@@ -45,6 +59,18 @@ from .unlearning import (
 )
 
 __all__ = [
+    "AdvUnlearnConfig",
+    "AdvUnlearnTrainer",
+    "ConceptLeakageCallback",
+    "PromptAttackConfig",
+    "PromptAttackResult",
+    "PromptAttackRow",
+    "SoftPromptAttackConfig",
+    "SoftPromptAttackResult",
+    "concept_leakage",
+    "diffusion_components",
+    "prompt_attack",
+    "soft_prompt_attack",
     "CAPOConfig",
     "CAPOTrainer",
     "CATConfig",

@@ -1,6 +1,7 @@
 """AdvUnlearn (Zhang et al., NeurIPS 2024): adversarial concept erasure in the text encoder of diffusers pipelines.
 
 `AdvUnlearnConfig` + `AdvUnlearnTrainer` train; `soft_prompt_attack` is the inner (and evaluation) soft-token attack;
+`prompt_attack` (discrete + soft) and `ConceptLeakageCallback` measure concept leakage;
 `conditioning` and `esd` hold the shared pieces (component checks, soft-token layout and injection, SD/SDXL
 conditioning, partial DDIM sampling, the ESD target, retain prompts). diffusers is imported only when used.
 """
@@ -22,8 +23,19 @@ from .conditioning import (
     predict_noise,
     tokenize_prompts,
 )
+from .callback import ConceptLeakageCallback
 from .config import AdvUnlearnConfig
 from .esd import DEFAULT_RETAIN_PROMPTS, RetainPromptSampler, esd_target, partial_ddim_sample
+from .evaluation import (
+    DiscreteLeakageObjective,
+    EvaluationPoints,
+    PromptAttackConfig,
+    PromptAttackResult,
+    PromptAttackRow,
+    concept_leakage,
+    evaluation_points,
+    prompt_attack,
+)
 from .trainer import AdvUnlearnTrainer, TextEncoderPair
 
 __all__ = [
@@ -47,4 +59,13 @@ __all__ = [
     "RetainPromptSampler",
     "esd_target",
     "partial_ddim_sample",
+    "ConceptLeakageCallback",
+    "DiscreteLeakageObjective",
+    "EvaluationPoints",
+    "PromptAttackConfig",
+    "PromptAttackResult",
+    "PromptAttackRow",
+    "concept_leakage",
+    "evaluation_points",
+    "prompt_attack",
 ]

@@ -47,6 +47,18 @@ from .hub import (
     push_robust_to_hub,
     robustness_results_from_card,
 )
+from .retrieval import (
+    GasliteConfig,
+    GasliteResult,
+    HotflipConfig,
+    PoisoningReport,
+    craft_poison_passages,
+    evaluate_poisoning,
+    gaslite_attack,
+    hotflip_poison,
+    info_only,
+    query_stuffing,
+)
 from .unlearning import (
     RelearnConfig,
     RelearningEvalCallback,
@@ -59,6 +71,16 @@ from .unlearning import (
 )
 
 __all__ = [
+    "GasliteConfig",
+    "GasliteResult",
+    "HotflipConfig",
+    "PoisoningReport",
+    "craft_poison_passages",
+    "evaluate_poisoning",
+    "gaslite_attack",
+    "hotflip_poison",
+    "info_only",
+    "query_stuffing",
     "AdvUnlearnConfig",
     "AdvUnlearnTrainer",
     "ConceptLeakageCallback",

@@ -1,5 +1,6 @@
 """Retrieval attacks: GASLITE adversarial passages against sentence-transformers, baselines, and their evaluation."""
 
+from ..cli import register_command
 from .baselines import HotflipConfig, hotflip_poison, info_only, query_stuffing
 from .data import DEFAULT_INFO, concept_queries, default_corpus
 from .evaluate import PoisoningReport, encode_corpus, encode_queries, evaluate_poisoning
@@ -31,3 +32,6 @@ __all__ = [
     "encode_queries",
     "evaluate_poisoning",
 ]
+
+register_command("gaslite", "hf_robust.retrieval.command", "GASLITE adversarial passages against a dense retriever, "
+                 "evaluated on held-out queries")

@@ -415,7 +415,13 @@ def tiny_sentence_transformer(*, seed: int = 0, similarity: str = "cosine", prom
         bert = BertModel(config)
     # sentence-transformers' Transformer module only loads from a folder; the folder is not needed afterwards.
     with tempfile.TemporaryDirectory(prefix="hf_robust_tiny_st_") as folder:
-        bert.save_pretrained(folder)
+        # Written by hand, not `bert.save_pretrained`: under an initialised process group transformers writes on
+        # rank 0 only, and every process needs its own private folder.
+        from safetensors.torch import save_file
+
+        config.save_pretrained(folder)
+        save_file({name: tensor.contiguous() for name, tensor in bert.state_dict().items()},
+                  os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
         tokenizer.save_pretrained(folder)
         transformer = Transformer(folder, max_seq_length=128)
     modules = [transformer, Pooling(config.hidden_size, pooling_mode="mean")]

@@ -14,10 +14,8 @@ QUERIES = [
 
 
 def main() -> None:
-    # Built before the process group exists: once it does, transformers' save_pretrained (used inside
-    # tiny_sentence_transformer) writes the config on the main process only, and the other rank cannot reload it.
-    model = tiny_sentence_transformer(seed=0)
     state = PartialState(cpu=True)
+    model = tiny_sentence_transformer(seed=0)  # same seed: the same weights on every process
     attacks = []
     original = gaslite.gaslite_attack
 

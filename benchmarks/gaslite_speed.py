@@ -1,0 +1,175 @@
+"""GASLITE search speed on all-MiniLM-L6-v2: our scoring path against the reference's naive one, side by side.
+
+    python benchmarks/gaslite_speed.py                      # 2 timed iterations per path, then nothing else
+    python benchmarks/gaslite_speed.py --full               # also one whole default passage (L=30, 100 iterations)
+    python benchmarks/gaslite_speed.py --device cuda --full
+
+Both paths run the same shared token search (`hf_robust.attacks.token_search`) with `GasliteConfig()` settings
+(L = 30, n_grad 50, top-k 256, 128 candidates at each of 20 flipped positions) on the shipped concept's attack queries
+and the default info; only the objective differs:
+
+- default: candidates scored unpadded (the passage's own length) in one batched forward per flipped position, the
+  round-trip rule checked lazily on the candidate about to be accepted;
+- naive (the reference implementation's way): every sequence padded to 512 tokens (gradient rows and candidates),
+  one batched forward per flipped position, and the decode/re-encode round trip checked eagerly on every candidate
+  before scoring (failures are dropped).
+
+Reported per path: candidate rows scored per second (rows given to the scoring forward / time spent in it) and
+seconds per iteration (gradient + candidates). Target (issue 6): >= 5x the naive path's rows per second; one L=30,
+100-iteration passage in < 10 min on 2 CPU cores (`--full` runs it). Prints tables; asserts nothing.
+"""
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+PADDED_LENGTH = 512
+
+
+class Counted:
+    """Wraps an objective: counts the candidate rows scored and the seconds spent scoring them."""
+
+    def __init__(self, objective):
+        self.objective, self.rows, self.seconds = objective, 0, 0.0
+
+    def loss_from_embeds(self, inputs_embeds):
+        return self.objective.loss_from_embeds(inputs_embeds)
+
+    def loss_from_ids(self, input_ids):
+        started = time.perf_counter()
+        loss = self.objective.loss_from_ids(input_ids)
+        self.seconds += time.perf_counter() - started
+        self.rows += input_ids.shape[0]
+        return loss
+
+
+class NaiveObjective:
+    """The reference's scoring: padding to 512, eager round trip of every candidate (failures score +inf)."""
+
+    def __init__(self, objective, layout, tokenizer, embedding_matrix):
+        self.objective, self.layout, self.tokenizer = objective, layout, tokenizer
+        self.embedding_matrix = embedding_matrix
+
+    def _mask(self, rows, length, device):
+        import torch
+
+        mask = torch.zeros(rows, PADDED_LENGTH, dtype=torch.long, device=device)
+        mask[:, :length] = 1
+        return mask
+
+    def _embedding(self, inputs_embeds, mask):
+        batch = self.objective._batch(inputs_embeds.shape[0], inputs_embeds=inputs_embeds)
+        batch["attention_mask"] = mask
+        if "token_type_ids" in batch:
+            batch["token_type_ids"] = batch["token_type_ids"].new_zeros(mask.shape)
+        return self.objective.model(batch)["sentence_embedding"]
+
+    def loss_from_embeds(self, inputs_embeds):
+        import torch
+
+        rows, length, hidden = inputs_embeds.shape
+        pad = self.embedding_matrix[self.tokenizer.pad_token_id].detach()
+        padded = torch.cat([inputs_embeds, pad.expand(rows, PADDED_LENGTH - length, hidden)], dim=1)
+        embedding = self._embedding(padded, self._mask(rows, length, inputs_embeds.device))
+        from hf_robust.retrieval.objective import centroid_similarity
+
+        return -centroid_similarity(embedding, self.objective.centroid, self.objective.similarity)
+
+    def loss_from_ids(self, input_ids):
+        import torch
+
+        rows, length = input_ids.shape
+        # Eager round trip: decode and re-encode (padded to 512) every candidate, as the reference does.
+        texts = [self.layout.prompt + self.layout.passage(row[self.layout.positions.to(row.device)]) for row in input_ids]
+        encoded = self.tokenizer(texts, padding="max_length", max_length=PADDED_LENGTH, truncation=True,
+                                 return_tensors="pt")
+        kept = (encoded["input_ids"][:, :length].to(input_ids.device) == input_ids).all(dim=1)
+        kept &= encoded["attention_mask"].sum(dim=1).to(input_ids.device) == length
+        padded = torch.full((rows, PADDED_LENGTH), self.tokenizer.pad_token_id, dtype=torch.long,
+                            device=input_ids.device)
+        padded[:, :length] = input_ids
+        embedding = self._embedding(self.embedding_matrix[padded], self._mask(rows, length, input_ids.device))
+        loss = -self._similarity(embedding)
+        return torch.where(kept, loss, torch.full_like(loss, float("inf")))
+
+    def _similarity(self, embedding):
+        from hf_robust.retrieval.objective import centroid_similarity
+
+        return centroid_similarity(embedding, self.objective.centroid, self.objective.similarity)
+
+
+def search(model, queries, info, config, iterations, naive: bool):
+    """Run `iterations` of the GASLITE search on one path; returns (seconds, rows scored, seconds scoring, similarity)."""
+    from hf_robust.attacks import eval_mode
+    from hf_robust.attacks.discrete import allowed_token_mask, token_search
+    from hf_robust.retrieval.gaslite import _document_prompt, check_model, target_embeddings
+    from hf_robust.retrieval.objective import CentroidObjective, passage_layout, query_centroid
+
+    similarity = check_model(model)
+    layout, features = passage_layout(model, info, _document_prompt(model), config.trigger_len,
+                                      config.trigger_position, config.trigger_init)
+    centroid = query_centroid(target_embeddings(model, queries))
+    weight = model[0].auto_model.get_input_embeddings().weight
+    allowed = allowed_token_mask(model.tokenizer, num_embeddings=weight.shape[0])
+    objective = CentroidObjective(model, features, centroid, similarity)
+    if naive:
+        objective = NaiveObjective(objective, layout, model.tokenizer, weight)
+    counted = Counted(objective)
+    settings = config.search_config()
+    settings.n_iters = iterations
+    started = time.perf_counter()
+    with eval_mode(model):
+        result = token_search(counted, layout.ids, layout.positions, weight, allowed, settings,
+                              round_trip=None if naive else layout.round_trip)
+    return time.perf_counter() - started, counted.rows, counted.seconds, -result.loss
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iterations", type=int, default=2, help="timed iterations per path")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--n_flip", type=int, default=20,
+                        help="flipped positions per timed iteration, both paths (fewer keeps the naive path short)")
+    parser.add_argument("--full", action="store_true", help="also time one whole default passage (100 iterations)")
+    options = parser.parse_args(argv)
+    import torch
+
+    from hf_robust.retrieval.data import DEFAULT_INFO, concept_queries
+    from hf_robust.retrieval.gaslite import GasliteConfig, gaslite_attack
+    from hf_robust.testing import load_minilm
+
+    torch.set_num_threads(options.threads)
+    model = load_minilm(device=options.device)
+    queries = concept_queries("attack")
+    config = GasliteConfig(progress=False)
+    timed_config = GasliteConfig(progress=False, n_flip=options.n_flip)
+    search(model, queries, DEFAULT_INFO, config, 1, naive=False)  # warm-up
+    rows = []
+    for naive in (False, True):
+        seconds, scored, scoring, similarity = search(model, queries, DEFAULT_INFO, timed_config, options.iterations,
+                                                      naive)
+        rows.append(("naive (pad 512, eager round trip)" if naive else "default (unpadded, lazy round trip)",
+                     scored / scoring, seconds / options.iterations, scored, similarity))
+    print(f"all-MiniLM-L6-v2 on {options.device}, {options.threads} thread(s); GasliteConfig() settings with n_flip "
+          f"{options.n_flip}, L = {config.trigger_len}; {options.iterations} iterations per path")
+    print("| path | candidate rows / s | s / iteration | rows scored | similarity reached |")
+    print("|---|---|---|---|---|")
+    for label, rate, per_iteration, scored, similarity in rows:
+        print(f"| {label} | {rate:.1f} | {per_iteration:.2f} | {scored} | {similarity:.4f} |")
+    print(f"\nspeed-up in candidate rows / s: {rows[0][1] / rows[1][1]:.1f}x (target >= 5x); per iteration: "
+          f"{rows[1][2] / rows[0][2]:.1f}x")
+    if options.full:
+        result = gaslite_attack(model, queries, DEFAULT_INFO, config)
+        print(f"\none default passage: {result.iterations} iterations in {result.seconds:.0f} s "
+              f"({result.seconds / 60:.1f} min; target < 10 min on 2 CPU cores), similarity "
+              f"{result.objective_history[0]:.4f} -> {result.objective:.4f}")
+    else:
+        print("(run --full to time a whole default passage)")
+
+
+if __name__ == "__main__":
+    main()

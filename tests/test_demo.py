@@ -13,3 +13,5 @@ def test_demo_runs_every_section(capsys):
     assert "Paris" in printed
     ranking = printed.split("three passages")[1].splitlines()
     assert "flour" in ranking[1]
+    # GASLITE: the appeared@10 line is printed with both figures.
+    assert "held-out appeared@10: 0% (the info text alone)" in printed

@@ -2,7 +2,7 @@
 
     python benchmarks/gaslite_effect.py                  # full default budget (GasliteConfig()); GPU-scale on CPU
     python benchmarks/gaslite_effect.py --quick          # tiny budget and corpus: a smoke test (< 2 min on CPU)
-    python benchmarks/gaslite_effect.py --n_iters 20 --threads 2
+    python benchmarks/gaslite_effect.py --n_iters 8 --n_grad 10 --n_flip 5 --n_candidates 32   # reduced budget
 
 Setting: the real all-MiniLM-L6-v2 (cosine), the shipped corpus (Python Language Reference, 734 passages) and the
 shipped concept "exceptions" (30 attack queries the attacker targets, 30 held-out queries measured), the default
@@ -71,6 +71,10 @@ def craft(model, attack_queries, info, n_passages, config):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n_iters", type=int, default=None, help="GASLITE iterations (default: GasliteConfig())")
+    parser.add_argument("--n_grad", type=int, default=None, help="GASLITE gradient rows (default: GasliteConfig())")
+    parser.add_argument("--n_flip", type=int, default=None, help="GASLITE flipped positions (default: GasliteConfig())")
+    parser.add_argument("--n_candidates", type=int, default=None,
+                        help="GASLITE candidates per position (default: GasliteConfig())")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke test: tiny search budget {QUICK}, a tiny random LM for perplexity")
@@ -93,8 +97,9 @@ def main() -> None:
         torch.set_num_threads(options.threads)
     device = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
     budget = {key: value for key, value in QUICK.items() if key != "corpus_size"} if options.quick else {}
-    if options.n_iters is not None:
-        budget["n_iters"] = options.n_iters
+    for name in ("n_iters", "n_grad", "n_flip", "n_candidates"):
+        if getattr(options, name) is not None:
+            budget[name] = getattr(options, name)
     config = GasliteConfig(seed=options.seed, progress=False, **budget)
     corpus_size = options.corpus_size or (QUICK["corpus_size"] if options.quick else None)
     corpus = default_corpus()[:corpus_size]

@@ -105,11 +105,11 @@ def search(model, queries, info, config, iterations, naive: bool):
     """Run `iterations` of the GASLITE search on one path; returns (seconds, rows scored, seconds scoring, similarity)."""
     from hf_robust.attacks import eval_mode
     from hf_robust.attacks.discrete import allowed_token_mask, token_search
-    from hf_robust.retrieval.gaslite import _document_prompt, check_model, target_embeddings
+    from hf_robust.retrieval.gaslite import document_prompt, check_model, target_embeddings
     from hf_robust.retrieval.objective import CentroidObjective, passage_layout, query_centroid
 
     similarity = check_model(model)
-    layout, features = passage_layout(model, info, _document_prompt(model), config.trigger_len,
+    layout, features = passage_layout(model, info, document_prompt(model), config.trigger_len,
                                       config.trigger_position, config.trigger_init)
     centroid = query_centroid(target_embeddings(model, queries))
     weight = model[0].auto_model.get_input_embeddings().weight

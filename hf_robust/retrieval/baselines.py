@@ -27,7 +27,7 @@ from .gaslite import (
     GasliteConfig,
     GasliteResult,
     _check_info,
-    _document_prompt,
+    document_prompt,
     _is_int,
     check_model,
     encoded_similarity,
@@ -123,7 +123,7 @@ def _fixed_passage(model: Any, queries: list[str] | Tensor, passage: str, trigge
     """A passage that is not searched: its similarity, ids and the position of its appended tokens."""
     tokenizer = model.tokenizer
     objective = float(encoded_similarity(model, [passage], queries)[0])
-    ids = torch.tensor(tokenizer(_document_prompt(model) + passage).input_ids, dtype=torch.long)
+    ids = torch.tensor(tokenizer(document_prompt(model) + passage).input_ids, dtype=torch.long)
     trigger = torch.tensor(trigger_ids, dtype=torch.long)
     return GasliteResult(
         passage=passage, trigger=tokenizer.decode(trigger_ids).strip(), trigger_ids=trigger, ids=ids,

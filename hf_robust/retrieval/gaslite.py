@@ -223,7 +223,8 @@ def _check_info(info: Any, trigger_position: str) -> None:
         raise ValueError("`info` must be a non-blank string (only trigger_position='trigger_only' leaves it out).")
 
 
-def _document_prompt(model: Any) -> str:
+def document_prompt(model: Any) -> str:
+    """The document prompt string the model prepends to passages ("" if none); see `document_prompt_name`."""
     name = document_prompt_name(model)
     return model.prompts[name] if name else ""
 
@@ -237,7 +238,7 @@ def run_trigger_search(model: Any, centroid: Tensor, info: str, config: GasliteC
     """
     start = time.perf_counter()
     similarity = check_model(model)
-    prompt = _document_prompt(model)
+    prompt = document_prompt(model)
     layout, features = passage_layout(model, info, prompt, config.trigger_len, config.trigger_position,
                                       config.trigger_init)
     weight = model[0].auto_model.get_input_embeddings().weight

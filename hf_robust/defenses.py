@@ -23,6 +23,7 @@ from torch import Tensor
 from torch.nn import functional
 
 from .attacks.continuous import eval_mode
+from .checks import check_integer, check_texts
 
 __all__ = ["Defense", "NormFilter", "PerplexityFilter"]
 
@@ -36,16 +37,6 @@ class Defense(Protocol):
     def keep(self, passages: list[str], embeddings: Tensor | None) -> Tensor: ...
 
 
-def _check_texts(value: Any, name: str) -> None:
-    if not isinstance(value, (list, tuple)) or not all(isinstance(text, str) for text in value):
-        raise TypeError(f"`{name}` must be a list of strings, got {type(value).__name__}")
-    if len(value) == 0:
-        raise ValueError(f"`{name}` must not be empty")
-
-
-def _check_positive_int(value: Any, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}")
 
 
 class _ThresholdFilter:
@@ -121,8 +112,8 @@ class PerplexityFilter(_ThresholdFilter):
             raise TypeError(f"`model` must be a causal LM (torch.nn.Module), got {type(model).__name__}")
         if not callable(tokenizer):
             raise TypeError(f"`tokenizer` must be a tokenizer, got {type(tokenizer).__name__}")
-        _check_positive_int(batch_size, "batch_size")
-        _check_positive_int(max_length, "max_length")
+        check_integer("batch_size", batch_size, 1)
+        check_integer("max_length", max_length, 1)
         if max_length < 2:
             raise ValueError(f"`max_length` must be >= 2 (one predicted token), got {max_length}")
         self.model, self.tokenizer = model, tokenizer
@@ -138,7 +129,7 @@ class PerplexityFilter(_ThresholdFilter):
         Raises:
             ValueError: `passages` empty or not strings, or a passage with fewer than 2 tokens (nothing to predict).
         """
-        _check_texts(passages, "passages")
+        check_texts("passages", passages)
         if self._cache is None:
             return self._perplexity(list(passages))
         missing = list(dict.fromkeys(text for text in passages if text not in self._cache))

@@ -1,10 +1,11 @@
 """`AdvUnlearnConfig`: `TrainingArguments` plus AdvUnlearn's ESD loss, inner soft-prompt attack and retain term."""
 
-import math
 from dataclasses import dataclass, field
-from numbers import Integral, Real
+from numbers import Integral
 
 from transformers import TrainingArguments
+
+from ..checks import check_choice, check_integer, check_number
 
 from .attack import ATTACK_MODES, SoftPromptAttackConfig
 from .conditioning import POSITIONS
@@ -13,20 +14,7 @@ CONCEPT_TYPES = ("nudity", "style", "object")
 DEFAULT_RETAIN_WEIGHT = {"nudity": 0.3, "style": 0.5, "object": 0.5}
 
 
-def _check_number(name: str, value, minimum: float, *, strict: bool = False) -> None:
-    ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
-    if not (ok and (value > minimum if strict else value >= minimum)):
-        raise ValueError(f"`{name}` must be a finite number {'>' if strict else '>='} {minimum}, got {value!r}.")
 
-
-def _check_integer(name: str, value, minimum: int) -> None:
-    if not (isinstance(value, Integral) and not isinstance(value, bool) and value >= minimum):
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
-
-
-def _check_choice(name: str, value, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"`{name}` must be one of {list(allowed)}, got {value!r}.")
 
 
 @dataclass
@@ -104,17 +92,17 @@ class AdvUnlearnConfig(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_choice("concept_type", self.concept_type, CONCEPT_TYPES)
-        _check_number("eta", self.eta, 0.0)
-        _check_integer("attack_warmup", self.attack_warmup, 0)
-        _check_integer("retain_batch", self.retain_batch, 1)
-        _check_integer("ddim_steps", self.ddim_steps, 2)
-        _check_number("guidance_scale", self.guidance_scale, 0.0)
+        check_choice("concept_type", self.concept_type, CONCEPT_TYPES)
+        check_number("eta", self.eta, 0.0)
+        check_integer("attack_warmup", self.attack_warmup, 0)
+        check_integer("retain_batch", self.retain_batch, 1)
+        check_integer("ddim_steps", self.ddim_steps, 2)
+        check_number("guidance_scale", self.guidance_scale, 0.0)
         if not isinstance(self.share_xt, bool):
             raise ValueError(f"`share_xt` must be True or False, got {self.share_xt!r}.")
         if self.retain_weight is None:
             self.retain_weight = DEFAULT_RETAIN_WEIGHT[self.concept_type]
-        _check_number("retain_weight", self.retain_weight, 0.0)
+        check_number("retain_weight", self.retain_weight, 0.0)
         if isinstance(self.train_layers, str) and self.train_layers.strip().isdigit():
             self.train_layers = int(self.train_layers)
         if self.train_layers != "all" and not (isinstance(self.train_layers, Integral) and

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..checks import check_integer, check_texts
 from .gaslite import document_prompt_name, query_prompt_name
 
 __all__ = ["PoisoningReport", "encode_corpus", "encode_queries", "evaluate_poisoning"]
@@ -70,16 +71,6 @@ class PoisoningReport:
         return values
 
 
-def _check_texts(value: Any, name: str) -> None:
-    if not isinstance(value, (list, tuple)) or not all(isinstance(text, str) for text in value):
-        raise TypeError(f"`{name}` must be a list of strings, got {type(value).__name__}")
-    if len(value) == 0:
-        raise ValueError(f"`{name}` must not be empty")
-
-
-def _check_positive_int(value: Any, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}")
 
 
 def encode_corpus(model: Any, corpus: list[str], batch_size: int = 64) -> Tensor:
@@ -96,8 +87,8 @@ def encode_corpus(model: Any, corpus: list[str], batch_size: int = 64) -> Tensor
     Raises:
         TypeError / ValueError: `corpus` is not a non-empty list of strings; `batch_size` is not a positive int.
     """
-    _check_texts(corpus, "corpus")
-    _check_positive_int(batch_size, "batch_size")
+    check_texts("corpus", corpus)
+    check_integer("batch_size", batch_size, 1)
     return model.encode(
         list(corpus), prompt_name=document_prompt_name(model), batch_size=batch_size, convert_to_tensor=True
     )
@@ -105,8 +96,8 @@ def encode_corpus(model: Any, corpus: list[str], batch_size: int = 64) -> Tensor
 
 def encode_queries(model: Any, queries: list[str], batch_size: int = 64) -> Tensor:
     """Encode queries with the model's query prompt. Returns Tensor, shape (len(queries), dim)."""
-    _check_texts(queries, "queries")
-    _check_positive_int(batch_size, "batch_size")
+    check_texts("queries", queries)
+    check_integer("batch_size", batch_size, 1)
     return model.encode(
         list(queries), prompt_name=query_prompt_name(model), batch_size=batch_size, convert_to_tensor=True
     )
@@ -163,11 +154,11 @@ def evaluate_poisoning(
         TypeError / ValueError: empty or non-string corpus, queries or adv_passages; ks not positive integers;
             corpus_embeddings not of shape (len(corpus), dim) with the queries' dim; a defense without `keep`.
     """
-    _check_texts(corpus, "corpus")
-    _check_texts(queries, "queries")
-    _check_texts(adv_passages, "adv_passages")
+    check_texts("corpus", corpus)
+    check_texts("queries", queries)
+    check_texts("adv_passages", adv_passages)
     ks = _check_ks(ks)
-    _check_positive_int(batch_size, "batch_size")
+    check_integer("batch_size", batch_size, 1)
     if defense is not None and not callable(getattr(defense, "keep", None)):
         raise TypeError(f"`defense` must have a keep(passages, embeddings) method, got {type(defense).__name__}")
     query_embeddings = encode_queries(model, queries, batch_size)

@@ -1,11 +1,11 @@
 """`UnlearnConfig`: `TrainingArguments` plus the unlearning objective and the smoothing of its forget loss."""
 
-import math
 import re
 from dataclasses import dataclass, field
-from numbers import Integral, Real
 
 from transformers import TrainingArguments
+
+from ..checks import check_choice, check_integer, check_number
 
 METHODS = ("ga", "graddiff", "npo", "simnpo", "rmu")
 SMOOTHINGS = ("none", "sam", "rs", "gp", "cr", "wa")
@@ -14,20 +14,7 @@ SAM_TARGETS = ("forget", "all")
 DEFAULT_BETA = {"npo": 0.1, "simnpo": 4.5}
 
 
-def _check_choice(name: str, value, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"`{name}` must be one of {list(allowed)}, got {value!r}.")
 
-
-def _check_number(name: str, value, minimum: float, *, strict: bool = False) -> None:
-    ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
-    if not (ok and (value > minimum if strict else value >= minimum)):
-        raise ValueError(f"`{name}` must be a finite number {'>' if strict else '>='} {minimum}, got {value!r}.")
-
-
-def _check_integer(name: str, value, minimum: int) -> None:
-    if not (isinstance(value, Integral) and not isinstance(value, bool) and value >= minimum):
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
 
 
 @dataclass
@@ -113,23 +100,23 @@ class UnlearnConfig(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_choice("method", self.method, METHODS)
-        _check_choice("smoothing", self.smoothing, SMOOTHINGS)
-        _check_choice("retain_loss", self.retain_loss, RETAIN_LOSSES)
-        _check_choice("sam_target", self.sam_target, SAM_TARGETS)
+        check_choice("method", self.method, METHODS)
+        check_choice("smoothing", self.smoothing, SMOOTHINGS)
+        check_choice("retain_loss", self.retain_loss, RETAIN_LOSSES)
+        check_choice("sam_target", self.sam_target, SAM_TARGETS)
         if self.beta is None:
             self.beta = DEFAULT_BETA.get(self.method)
         else:
-            _check_number("beta", self.beta, 0.0, strict=True)
+            check_number("beta", self.beta, 0.0, strict=True)
         for name in ("retain_weight", "rho", "rs_sigma", "gp_coeff", "cr_coeff", "rmu_alpha"):
-            _check_number(name, getattr(self, name), 0.0)
-        _check_number("rmu_steering_coeff", self.rmu_steering_coeff, 0.0, strict=True)
-        _check_integer("rs_samples", self.rs_samples, 1)
-        _check_integer("wa_start", self.wa_start, 0)
-        _check_integer("wa_every", self.wa_every, 1)
-        _check_integer("rmu_layer", self.rmu_layer, 0)
+            check_number(name, getattr(self, name), 0.0)
+        check_number("rmu_steering_coeff", self.rmu_steering_coeff, 0.0, strict=True)
+        check_integer("rs_samples", self.rs_samples, 1)
+        check_integer("wa_start", self.wa_start, 0)
+        check_integer("wa_every", self.wa_every, 1)
+        check_integer("rmu_layer", self.rmu_layer, 0)
         if self.max_length is not None:
-            _check_integer("max_length", self.max_length, 2)
+            check_integer("max_length", self.max_length, 2)
         if self.rmu_param_regex is not None:
             try:
                 re.compile(self.rmu_param_regex)

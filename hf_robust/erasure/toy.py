@@ -1,7 +1,7 @@
 """A toy concept-erasure task: tiny diffusers components taught that "church" prompts change the noise prediction.
 
-A random tiny UNet barely reads its text conditioning (its noise prediction moves by ~1e-4 of its size between prompts),
-so there is no concept to erase. `toy_erasure_components` teaches one: the UNet and the text encoder of
+A random tiny UNet barely reads its text conditioning (its noise prediction moves by ~1e-4 of its size between
+prompts), so there is no concept to erase. `toy_erasure_components` teaches one: the UNet and the text encoder of
 `hf_robust.testing.tiny_sd_components()` are trained (seeded, CPU, ~150 Adam steps, 10-30 s) so that under a prompt
 of class k the UNet predicts its own initial unconditional prediction plus a fixed smooth pattern P_k, and under the
 empty prompt the initial prediction itself:
@@ -118,7 +118,8 @@ def toy_erasure_components(seed: int = 0, steps: int | None = None) -> dict:
     """Tiny SD components that know the concept "church" (module docstring), for `StableDiffusionPipeline(**...)`.
 
     Teaching runs once per (seed, steps) in a process (cached); every call returns fresh copies of the modules (and a
-    fresh scheduler), so trainers may change them in place; the tokenizer is shared. Deterministic: the same arguments give bit-identical weights (the global RNG is untouched).
+    fresh scheduler), so trainers may change them in place; the tokenizer is shared. Deterministic: the same arguments
+    give bit-identical weights (the global RNG is untouched).
 
     Args:
         seed: seeds the tiny components and the teaching.

@@ -1,0 +1,145 @@
+"""ESD vs AdvUnlearn on the toy erasure task: how much of the erased concept a prompt attack brings back.
+
+`toy_erasure_experiment` is the whole measurement for one seed (shared by `benchmarks/advunlearn_effect.py` and the
+demo section): the toy model (`toy_erasure_components`, which knows "church") is unlearned with each method from the
+same weights, with the same iterations, learning rate and retain term, where ESD is `AdvUnlearnTrainer` with the
+attack disabled (`attack_warmup` >= `max_steps`) and AdvUnlearn attacks every iteration (`attack_warmup=0`). Each
+erased model is then attacked with `prompt_attack` (discrete and soft) on concept prompts unlearning never saw, and
+its retain error is measured on retain prompts it never saw. `erasure_demo_section` is the `hf-robust demo` section.
+"""
+
+import tempfile
+import time
+
+from .config import AdvUnlearnConfig
+from .evaluation import PromptAttackConfig, concept_leakage, evaluation_points, prompt_attack
+from .toy import (
+    TOY_CONCEPT, TOY_CONCEPT_PROMPTS, TOY_HELD_OUT_RETAIN_PROMPTS, TOY_RETAIN_PROMPTS, toy_erasure_components,
+)
+from .trainer import AdvUnlearnTrainer
+
+# Unlearning shared by both methods. The tiny encoder needs a larger rate than the reference's 1e-5; a 10-step DDIM
+# schedule keeps the partial sampling of z_t cheap on CPU.
+TOY_ERASURE = {"steps": 40, "learning_rate": 1e-3, "retain_weight": 0.5, "ddim_steps": 10, "attack_steps": 30,
+               "attack_lr": 1e-3}
+# The evaluation attacks (PromptAttackConfig fields): 5-token discrete prefix, 1 soft token at 10x the training
+# attack's rate (a stronger attacker than the one AdvUnlearn trains against), 3 points per prompt.
+TOY_ATTACK = {"num_adv_tokens": 5, "discrete_iters": 10, "n_candidates": 32, "topk": 64, "batch_size": 32,
+              "soft_steps": 30, "soft_lr": 1e-2, "n_timesteps": 3, "ddim_steps": 10}
+METHODS = ("esd", "advunlearn")
+
+
+def toy_erasure_config(output_dir: str, method: str, seed: int = 0, **settings) -> AdvUnlearnConfig:
+    """`AdvUnlearnConfig` of a toy run: `method` "esd" (attack_warmup = steps: never attacked) or "advunlearn"
+    (attacked from the first iteration); `settings` override `TOY_ERASURE`; CPU, float32, no logging or saving."""
+    if method not in METHODS:
+        raise ValueError(f"`method` must be one of {list(METHODS)}, got {method!r}.")
+    unknown = sorted(set(settings) - set(TOY_ERASURE))
+    if unknown:
+        raise ValueError(f"unknown setting(s) {unknown}; allowed: {sorted(TOY_ERASURE)}.")
+    settings = {**TOY_ERASURE, **settings}
+    return AdvUnlearnConfig(
+        output_dir=output_dir, max_steps=settings["steps"], learning_rate=settings["learning_rate"],
+        retain_weight=settings["retain_weight"], ddim_steps=settings["ddim_steps"],
+        attack_steps=settings["attack_steps"], attack_lr=settings["attack_lr"],
+        attack_warmup=settings["steps"] if method == "esd" else 0, concept_type="object", use_cpu=True, bf16=False,
+        report_to="none", save_strategy="no", logging_strategy="no", disable_tqdm=True, seed=seed,
+    )
+
+
+def erase(components: dict, args: AdvUnlearnConfig, concepts=(TOY_CONCEPT,), retain_prompts=TOY_RETAIN_PROMPTS):
+    """Train `components`' text encoder in place with `AdvUnlearnTrainer`; return the trainer."""
+    from transformers import PrinterCallback
+
+    trainer = AdvUnlearnTrainer(components, args, concepts=list(concepts), retain_prompts=list(retain_prompts))
+    trainer.remove_callback(PrinterCallback)  # its end-of-training print would break the tables
+    trainer.train()
+    return trainer
+
+
+def retain_error(trainer: AdvUnlearnTrainer, prompts, config: PromptAttackConfig | None = None) -> float:
+    """How much erasure moved the predictions of `prompts`: sum_r MSE(e_erased(r), e_orig(r)) / sum_r MSE(e_orig(r),
+    e_orig("")), pooled over the evaluation points and prompts (0: unchanged; 1: as much as the prompts' own effect,
+    e.g. if they had been replaced by the empty prompt). Pooled rather than a mean of per-prompt ratios, so that
+    prompts the model barely reacts to do not dominate."""
+    distances = concept_leakage(trainer, list(prompts), config)
+    scales = [float(evaluation_points(trainer.frozen, prompt, config).scale) for prompt in prompts]
+    return float(sum(d * s for d, s in zip(distances.tolist(), scales)) / sum(scales))
+
+
+def toy_erasure_experiment(seed: int = 0, erasure: dict | None = None, attack: dict | None = None) -> dict:
+    """Erase "church" from the toy model with ESD and with AdvUnlearn; attack both; measure retain error.
+
+    Args:
+        seed: seeds unlearning (z_t, retain draws, attack starts) and the evaluation attacks; the toy model is the
+            same for every seed (`toy_erasure_components(0)`).
+        erasure: overrides of `TOY_ERASURE` (both methods).
+        attack: overrides of `TOY_ATTACK` (`PromptAttackConfig` fields).
+
+    Returns:
+        {method: {"leakage": {"none", "discrete", "soft"}: mean leakage distance over `TOY_CONCEPT_PROMPTS` (0: the
+        original concept prediction, 1: as far as no prompt), "success_rate": {"none", "discrete", "soft", "any"},
+        "retain_error": `retain_error` on `TOY_HELD_OUT_RETAIN_PROMPTS`, "retain_error_trained": on
+        `TOY_RETAIN_PROMPTS`, "seconds": {"erase", "attack"}}} for "esd" and
+        "advunlearn"; "original": the same leakage of the unerased model (no attack).
+    """
+    config = PromptAttackConfig(seed=seed, **{**TOY_ATTACK, **(attack or {})})
+    original = toy_erasure_components()
+    results = {"original": {"leakage": {"none": float(concept_leakage(
+        original, list(TOY_CONCEPT_PROMPTS), config, original=original).mean())}}}
+    for method in METHODS:
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory() as output_dir:
+            trainer = erase(toy_erasure_components(), toy_erasure_config(output_dir, method, seed, **(erasure or {})))
+        erase_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        attacked = prompt_attack(trainer, list(TOY_CONCEPT_PROMPTS), config)
+        results[method] = {
+            "leakage": {"none": attacked.mean_leakage(), "discrete": attacked.mean_leakage("discrete"),
+                        "soft": attacked.mean_leakage("soft")},
+            "success_rate": {"none": attacked.pre_attack_success_rate, "discrete": attacked.success_rate("discrete"),
+                             "soft": attacked.success_rate("soft"), "any": attacked.attack_success_rate},
+            "retain_error": retain_error(trainer, TOY_HELD_OUT_RETAIN_PROMPTS, config),
+            "retain_error_trained": retain_error(trainer, TOY_RETAIN_PROMPTS, config),
+            "seconds": {"erase": erase_seconds, "attack": time.perf_counter() - started},
+        }
+    return results
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def erasure_demo_section(seeds: tuple[int, ...] = (0,), erasure: dict | None = None,
+                         attack: dict | None = None) -> dict:
+    """ESD vs AdvUnlearn on the toy task, then prompt attacks (1-2 minutes on CPU); prints and returns the runs'
+    means ({method: {"leakage": {...}, "retain_error": float}})."""
+    import datasets
+    from transformers import logging
+
+    datasets.disable_progress_bar()
+    logging.set_verbosity_error()
+    started = time.perf_counter()
+    runs = [toy_erasure_experiment(seed, erasure, attack) for seed in seeds]
+    settings, attack_settings = {**TOY_ERASURE, **(erasure or {})}, {**TOY_ATTACK, **(attack or {})}
+    print(f"tiny SD taught the concept {TOY_CONCEPT!r}; ESD and AdvUnlearn erase it from the text encoder "
+          f"({settings['steps']} iterations each, same retain term; ESD = no inner attack); then a discrete "
+          f"({attack_settings['num_adv_tokens']}-token prefix) and a soft (1 token) prompt attack on "
+          f"{len(TOY_CONCEPT_PROMPTS)} unseen concept prompts; seeds {list(seeds)} "
+          f"({time.perf_counter() - started:.0f} s)")
+    print("  concept leakage d: 0 = the original concept prediction, ~1 = no concept; lower under attack = the "
+          "concept came back")
+    print(f"  {'model':<11} {'no attack':>10} {'discrete':>9} {'soft':>7} {'retain error':>13}")
+    means = {"original": {"leakage": {"none": _mean(run["original"]["leakage"]["none"] for run in runs)},
+                          "retain_error": 0.0}}
+    print(f"  {'original':<11} {means['original']['leakage']['none']:10.3f} {'-':>9} {'-':>7} {0.0:13.3f}")
+    for method in METHODS:
+        leakage = {key: _mean(run[method]["leakage"][key] for run in runs) for key in ("none", "discrete", "soft")}
+        retain = _mean(run[method]["retain_error"] for run in runs)
+        means[method] = {"leakage": leakage, "retain_error": retain}
+        print(f"  {method:<11} {leakage['none']:10.3f} {leakage['discrete']:9.3f} {leakage['soft']:7.3f} "
+              f"{retain:13.3f}")
+    print("  retain error: distance of held-out retain prompts' predictions from the original's (same scale)")
+    print("  benchmarks/advunlearn_effect.py runs more seeds")
+    return means

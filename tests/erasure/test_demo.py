@@ -1,0 +1,37 @@
+"""The erasure demo section and its experiment, on a tiny budget."""
+
+import math
+
+import pytest
+
+from hf_robust.erasure.demo import METHODS, TOY_ERASURE, erasure_demo_section, toy_erasure_config
+
+TINY_ERASURE = {"steps": 2, "attack_steps": 2, "ddim_steps": 4}
+TINY_ATTACK = {"discrete_iters": 1, "soft_steps": 1, "n_timesteps": 2, "ddim_steps": 4, "n_candidates": 8,
+               "batch_size": 8}
+
+
+def test_demo_section_prints_and_returns_the_comparison(capsys):
+    means = erasure_demo_section(seeds=(0,), erasure=TINY_ERASURE, attack=TINY_ATTACK)
+    printed = capsys.readouterr().out
+    assert all(name in printed for name in ("original", *METHODS))
+    assert means["original"]["leakage"]["none"] < 1e-6  # the original reproduces its own concept prediction
+    for method in METHODS:
+        leakage = means[method]["leakage"]
+        assert set(leakage) == {"none", "discrete", "soft"} and all(math.isfinite(value) for value in leakage.values())
+        assert leakage["none"] > means["original"]["leakage"]["none"]  # erasure moved the concept prediction
+        assert means[method]["retain_error"] >= 0
+
+
+def test_toy_config_disables_the_attack_for_esd_only(tmp_path):
+    esd, advunlearn = (toy_erasure_config(str(tmp_path), method, seed=3) for method in METHODS)
+    assert esd.attack_warmup >= esd.max_steps == TOY_ERASURE["steps"] and advunlearn.attack_warmup == 0
+    shared = ("max_steps", "learning_rate", "retain_weight", "ddim_steps", "attack_steps", "seed", "retain_batch")
+    assert all(getattr(esd, name) == getattr(advunlearn, name) for name in shared)
+
+
+def test_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="method"):
+        toy_erasure_config(str(tmp_path), "sld")
+    with pytest.raises(ValueError, match="unknown setting"):
+        toy_erasure_config(str(tmp_path), "esd", rho=0.1)

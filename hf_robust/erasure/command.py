@@ -155,6 +155,8 @@ def main(script_args: AdvUnlearnScriptArguments, training_args: AdvUnlearnConfig
     if training_args.push_to_hub and (not training_args.hub_model_id or not script_args.eval_attacks):
         raise ValueError("`push_to_hub` needs `hub_model_id` and at least one of `eval_attacks` (the card carries the "
                          "prompt-attack measurements).")
+    if script_args.eval_attacks:  # fail before training, not after it
+        script_args.prompt_attack_config(training_args.seed, training_args.ddim_steps, training_args.guidance_scale)
     concepts, retain, evaluation = prompts_of(script_args)
     components = load_components(script_args)
     # The Trainer must not push checkpoints itself: the final push carries the robustness card.

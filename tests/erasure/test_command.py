@@ -142,6 +142,8 @@ def test_bad_input_is_named(tmp_path, capsys):
         run("--eval_attacks", "magic", *common)
     with pytest.raises(ValueError, match="eval_num_adv_tokens"):
         run("--eval_num_adv_tokens", "0", *common)
+    with pytest.raises(ValueError, match="eval_n_timesteps"):  # more points than the training's DDIM schedule
+        run("--model_name_or_path", str(tmp_path), *common, "--eval_n_timesteps", "5")
     with pytest.raises(ValueError, match="eval_prompts"):
         AdvUnlearnScriptArguments(eval_prompts=["a church"], eval_prompts_file=str(REPO / "README.md"))
     with pytest.raises(ValueError, match="concepts"):

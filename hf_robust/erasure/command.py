@@ -126,7 +126,7 @@ def load_components(script_args: AdvUnlearnScriptArguments) -> dict:
 
     dtype = script_args.dtype if script_args.dtype == "auto" else getattr(torch, script_args.dtype)
     pipeline = DiffusionPipeline.from_pretrained(script_args.model_name_or_path, revision=script_args.model_revision,
-                                                 torch_dtype=dtype)
+                                                 dtype=dtype)
     return dict(pipeline.components)
 
 

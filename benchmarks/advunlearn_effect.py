@@ -84,18 +84,20 @@ def main(argv=None):
     settings, attack_settings = {**TOY_ERASURE, **erasure}, {**TOY_ATTACK, **attack}
     print(f"\ntoy tiny SD (concept 'church'); {settings['steps']} iterations per method (lr "
           f"{settings['learning_rate']}, retain weight {settings['retain_weight']}, {settings['ddim_steps']}-step "
-          f"DDIM; AdvUnlearn: {settings['attack_steps']} attack steps at {settings['attack_lr']}); evaluation attacks: "
-          f"discrete {attack_settings['num_adv_tokens']} tokens x {attack_settings['discrete_iters']} iterations, "
+          f"DDIM; AdvUnlearn: {settings['attack_steps']} attack steps at {settings['attack_lr']}); evaluation "
+          f"attacks: discrete {attack_settings['num_adv_tokens']} tokens x {attack_settings['discrete_iters']} iterations, "
           f"soft 1 token x {attack_settings['soft_steps']} steps at {attack_settings['soft_lr']}; {options.seeds} "
           f"seed(s), {time.perf_counter() - started:.0f} s\n")
     header = ["method", "leakage, no attack", "leakage, discrete", "leakage, soft", "ASR (any attack)",
               "retain error (held out)", "retain error (trained)", "erase s"]
-    rows = [["original", mean_std(run["original"]["leakage"]["none"] for run in runs), "-", "-", "-", "0", "0", "-"]]
+    original = mean_std(run["original"]["leakage"]["none"] for run in runs)
+    rows = [["original", original, "-", "-", "-", "0", "0", "-"]]
     for method in METHODS:
         results = [run[method] for run in runs]
         rows.append([method, *(mean_std(r["leakage"][key] for r in results) for key in ("none", "discrete", "soft")),
                      mean_std(r["success_rate"]["any"] for r in results),
-                     mean_std(r["retain_error"] for r in results), mean_std(r["retain_error_trained"] for r in results),
+                     mean_std(r["retain_error"] for r in results),
+                     mean_std(r["retain_error_trained"] for r in results),
                      f"{statistics.mean(r['seconds']['erase'] for r in results):.0f}"])
     print_table(header, rows)
     print("\nleakage: lower = more of the concept is back (0 = the original model); retain error: lower = better.")

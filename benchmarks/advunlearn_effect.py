@@ -86,8 +86,8 @@ def main(argv=None):
           f"{settings['learning_rate']}, retain weight {settings['retain_weight']}, {settings['ddim_steps']}-step "
           f"DDIM; AdvUnlearn: {settings['attack_steps']} attack steps at {settings['attack_lr']}); evaluation "
           f"attacks: discrete {attack_settings['num_adv_tokens']} tokens x {attack_settings['discrete_iters']} "
-          f"iterations, soft 1 token x {attack_settings['soft_steps']} steps at {attack_settings['soft_lr']}; {options.seeds} "
-          f"seed(s), {time.perf_counter() - started:.0f} s\n")
+          f"iterations, soft 1 token x {attack_settings['soft_steps']} steps at {attack_settings['soft_lr']}; "
+          f"{options.seeds} seed(s), {time.perf_counter() - started:.0f} s\n")
     header = ["method", "leakage, no attack", "leakage, discrete", "leakage, soft", "ASR (any attack)",
               "retain error (held out)", "retain error (trained)", "erase s"]
     original = mean_std(run["original"]["leakage"]["none"] for run in runs)

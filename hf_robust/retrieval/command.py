@@ -1,7 +1,7 @@
 """`hf-robust gaslite`: adversarial passages for a concept's queries, evaluated on held-out queries, saved as JSON.
 
     hf-robust gaslite --config recipes/gaslite_minilm.yaml
-    hf-robust gaslite --config recipes/gaslite_minilm.yaml --n_passages 10 --accelerate_config cpu_ddp
+    hf-robust gaslite --config recipes/gaslite_minilm.yaml --n_passages 10 --accelerate_config cpu_ddp --use_cpu true
     accelerate launch recipes/gaslite.py --config recipes/gaslite_minilm.yaml
 
 The queries are split into the attacker's half and a held-out half; `craft_poison_passages` writes `n_passages`
@@ -47,6 +47,9 @@ class GasliteScriptArguments:
         default=None, metadata={"help": "Causal LM scoring perplexity: a folder or Hub id, or 'smollm2' (offline)."})
     output_dir: str = field(default="outputs/gaslite", metadata={"help": "Where gaslite.json is written."})
     device: str | None = field(default=None, metadata={"help": "Device of the retriever (None: accelerate's)."})
+    use_cpu: bool = field(
+        default=False, metadata={"help": "Run on CPU processes (needed with --accelerate_config cpu_ddp, as for the "
+                                 "Trainer's use_cpu)."})
 
     def __post_init__(self):
         if not 0 < self.held_out_fraction < 1:
@@ -146,9 +149,9 @@ def main(args: GasliteScriptArguments, config: GasliteConfig) -> int:
     from .baselines import info_only
     from .gaslite import craft_poison_passages
 
-    state = PartialState()
+    state = PartialState(cpu=args.use_cpu)
     corpus, attack, held_out, info = load_corpus_and_queries(args)
-    model = load_retriever(args.model_name_or_path, args.device or str(state.device))
+    model = load_retriever(args.model_name_or_path, args.device or ("cpu" if args.use_cpu else str(state.device)))
     if args.n_passages > len(attack):
         raise ValueError(f"`n_passages`={args.n_passages} exceeds the {len(attack)} attack queries.")
     results = craft_poison_passages(model, attack, info, args.n_passages, config)

@@ -1,4 +1,7 @@
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -90,3 +93,22 @@ def test_too_many_passages_for_the_attack_queries_is_refused(tmp_path, files):
     with pytest.raises(ValueError, match="n_passages"):
         cli.main(argv)
     assert not (tmp_path / "gaslite.json").exists()
+
+
+@pytest.mark.distributed
+def test_gaslite_command_on_two_processes_writes_the_one_process_passages(tmp_path, files):
+    common = ["--model_name_or_path", files["model"], "--corpus", files["corpus"], "--queries", files["queries"],
+              "--info", "visit the garden shop", "--n_passages", "2", "--use_cpu", "true", *FAST]
+    outputs = {}
+    for processes in (1, 2):
+        output = tmp_path / f"out{processes}"
+        launch = ["--accelerate_config", "cpu_ddp", "--num_processes", "2"] if processes == 2 else []
+        completed = subprocess.run(
+            [sys.executable, "-m", "hf_robust.cli", "gaslite", *common, "--output_dir", str(output), *launch],
+            capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        outputs[processes] = json.loads((output / "gaslite.json").read_text())
+    for one, two in zip(outputs[1]["passages"], outputs[2]["passages"], strict=True):
+        assert {**one, "seconds": None} == {**two, "seconds": None}  # wall-clock time differs, nothing else
+    assert outputs[2]["reports"] == outputs[1]["reports"]

@@ -56,6 +56,13 @@ def unlearning_section() -> None:
     unlearning_demo_section()
 
 
+def erasure_section() -> None:
+    """ESD vs AdvUnlearn on the toy erasure task: concept leakage under prompt attacks, and retain error."""
+    from .erasure.demo import erasure_demo_section
+
+    erasure_demo_section()
+
+
 def gaslite_section() -> None:
     """GASLITE on all-MiniLM-L6-v2: one adversarial passage enters the top 10 of held-out concept queries."""
     from .retrieval.demo import gaslite_demo_section
@@ -67,6 +74,7 @@ SECTIONS = [
     ("Real models, offline", real_models_section),
     ("CAT: continuous adversarial training (toy refusal task)", cat_section),
     ("Unlearning that resists relearning: NPO vs NPO+SAM (toy memorisation task)", unlearning_section),
+    ("Concept erasure: ESD vs AdvUnlearn under prompt attacks (toy diffusion model)", erasure_section),
     ("GASLITE: an adversarial passage against all-MiniLM-L6-v2 (shipped corpus and concept)", gaslite_section),
 ]
 

@@ -258,10 +258,10 @@ def _usage_snippet(library_name: str, model_name: str, base_model: str | None, t
             f'model = SentenceTransformer("{model_name}")\n'
             'embeddings = model.encode(["a query", "a passage"])'
         )
-    return _diffusers_usage({"text_encoder": "CLIPTextModel"}, model_name, base_model)
+    return diffusers_usage({"text_encoder": "CLIPTextModel"}, model_name, base_model)
 
 
-def _diffusers_usage(components: Mapping[str, str], model_name: str, base_model: str | None) -> str:
+def diffusers_usage(components: Mapping[str, str], model_name: str, base_model: str | None) -> str:
     """Load each text encoder from its subfolder and, given the base pipeline, plug them into it."""
     class_names = sorted(set(components.values()))
     lines = [f"from transformers import {', '.join(class_names)}"]
@@ -526,7 +526,7 @@ def push_robust_to_hub(
 
     usage = None
     if kind == "diffusers":
-        usage = _diffusers_usage(
+        usage = diffusers_usage(
             {folder: type(encoder).__name__ for folder, encoder in text_encoders.items()}, repo_id, base_model
         )
     card = build_robustness_card(

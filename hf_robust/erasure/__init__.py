@@ -6,6 +6,7 @@
 conditioning, partial DDIM sampling, the ESD target, retain prompts). diffusers is imported only when used.
 """
 
+from ..cli import register_command
 from .attack import (
     AttackTarget,
     SoftPromptAttackConfig,
@@ -36,6 +37,7 @@ from .evaluation import (
     evaluation_points,
     prompt_attack,
 )
+from .toy import TOY_CONCEPT, TOY_CONCEPT_PROMPTS, TOY_RETAIN_PROMPTS, prompt_effect, toy_erasure_components
 from .trainer import AdvUnlearnTrainer, TextEncoderPair
 
 __all__ = [
@@ -68,4 +70,12 @@ __all__ = [
     "concept_leakage",
     "evaluation_points",
     "prompt_attack",
+    "TOY_CONCEPT",
+    "TOY_CONCEPT_PROMPTS",
+    "TOY_RETAIN_PROMPTS",
+    "prompt_effect",
+    "toy_erasure_components",
 ]
+
+register_command("advunlearn", "hf_robust.erasure.command", "AdvUnlearn concept erasure in the text encoder(s) of a "
+                 "diffusers pipeline, prompt attacks measured into the card")

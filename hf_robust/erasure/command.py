@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from trl import TrlParser
 
-from ..hub import _diffusers_usage, build_robustness_card, push_robust_to_hub
+from ..hub import build_robustness_card, diffusers_usage, push_robust_to_hub
 from ..scripts import end_distributed
 from .config import AdvUnlearnConfig
 from .evaluation import ATTACKS, PromptAttackConfig, prompt_attack
@@ -202,7 +202,7 @@ def _finish(trainer, script_args: AdvUnlearnScriptArguments, concepts: list[str]
                            description=description, private=args.hub_private_repo)
         return
     model_name = os.path.basename(args.output_dir.rstrip("/"))
-    usage = _diffusers_usage({folder: type(encoder).__name__ for folder, encoder in zip(folders, encoders)},
+    usage = diffusers_usage({folder: type(encoder).__name__ for folder, encoder in zip(folders, encoders)},
                              model_name, base_model)
     card = build_robustness_card(results, method="advunlearn", model_name=model_name, base_model=base_model,
                                  library_name="diffusers", tags=tags, paper=trainer._paper, description=description,

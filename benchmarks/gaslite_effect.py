@@ -33,15 +33,10 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from tables import print_table  # noqa: E402 (benchmarks/ is on the path when run as a script)
+
 QUICK = {"n_iters": 1, "n_grad": 4, "n_flip": 2, "n_candidates": 16, "topk": 32, "corpus_size": 100}
 
-
-def print_table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
-    print("| " + " | ".join(f"{cell:<{width}}" for cell, width in zip(header, widths)) + " |")
-    print("|" + "|".join("-" * (width + 2) for width in widths) + "|")
-    for row in rows:
-        print("| " + " | ".join(f"{cell:<{width}}" for cell, width in zip(row, widths)) + " |")
 
 
 def craft(model, attack_queries, info, n_passages, config):

@@ -28,23 +28,11 @@ import warnings
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from tables import mean_std, print_table  # noqa: E402 (benchmarks/ is on the path when run as a script)
+
 MATCH_TOLERANCE = 0.10  # pre-attack forget NLLs of the methods count as matched within 10% of NPO's
 
 
-def mean_std(values) -> str:
-    """"mean ± std" (sample std), or the value alone when there is one."""
-    values = list(values)
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
-
-
-def print_table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(header[column]), *(len(row[column]) for row in rows)) for column in range(len(header))]
-    print("| " + " | ".join(name.ljust(width) for name, width in zip(header, widths)) + " |")
-    print("|" + "|".join("-" * (width + 2) for width in widths) + "|")
-    for row in rows:
-        print("| " + " | ".join(cell.ljust(width) for cell, width in zip(row, widths)) + " |")
 
 
 def compare(names: list[str], pre: dict, recovery: dict, unit: str) -> None:

@@ -16,13 +16,13 @@ and `seconds`.
 
 import time
 from dataclasses import dataclass, field
-from numbers import Real
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..attacks.discrete import TokenSearchConfig
+from ..checks import check_number
 from .gaslite import (
     GasliteConfig,
     GasliteResult,
@@ -71,11 +71,8 @@ class HotflipConfig:
                 raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
         if not isinstance(self.trigger_init, str) or not self.trigger_init.strip():
             raise ValueError(f"`trigger_init` must be a non-blank string, got {self.trigger_init!r}.")
-        if self.time_limit is not None and (
-            not isinstance(self.time_limit, Real) or isinstance(self.time_limit, bool) or not self.time_limit > 0
-            or self.time_limit == float("inf")
-        ):
-            raise ValueError(f"`time_limit` must be None or a finite number > 0, got {self.time_limit!r}.")
+        if self.time_limit is not None:
+            check_number("time_limit", self.time_limit, 0, strict=True)
 
     def search_config(self) -> TokenSearchConfig:
         """One position per iteration, the top `n_candidates` tokens of the plain gradient, all of them tried."""

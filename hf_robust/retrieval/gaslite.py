@@ -35,7 +35,6 @@ import os
 import time
 import warnings
 from dataclasses import dataclass, field, replace
-from numbers import Real
 from typing import Any
 
 import torch
@@ -44,6 +43,7 @@ from tqdm.auto import tqdm
 
 from ..attacks.continuous import eval_mode
 from ..attacks.discrete import TokenSearchConfig, allowed_token_mask, token_search
+from ..checks import check_number
 from .objective import (
     SIMILARITIES,
     TRIGGER_POSITIONS,
@@ -128,11 +128,8 @@ class GasliteConfig:
             raise ValueError(f"`trigger_position` must be one of {TRIGGER_POSITIONS}, got {self.trigger_position!r}.")
         if not isinstance(self.trigger_init, str) or not self.trigger_init.strip():
             raise ValueError(f"`trigger_init` must be a non-blank string, got {self.trigger_init!r}.")
-        if self.time_limit is not None and (
-            not isinstance(self.time_limit, Real) or isinstance(self.time_limit, bool) or not self.time_limit > 0
-            or self.time_limit == float("inf")
-        ):
-            raise ValueError(f"`time_limit` must be None or a finite number > 0, got {self.time_limit!r}.")
+        if self.time_limit is not None:
+            check_number("time_limit", self.time_limit, 0, strict=True)
         if not isinstance(self.progress, bool):
             raise ValueError(f"`progress` must be True or False, got {self.progress!r}.")
 

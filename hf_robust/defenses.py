@@ -15,6 +15,7 @@ Both remove a passage when its score is above `threshold`; with `threshold=None`
 `clean_quantile` quantile of the clean corpus's scores, so about (1 - clean_quantile) of clean passages are removed.
 """
 
+import abc
 import numbers
 from typing import Any, Protocol, runtime_checkable
 
@@ -39,7 +40,7 @@ class Defense(Protocol):
 
 
 
-class _ThresholdFilter:
+class _ThresholdFilter(abc.ABC):
     """Removes passages whose `scores` exceed `threshold`; `fit` calibrates the threshold as a clean quantile."""
 
     name = "threshold_filter"
@@ -54,8 +55,9 @@ class _ThresholdFilter:
         self.threshold = None if threshold is None else float(threshold)
         self.clean_quantile = float(clean_quantile)
 
+    @abc.abstractmethod
     def scores(self, passages: list[str], embeddings: Tensor | None) -> Tensor:
-        raise NotImplementedError
+        """Per-passage score, Tensor (len(passages),); higher = more suspicious. Each filter defines its own."""
 
     def fit(self, clean_passages: list[str], embeddings: Tensor | None = None) -> "_ThresholdFilter":
         """Set `threshold` to the `clean_quantile` quantile (linear interpolation) of the clean passages' scores."""

@@ -156,3 +156,10 @@ def test_bad_inputs(causal_lm):
             NormFilter(threshold=1.0).keep(PASSAGES, embeddings)
         with pytest.raises(ValueError, match="`embeddings` must be a tensor of shape"):
             NormFilter().fit(PASSAGES, embeddings)
+
+
+def test_threshold_filter_base_is_abstract():
+    from hf_robust.defenses import _ThresholdFilter
+
+    with pytest.raises(TypeError, match="abstract"):
+        _ThresholdFilter()

@@ -63,6 +63,22 @@ def craft(model, attack_queries, info, n_passages, config):
     return attacks
 
 
+def write_results(path, config, device, results) -> None:
+    """The crafted passages and their metrics as JSON (the passages can be re-scored later without a new search)."""
+    import dataclasses
+    import json
+
+    records = [
+        {"passages_budget": n_passages, "attack": name, "seconds": seconds, "passages": passages,
+         "held_out": held.to_dict(), "attack_split": seen.to_dict()}
+        for (n_passages, name), (passages, seconds, held, seen) in results.items()
+    ]
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump({"gaslite_config": dataclasses.asdict(config), "device": device, "results": records}, handle,
+                  indent=2)
+    print(f"passages and metrics written to {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n_iters", type=int, default=None, help="GASLITE iterations (default: GasliteConfig())")
@@ -78,6 +94,9 @@ def main() -> None:
     parser.add_argument("--corpus_size", type=int, default=None, help="first N shipped passages (default: all)")
     parser.add_argument("--device", default=None, help="torch device for both models (default: cuda if available)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--progress", action="store_true", help="tqdm bars of the searches (on stderr)")
+    parser.add_argument("--output", default=None,
+                        help="also write every passage and its held-out/attack-split metrics to this JSON file")
     options = parser.parse_args()
 
     import torch
@@ -95,7 +114,7 @@ def main() -> None:
     for name in ("n_iters", "n_grad", "n_flip", "n_candidates"):
         if getattr(options, name) is not None:
             budget[name] = getattr(options, name)
-    config = GasliteConfig(seed=options.seed, progress=False, **budget)
+    config = GasliteConfig(seed=options.seed, progress=options.progress, **budget)
     corpus_size = options.corpus_size or (QUICK["corpus_size"] if options.quick else None)
     corpus = default_corpus()[:corpus_size]
     attack_queries, held_out = concept_queries("attack"), concept_queries("held_out")
@@ -122,6 +141,9 @@ def main() -> None:
         rows.append([name, str(n_passages), f"{seconds:.0f}", f"{held.appeared_at[1]:.0%}",
                      f"{held.appeared_at[10]:.0%}", f"{held.mrr_at_10:.3f}", f"{seen.appeared_at[10]:.0%}"])
     print_table(["attack", "passages", "seconds", "appeared@1", "appeared@10", "MRR@10", "attack-split @10"], rows)
+
+    if options.output:
+        write_results(options.output, config, device, results)
 
     if 1 in options.passages:
         gaslite = results[1, "GASLITE"][2].appeared_at[10]

@@ -7,75 +7,21 @@ conditioning, partial DDIM sampling, the ESD target, retain prompts). diffusers 
 """
 
 from ..cli import register_command
-from .attack import (
-    AttackTarget,
-    SoftPromptAttackConfig,
-    SoftPromptAttackResult,
-    random_token_embeddings,
-    soft_prompt_attack,
-)
-from .conditioning import (
-    Conditioning,
-    DiffusionComponents,
-    SoftTokens,
-    adversarial_layout,
-    diffusion_components,
-    encode_prompts,
-    predict_noise,
-    tokenize_prompts,
-)
-from .callback import ConceptLeakageCallback
-from .config import AdvUnlearnConfig
-from .esd import DEFAULT_RETAIN_PROMPTS, RetainPromptSampler, esd_target, partial_ddim_sample
-from .evaluation import (
-    DiscreteLeakageObjective,
-    EvaluationPoints,
-    PromptAttackConfig,
-    PromptAttackResult,
-    PromptAttackRow,
-    concept_leakage,
-    evaluation_points,
-    prompt_attack,
-)
-from .toy import TOY_CONCEPT, TOY_CONCEPT_PROMPTS, TOY_RETAIN_PROMPTS, prompt_effect, toy_erasure_components
-from .trainer import AdvUnlearnTrainer, TextEncoderPair
-
-__all__ = [
-    "AdvUnlearnConfig",
-    "AdvUnlearnTrainer",
-    "TextEncoderPair",
-    "AttackTarget",
-    "SoftPromptAttackConfig",
-    "SoftPromptAttackResult",
-    "random_token_embeddings",
-    "soft_prompt_attack",
-    "Conditioning",
-    "DiffusionComponents",
-    "SoftTokens",
-    "adversarial_layout",
-    "diffusion_components",
-    "encode_prompts",
-    "predict_noise",
-    "tokenize_prompts",
-    "DEFAULT_RETAIN_PROMPTS",
-    "RetainPromptSampler",
-    "esd_target",
-    "partial_ddim_sample",
-    "ConceptLeakageCallback",
-    "DiscreteLeakageObjective",
-    "EvaluationPoints",
-    "PromptAttackConfig",
-    "PromptAttackResult",
-    "PromptAttackRow",
-    "concept_leakage",
-    "evaluation_points",
-    "prompt_attack",
-    "TOY_CONCEPT",
-    "TOY_CONCEPT_PROMPTS",
-    "TOY_RETAIN_PROMPTS",
-    "prompt_effect",
-    "toy_erasure_components",
-]
+from ..lazy import lazy_exports
 
 register_command("advunlearn", "hf_robust.erasure.command", "AdvUnlearn concept erasure in the text encoder(s) of a "
                  "diffusers pipeline, prompt attacks measured into the card")
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    ".config": ["AdvUnlearnConfig"],
+    ".trainer": ["AdvUnlearnTrainer", "TextEncoderPair"],
+    ".attack": ["AttackTarget", "SoftPromptAttackConfig", "SoftPromptAttackResult", "random_token_embeddings",
+                "soft_prompt_attack"],
+    ".conditioning": ["Conditioning", "DiffusionComponents", "SoftTokens", "adversarial_layout", "diffusion_components",
+                      "encode_prompts", "predict_noise", "tokenize_prompts"],
+    ".esd": ["DEFAULT_RETAIN_PROMPTS", "RetainPromptSampler", "esd_target", "partial_ddim_sample"],
+    ".callback": ["ConceptLeakageCallback"],
+    ".evaluation": ["DiscreteLeakageObjective", "EvaluationPoints", "PromptAttackConfig", "PromptAttackResult",
+                    "PromptAttackRow", "concept_leakage", "evaluation_points", "prompt_attack"],
+    ".toy": ["TOY_CONCEPT", "TOY_CONCEPT_PROMPTS", "TOY_RETAIN_PROMPTS", "prompt_effect", "toy_erasure_components"],
+})

@@ -21,7 +21,8 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
                       "encode_prompts", "predict_noise", "tokenize_prompts"],
     ".esd": ["DEFAULT_RETAIN_PROMPTS", "RetainPromptSampler", "esd_target", "partial_ddim_sample"],
     ".callback": ["ConceptLeakageCallback"],
-    ".evaluation": ["DiscreteLeakageObjective", "EvaluationPoints", "PromptAttackConfig", "PromptAttackResult",
-                    "PromptAttackRow", "concept_leakage", "evaluation_points", "prompt_attack"],
+    ".evaluation": ["DiscreteLeakageObjective", "EvaluationPoints", "PromptAttackConfig", "concept_leakage",
+                    "evaluation_points", "prompt_attack"],
+    ".results": ["PromptAttackResult", "PromptAttackRow"],
     ".toy": ["TOY_CONCEPT", "TOY_CONCEPT_PROMPTS", "TOY_RETAIN_PROMPTS", "prompt_effect", "toy_erasure_components"],
 })

@@ -12,11 +12,11 @@ from hf_robust.erasure.conditioning import diffusion_components, tokenize_prompt
 from hf_robust.erasure.evaluation import (
     DiscreteLeakageObjective,
     PromptAttackConfig,
-    PromptAttackResult,
     concept_leakage,
     evaluation_points,
     prompt_attack,
 )
+from hf_robust.erasure.results import PromptAttackResult
 from hf_robust.hub import RobustnessResult
 from hf_robust.testing import tiny_sd_components
 

@@ -13,9 +13,14 @@ def check_number(name: str, value: Any, minimum: float, *, strict: bool = False)
         raise ValueError(f"`{name}` must be a finite number {'>' if strict else '>='} {minimum}, got {value!r}.")
 
 
+def is_integer(value: Any) -> bool:
+    """True for Python and numpy integers, False for bools and everything else."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def check_integer(name: str, value: Any, minimum: int) -> None:
     """ValueError unless `value` is an integer >= `minimum`; bools are refused."""
-    if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum):
+    if not (is_integer(value) and value >= minimum):
         raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
 
 

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import is_integer
+
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
@@ -43,10 +45,6 @@ IGNORE_INDEX = -100
 def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"`{name}` must be one of {', '.join(repr(choice) for choice in choices)}, got {value!r}.")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass
@@ -104,7 +102,7 @@ class PGDConfig:
         if not isinstance(self.eps, Real) or isinstance(self.eps, bool) or not math.isfinite(self.eps) or self.eps < 0:
             raise ValueError(f"`eps` must be a finite number >= 0, got {self.eps!r}.")
         _check_choice("eps_mode", self.eps_mode, ("relative", "absolute"))
-        if not _is_int(self.steps) or self.steps < 0:
+        if not is_integer(self.steps) or self.steps < 0:
             raise ValueError(f"`steps` must be an integer >= 0, got {self.steps!r}.")
         if (
             not isinstance(self.step_size, Real)
@@ -116,7 +114,7 @@ class PGDConfig:
         _check_choice("step_mode", self.step_mode, ("absolute", "relative"))
         _check_choice("optimizer", self.optimizer, ("sign", "l2", "adam", "sign_adam"))
         _check_choice("init", self.init, ("zero", "uniform"))
-        if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
+        if self.seed is not None and (not is_integer(self.seed) or self.seed < 0):
             raise ValueError(f"`seed` must be None or an integer >= 0, got {self.seed!r}.")
 
 
@@ -306,7 +304,7 @@ def projected_gradient_descent(
         raise ValueError(
             f"`mask` must be a bool tensor of shape (batch, positions), got {mask.dtype} {tuple(mask.shape)}."
         )
-    if not _is_int(hidden_size) or hidden_size <= 0:
+    if not is_integer(hidden_size) or hidden_size <= 0:
         raise ValueError(f"`hidden_size` must be an integer > 0, got {hidden_size!r}.")
     if not isinstance(radius, Real) or isinstance(radius, bool) or math.isnan(radius) or radius < 0:
         raise ValueError(f"`radius` must be a number >= 0 (math.inf: unbounded), got {radius!r}.")

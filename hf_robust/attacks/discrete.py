@@ -49,13 +49,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..checks import check_integer, is_integer
+
 logger = logging.getLogger("hf_robust")
 
 _UNUSED_TOKEN = re.compile(r"\[unused\d+\]")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_integer_dtype(dtype: torch.dtype) -> bool:
@@ -116,7 +114,7 @@ def allowed_token_mask(
     vocab = len(tokenizer)
     if num_embeddings is None:
         num_embeddings = vocab
-    if not _is_int(num_embeddings) or num_embeddings <= 0:
+    if not is_integer(num_embeddings) or num_embeddings <= 0:
         raise ValueError(f"`num_embeddings` must be None or an integer > 0, got {num_embeddings!r}.")
     mask = torch.zeros(num_embeddings, dtype=torch.bool)
     special = set()
@@ -221,9 +219,7 @@ class TokenSearchConfig:
             ("n_iters", 0), ("topk", 1), ("n_candidates", 1), ("n_top_candidates", 0), ("n_flip", 1),
             ("n_grad", 1), ("batch_size", 1), ("seed", 0),
         ):
-            value = getattr(self, name)
-            if not _is_int(value) or value < minimum:
-                raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
+            check_integer(name, getattr(self, name), minimum)
         if self.n_top_candidates > min(self.n_candidates, self.topk):
             raise ValueError(
                 f"`n_top_candidates` must be <= min(n_candidates, topk) = {min(self.n_candidates, self.topk)}, "

@@ -22,13 +22,12 @@ import torch
 from torch import Tensor
 
 from ..attacks.discrete import TokenSearchConfig
-from ..checks import check_number
+from ..checks import check_integer, check_number, is_integer
 from .gaslite import (
     GasliteConfig,
     GasliteResult,
     _check_info,
     document_prompt,
-    _is_int,
     check_model,
     encoded_similarity,
     run_trigger_search,
@@ -63,9 +62,7 @@ class HotflipConfig:
     def __post_init__(self):
         for name, minimum in (("trigger_len", 1), ("n_iters", 0), ("n_candidates", 1), ("seed", 0),
                               ("batch_size", 1)):
-            value = getattr(self, name)
-            if not _is_int(value) or value < minimum:
-                raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
+            check_integer(name, getattr(self, name), minimum)
         for name in ("include_info", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
@@ -150,7 +147,7 @@ def query_stuffing(model: Any, queries: list[str], info: str, trigger_len: int =
     _check_info(info, "suffix")
     if isinstance(queries, Tensor):
         raise TypeError("`queries` must be a list of str for query_stuffing (their text is stuffed), got a Tensor.")
-    if not _is_int(trigger_len) or trigger_len < 1:
+    if not is_integer(trigger_len) or trigger_len < 1:
         raise ValueError(f"`trigger_len` must be an integer >= 1, got {trigger_len!r}.")
     target_embeddings(model, queries)  # validates the queries
     stuffed = model.tokenizer(" ".join(query.strip() for query in queries), add_special_tokens=False).input_ids

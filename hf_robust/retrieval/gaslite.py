@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from ..attacks.continuous import eval_mode
 from ..attacks.discrete import TokenSearchConfig, allowed_token_mask, token_search
-from ..checks import check_number
+from ..checks import check_integer, check_number, is_integer
 from .objective import (
     SIMILARITIES,
     TRIGGER_POSITIONS,
@@ -54,10 +54,6 @@ from .objective import (
 )
 
 logger = logging.getLogger("hf_robust")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def document_prompt_name(model: Any) -> str | None:
@@ -121,9 +117,7 @@ class GasliteConfig:
     def __post_init__(self):
         for name, minimum in (("trigger_len", 1), ("n_iters", 0), ("n_grad", 1), ("topk", 1), ("n_candidates", 1),
                               ("n_flip", 1), ("seed", 0), ("batch_size", 1)):
-            value = getattr(self, name)
-            if not _is_int(value) or value < minimum:
-                raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
+            check_integer(name, getattr(self, name), minimum)
         if self.trigger_position not in TRIGGER_POSITIONS:
             raise ValueError(f"`trigger_position` must be one of {TRIGGER_POSITIONS}, got {self.trigger_position!r}.")
         if not isinstance(self.trigger_init, str) or not self.trigger_init.strip():
@@ -380,7 +374,7 @@ def craft_poison_passages(model: Any, queries: list[str] | Tensor, info: str, n_
     check_model(model)
     _check_info(info, config.trigger_position)
     embeddings = target_embeddings(model, queries)
-    if not _is_int(n_passages) or not 1 <= n_passages <= embeddings.shape[0]:
+    if not is_integer(n_passages) or not 1 <= n_passages <= embeddings.shape[0]:
         raise ValueError(
             f"`n_passages` must be an integer in [1, {embeddings.shape[0]}] (the number of queries), "
             f"got {n_passages!r}."

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from ..checks import is_integer
 from ..hub import RobustnessResult
 from .metrics import UnlearningMetrics, right_padded, encode_rows, evaluate_unlearning, text_rows
 
@@ -28,10 +29,6 @@ OPTIMIZERS = ("adamw", "sgd")
 PARAMETER_CHOICES = ("trainable", "all")
 IGNORE_INDEX = -100
 LOG_PREFIX = "relearn/"
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _is_number(value) -> bool:
@@ -70,13 +67,13 @@ class RelearnConfig:
     parameters: str = "trainable"
 
     def __post_init__(self):
-        if not _is_int(self.n_samples) or self.n_samples < 1:
+        if not is_integer(self.n_samples) or self.n_samples < 1:
             raise ValueError(f"`n_samples` must be an integer >= 1, got {self.n_samples!r}.")
-        if self.steps is not None and (not _is_int(self.steps) or self.steps < 1):
+        if self.steps is not None and (not is_integer(self.steps) or self.steps < 1):
             raise ValueError(f"`steps` must be None or an integer >= 1, got {self.steps!r}.")
         if not _is_number(self.learning_rate) or self.learning_rate <= 0:
             raise ValueError(f"`learning_rate` must be a finite number > 0, got {self.learning_rate!r}.")
-        if not _is_int(self.batch_size) or self.batch_size < 1:
+        if not is_integer(self.batch_size) or self.batch_size < 1:
             raise ValueError(f"`batch_size` must be an integer >= 1, got {self.batch_size!r}.")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"`optimizer` must be one of {OPTIMIZERS}, got {self.optimizer!r}.")
@@ -84,9 +81,9 @@ class RelearnConfig:
             raise ValueError(f"`weight_decay` must be a finite number >= 0, got {self.weight_decay!r}.")
         if self.max_grad_norm is not None and (not _is_number(self.max_grad_norm) or self.max_grad_norm <= 0):
             raise ValueError(f"`max_grad_norm` must be None or a finite number > 0, got {self.max_grad_norm!r}.")
-        if not _is_int(self.seed) or self.seed < 0:
+        if not is_integer(self.seed) or self.seed < 0:
             raise ValueError(f"`seed` must be an integer >= 0, got {self.seed!r}.")
-        if not _is_int(self.max_length) or self.max_length < 2:
+        if not is_integer(self.max_length) or self.max_length < 2:
             raise ValueError(f"`max_length` must be an integer >= 2, got {self.max_length!r}.")
         if self.parameters not in PARAMETER_CHOICES:
             raise ValueError(f"`parameters` must be one of {PARAMETER_CHOICES}, got {self.parameters!r}.")

@@ -3,6 +3,8 @@
     python benchmarks/gaslite_effect.py                  # full default budget (GasliteConfig()); GPU-scale on CPU
     python benchmarks/gaslite_effect.py --quick          # tiny budget and corpus: a smoke test (< 2 min on CPU)
     python benchmarks/gaslite_effect.py --n_iters 8 --n_grad 10 --n_flip 5 --n_candidates 32   # reduced budget
+    python benchmarks/gaslite_effect.py --output run.json    # also keep every passage and its metrics as JSON
+    python benchmarks/gaslite_effect.py --reuse run.json     # GASLITE passages of an earlier run; baselines anew
 
 Setting: the real all-MiniLM-L6-v2 (cosine), the shipped corpus (Python Language Reference, 734 passages) and the
 shipped concept "exceptions" (30 attack queries the attacker targets, 30 held-out queries measured), the default
@@ -10,8 +12,8 @@ attacker info (`DEFAULT_INFO`). For 1 and 5 passages:
 
 - GASLITE: `craft_poison_passages` (k-means on the attack queries for 5), `GasliteConfig()` defaults unless flags
   change them;
-- HotFlip (Zhong et al. 2023, `hotflip_poison`): per cluster, the same wall-clock as GASLITE took on that cluster
-  (`time_limit`);
+- HotFlip (Zhong et al. 2023, `hotflip_poison`): per cluster, a 50-token passage (the info, then a trigger filling
+  the rest) searched for the same wall-clock as GASLITE took on that cluster (`time_limit`);
 - query stuffing: per cluster, the info + that cluster's queries cut to GASLITE's trigger length;
 - info-only: the info alone (one passage; five copies would rank the same).
 
@@ -39,26 +41,50 @@ QUICK = {"n_iters": 1, "n_grad": 4, "n_flip": 2, "n_candidates": 16, "topk": 32,
 
 
 
-def craft(model, attack_queries, info, n_passages, config):
-    """Passages of every attack for one budget: {name: (list of passage texts, seconds)}."""
+def reused_gaslite(path, n_passages, config):
+    """GASLITE passages and per-passage seconds of an earlier `--output` file, checked against this run's settings."""
+    import dataclasses
+    import json
+
+    with open(path, encoding="utf-8") as handle:
+        earlier = json.load(handle)
+    settings = {key: value for key, value in dataclasses.asdict(config).items() if key != "progress"}
+    if {key: value for key, value in earlier["gaslite_config"].items() if key != "progress"} != settings:
+        raise SystemExit(f"--reuse: {path} was made with {earlier['gaslite_config']}, not {settings}")
+    for record in earlier["results"]:
+        if record["attack"] == "GASLITE" and record["passages_budget"] == n_passages:
+            seconds = record.get("passage_seconds") or [record["seconds"] / n_passages] * n_passages
+            return record["passages"], seconds
+    raise SystemExit(f"--reuse: {path} has no GASLITE run with {n_passages} passage(s).")
+
+
+def craft(model, attack_queries, info, n_passages, config, reuse=None):
+    """Passages of every attack for one budget: {name: (list of passage texts, seconds, per-passage seconds)}."""
     from hf_robust.retrieval.baselines import HotflipConfig, hotflip_poison, info_only, query_stuffing
-    from hf_robust.retrieval.gaslite import craft_poison_passages
+    from hf_robust.retrieval.gaslite import cluster_queries, craft_poison_passages, target_embeddings
 
     start = time.perf_counter()
-    gaslite = craft_poison_passages(model, attack_queries, info, n_passages, config)
-    attacks = {"GASLITE": ([result.passage for result in gaslite], time.perf_counter() - start)}
+    if reuse:
+        passages, seconds = reused_gaslite(reuse, n_passages, config)
+        clusters = cluster_queries(target_embeddings(model, attack_queries), n_passages, config.seed)
+        print(f"[{n_passages} passage(s)] GASLITE passages reused from {reuse}")
+    else:
+        gaslite = craft_poison_passages(model, attack_queries, info, n_passages, config)
+        passages, seconds = [result.passage for result in gaslite], [result.seconds for result in gaslite]
+        clusters = [result.query_indices for result in gaslite]
+    attacks = {"GASLITE": (passages, sum(seconds) if reuse else time.perf_counter() - start, seconds)}
     hotflip, stuffing = [], []
-    for index, result in enumerate(gaslite):
-        cluster = [attack_queries[query] for query in result.query_indices]
-        hotflip_config = HotflipConfig(time_limit=result.seconds, seed=config.seed + index, progress=config.progress)
+    for index, (indices, budget) in enumerate(zip(clusters, seconds)):
+        cluster = [attack_queries[query] for query in indices]
+        hotflip_config = HotflipConfig(time_limit=budget, seed=config.seed + index, progress=config.progress)
         hotflip.append(hotflip_poison(model, cluster, info, hotflip_config))
         stuffing.append(query_stuffing(model, cluster, info, trigger_len=config.trigger_len))
-    attacks["HotFlip (same wall-clock)"] = ([r.passage for r in hotflip], sum(r.seconds for r in hotflip))
-    attacks["query stuffing"] = ([r.passage for r in stuffing], sum(r.seconds for r in stuffing))
+    for name, results in (("HotFlip (same wall-clock)", hotflip), ("query stuffing", stuffing)):
+        attacks[name] = ([r.passage for r in results], sum(r.seconds for r in results), [r.seconds for r in results])
     if n_passages == 1:
         only = info_only(model, attack_queries, info)
-        attacks["info-only"] = ([only.passage], only.seconds)
-    for name, (passages, _) in attacks.items():
+        attacks["info-only"] = ([only.passage], only.seconds, [only.seconds])
+    for name, (passages, *_) in attacks.items():
         print(f"\n[{n_passages} passage(s)] {name}, first passage: {passages[0]!r}")
     return attacks
 
@@ -69,9 +95,9 @@ def write_results(path, config, device, results) -> None:
     import json
 
     records = [
-        {"passages_budget": n_passages, "attack": name, "seconds": seconds, "passages": passages,
-         "held_out": held.to_dict(), "attack_split": seen.to_dict()}
-        for (n_passages, name), (passages, seconds, held, seen) in results.items()
+        {"passages_budget": n_passages, "attack": name, "seconds": seconds, "passage_seconds": passage_seconds,
+         "passages": passages, "held_out": held.to_dict(), "attack_split": seen.to_dict()}
+        for (n_passages, name), (passages, seconds, passage_seconds, held, seen) in results.items()
     ]
     with open(path, "w", encoding="utf-8") as handle:
         json.dump({"gaslite_config": dataclasses.asdict(config), "device": device, "results": records}, handle,
@@ -97,6 +123,9 @@ def main() -> None:
     parser.add_argument("--progress", action="store_true", help="tqdm bars of the searches (on stderr)")
     parser.add_argument("--output", default=None,
                         help="also write every passage and its held-out/attack-split metrics to this JSON file")
+    parser.add_argument("--reuse", default=None,
+                        help="take the GASLITE passages (and their seconds, HotFlip's budget) from an --output file of "
+                        "an earlier run with the same settings instead of searching again")
     options = parser.parse_args()
 
     import torch
@@ -129,15 +158,15 @@ def main() -> None:
 
     results = {}
     for n_passages in options.passages:
-        attacks = craft(model, attack_queries, DEFAULT_INFO, n_passages, config)
-        for name, (passages, seconds) in attacks.items():
+        attacks = craft(model, attack_queries, DEFAULT_INFO, n_passages, config, options.reuse)
+        for name, (passages, seconds, passage_seconds) in attacks.items():
             held = evaluate_poisoning(model, corpus, held_out, passages, corpus_embeddings=corpus_embeddings)
             seen = evaluate_poisoning(model, corpus, attack_queries, passages, corpus_embeddings=corpus_embeddings)
-            results[n_passages, name] = (passages, seconds, held, seen)
+            results[n_passages, name] = (passages, seconds, passage_seconds, held, seen)
 
     print("\nHeld-out queries (attack-split appeared@10 for reference)")
     rows = []
-    for (n_passages, name), (_, seconds, held, seen) in results.items():
+    for (n_passages, name), (_, seconds, _, held, seen) in results.items():
         rows.append([name, str(n_passages), f"{seconds:.0f}", f"{held.appeared_at[1]:.0%}",
                      f"{held.appeared_at[10]:.0%}", f"{held.mrr_at_10:.3f}", f"{seen.appeared_at[10]:.0%}"])
     print_table(["attack", "passages", "seconds", "appeared@1", "appeared@10", "MRR@10", "attack-split @10"], rows)
@@ -146,8 +175,8 @@ def main() -> None:
         write_results(options.output, config, device, results)
 
     if 1 in options.passages:
-        gaslite = results[1, "GASLITE"][2].appeared_at[10]
-        hotflip = results[1, "HotFlip (same wall-clock)"][2].appeared_at[10]
+        gaslite = results[1, "GASLITE"][3].appeared_at[10]
+        hotflip = results[1, "HotFlip (same wall-clock)"][3].appeared_at[10]
         ratio = float("inf") if hotflip == 0 else gaslite / hotflip
         met = gaslite >= 0.6 and (gaslite >= 3 * hotflip)
         print(f"\nTarget: GASLITE 1 passage held-out appeared@10 >= 60% and >= 3x HotFlip: {gaslite:.0%} vs "
@@ -167,7 +196,7 @@ def main() -> None:
     print(f"\nPerplexity filter ({lm_name}), threshold {defense.threshold:.1f} = 99th percentile of the clean corpus "
           f"(fitted in {time.perf_counter() - start:.0f} s)")
     rows = []
-    for (n_passages, name), (passages, _, held, _) in results.items():
+    for (n_passages, name), (passages, _, _, held, _) in results.items():
         after = evaluate_poisoning(model, corpus, held_out, passages, corpus_embeddings=corpus_embeddings,
                                    defense=defense)
         perplexities = defense.perplexity(passages)

@@ -1,10 +1,11 @@
 """Baselines for GASLITE with its API shape `(model, queries, info, ...) -> GasliteResult`.
 
 - `hotflip_poison`: the corpus-poisoning attack of Zhong et al. (2023), a HotFlip search on the shared discrete core:
-  a 50-token trigger, one random position per iteration, the top-100 tokens of the plain (unnormalised, single-row)
+  a 50-token passage, one random position per iteration, the top-100 tokens of the plain (unnormalised, single-row)
   gradient scored in one batch, kept only if the similarity improves, up to 5000 iterations or `time_limit`.
-  Differences from Zhong et al.: the info is prepended by default (an SEO attacker wants it in the passage; set
-  `include_info=False` for Zhong's trigger-only passage), the trigger starts from "!" tokens (Zhong: a gold passage's
+  Differences from Zhong et al.: the info is prepended by default (an SEO attacker wants it in the passage; the
+  trigger then fills the rest of the 50 tokens, so the passage keeps Zhong's length; set `include_info=False` for
+  Zhong's trigger-only passage), the trigger starts from "!" tokens (Zhong: a gold passage's
   first tokens), the objective is GASLITE's exact centroid similarity (Zhong: the mean dot product over a fresh batch
   of 64 queries per step), and the token filter and round-trip rule of GASLITE apply, so the passage is valid text.
 - `query_stuffing`: the info followed by the target queries, concatenated and cut to `trigger_len` tokens.
@@ -38,9 +39,13 @@ from .objective import query_centroid, with_full_stop
 
 @dataclass
 class HotflipConfig:
-    """Settings of `hotflip_poison`; defaults follow Zhong et al. (2023): 50 tokens, top-100, 5000 iterations."""
+    """Settings of `hotflip_poison`; defaults follow Zhong et al. (2023): 50-token passage, top-100, 5000 iterations."""
 
-    trigger_len: int = field(default=50, metadata={"help": "Number of trigger tokens (Zhong et al.: 50). >= 1."})
+    passage_len: int = field(
+        default=50,
+        metadata={"help": "Tokens of the passage (Zhong et al.: 50), without special tokens and document prompt: the "
+                  "info's tokens plus the trigger, which gets the rest (>= 1 token). >= 1."},
+    )
     include_info: bool = field(
         default=True,
         metadata={"help": "Prepend the info to the trigger (True) or use the trigger alone as in Zhong et al."},
@@ -60,7 +65,7 @@ class HotflipConfig:
     progress: bool = field(default=True, metadata={"help": "Show a tqdm progress bar with the current similarity."})
 
     def __post_init__(self):
-        for name, minimum in (("trigger_len", 1), ("n_iters", 0), ("n_candidates", 1), ("seed", 0),
+        for name, minimum in (("passage_len", 1), ("n_iters", 0), ("n_candidates", 1), ("seed", 0),
                               ("batch_size", 1)):
             check_integer(name, getattr(self, name), minimum)
         for name in ("include_info", "progress"):
@@ -91,11 +96,12 @@ def hotflip_poison(model: Any, queries: list[str] | Tensor, info: str = "",
         config: Defaults to `HotflipConfig()`.
 
     Returns:
-        `GasliteResult` with the passage, its `trigger_ids` (trigger_len,), the similarity `objective` and
-        non-decreasing `objective_history`, `iterations` and `seconds`.
+        `GasliteResult` with the passage (`passage_len` tokens), its `trigger_ids` (passage_len minus the info's
+        tokens,), the similarity `objective` and non-decreasing `objective_history`, `iterations` and `seconds`.
 
     Raises:
-        TypeError, ValueError: as `gaslite_attack`; `config` not a `HotflipConfig`.
+        TypeError, ValueError: as `gaslite_attack`; `config` not a `HotflipConfig`; an info of `passage_len` tokens
+            or more (no room for a trigger).
     """
     start = time.perf_counter()
     config = HotflipConfig() if config is None else config
@@ -104,8 +110,14 @@ def hotflip_poison(model: Any, queries: list[str] | Tensor, info: str = "",
     check_model(model)
     position = "suffix" if config.include_info else "trigger_only"
     _check_info(info, position)
+    trigger_len = config.passage_len
+    if config.include_info:
+        trigger_len -= len(model.tokenizer(with_full_stop(info), add_special_tokens=False).input_ids)
+        if trigger_len < 1:
+            raise ValueError(f"`info` has {config.passage_len - trigger_len} tokens, no room for a trigger in the "
+                             f"`passage_len`={config.passage_len}-token passage: shorten it or raise passage_len.")
     centroid = query_centroid(target_embeddings(model, queries))
-    layout = GasliteConfig(trigger_len=config.trigger_len, trigger_position=position,
+    layout = GasliteConfig(trigger_len=trigger_len, trigger_position=position,
                            trigger_init=config.trigger_init, progress=config.progress)
     result = run_trigger_search(model, centroid, info, layout, config.search_config(), "HotFlip")
     result.seconds = time.perf_counter() - start

@@ -20,7 +20,10 @@ def model():
 def test_hotflip_passage(model):
     result = hotflip_poison(model, QUERIES, INFO, FAST)
     assert isinstance(result, GasliteResult)
-    assert result.trigger_ids.shape == (50,) and result.trigger_positions.shape == (50,)
+    # Zhong's 50-token passage: the info's tokens, then the trigger fills the rest.
+    info_tokens = len(model.tokenizer(INFO + ".", add_special_tokens=False).input_ids)
+    assert result.trigger_ids.shape == (50 - info_tokens,) and result.trigger_positions.shape == (50 - info_tokens,)
+    assert len(model.tokenizer(result.passage, add_special_tokens=False).input_ids) == 50
     assert model.tokenizer("passage: " + result.passage).input_ids == result.ids.tolist()
     assert torch.equal(result.ids[result.trigger_positions], result.trigger_ids)
     assert result.passage.startswith(INFO + ". ")
@@ -33,7 +36,7 @@ def test_hotflip_passage(model):
 
 
 def test_hotflip_without_info_and_mapping(model):
-    result = hotflip_poison(model, QUERIES, "", HotflipConfig(n_iters=2, trigger_len=10, include_info=False,
+    result = hotflip_poison(model, QUERIES, "", HotflipConfig(n_iters=2, passage_len=10, include_info=False,
                                                              progress=False))
     assert "shoes" not in result.passage and result.passage == result.trigger and result.trigger_ids.shape == (10,)
     search = HotflipConfig().search_config()
@@ -66,7 +69,7 @@ def test_info_only(model):
 
 def test_baseline_errors(model):
     for kwargs, match in [
-        ({"trigger_len": 0}, "trigger_len"), ({"n_iters": -1}, "n_iters"), ({"n_candidates": 0}, "n_candidates"),
+        ({"passage_len": 0}, "passage_len"), ({"n_iters": -1}, "n_iters"), ({"n_candidates": 0}, "n_candidates"),
         ({"seed": -1}, "seed"), ({"batch_size": 0}, "batch_size"), ({"include_info": 1}, "include_info"),
         ({"progress": None}, "progress"), ({"trigger_init": ""}, "trigger_init"), ({"time_limit": -1}, "time_limit"),
     ]:
@@ -76,6 +79,8 @@ def test_baseline_errors(model):
         hotflip_poison(model, QUERIES, INFO, {"n_iters": 1})
     with pytest.raises(ValueError, match="info"):
         hotflip_poison(model, QUERIES, " ", FAST)
+    with pytest.raises(ValueError, match=r"`info` has 23 tokens, no room for a trigger in the `passage_len`=23-token"):
+        hotflip_poison(model, QUERIES, INFO, HotflipConfig(passage_len=23, progress=False))
     with pytest.raises(ValueError, match="queries"):
         hotflip_poison(model, [], INFO, FAST)
     with pytest.raises(TypeError, match="model"):

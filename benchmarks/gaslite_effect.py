@@ -4,18 +4,23 @@
     python benchmarks/gaslite_effect.py --quick          # tiny budget and corpus: a smoke test (< 2 min on CPU)
     python benchmarks/gaslite_effect.py --n_iters 8 --n_grad 10 --n_flip 5 --n_candidates 32   # reduced budget
     python benchmarks/gaslite_effect.py --output run.json    # also keep every passage and its metrics as JSON
-    python benchmarks/gaslite_effect.py --reuse run.json     # GASLITE passages of an earlier run; baselines anew
+    python benchmarks/gaslite_effect.py --reuse run.json     # searched passages of an earlier run; the rest anew
 
 Setting: the real all-MiniLM-L6-v2 (cosine), the shipped corpus (Python Language Reference, 734 passages) and the
 shipped concept "exceptions" (30 attack queries the attacker targets, 30 held-out queries measured), the default
-attacker info (`DEFAULT_INFO`). For 1 and 5 passages:
+attacker info (`DEFAULT_INFO`); `--corpus`, `--queries` and `--info` swap in your own (files as for `hf-robust
+gaslite`, e.g. an MS MARCO-scale corpus, where a top-10 rank is much harder to reach). For 1 and 5 passages:
 
 - GASLITE: `craft_poison_passages` (k-means on the attack queries for 5), `GasliteConfig()` defaults unless flags
   change them;
 - HotFlip (Zhong et al. 2023, `hotflip_poison`): per cluster, a 50-token passage (the info, then a trigger filling
-  the rest) searched for the same wall-clock as GASLITE took on that cluster (`time_limit`);
+  the rest) searched for the same wall-clock as GASLITE took on that cluster (`time_limit`), twice: with GASLITE's
+  token filter and round-trip rule (valid text), and on raw ids as Zhong et al. (`text_tokens=False`; the decoded
+  text is what gets inserted and scored);
 - query stuffing: per cluster, the info + that cluster's queries cut to GASLITE's trigger length;
-- info-only: the info alone (one passage; five copies would rank the same).
+- info-only: the info alone (one passage; five copies would rank the same);
+- perfect centroid: not an attack but the GASLITE paper's upper bound, an embedding equal to each cluster's query
+  centroid (the objective's maximum); on a small corpus it caps every ratio between attacks.
 
 Every set of passages is scored on the held-out queries (appeared@1, appeared@10, MRR@10; ties count against the
 attacker) and again after each defense, calibrated to remove 1% of the clean corpus:
@@ -41,8 +46,12 @@ QUICK = {"n_iters": 1, "n_grad": 4, "n_flip": 2, "n_candidates": 16, "topk": 32,
 
 
 
-def reused_gaslite(path, n_passages, config):
-    """GASLITE passages and per-passage seconds of an earlier `--output` file, checked against this run's settings."""
+SEARCHED = ("GASLITE", "HotFlip (same wall-clock)", "HotFlip, raw ids (same wall-clock)")
+
+
+def reused_passages(path, n_passages, config):
+    """{attack: (passages, per-passage seconds)} of the searched attacks in an earlier `--output` file, checked
+    against this run's settings."""
     import dataclasses
     import json
 
@@ -51,42 +60,68 @@ def reused_gaslite(path, n_passages, config):
     settings = {key: value for key, value in dataclasses.asdict(config).items() if key != "progress"}
     if {key: value for key, value in earlier["gaslite_config"].items() if key != "progress"} != settings:
         raise SystemExit(f"--reuse: {path} was made with {earlier['gaslite_config']}, not {settings}")
+    reused = {}
     for record in earlier["results"]:
-        if record["attack"] == "GASLITE" and record["passages_budget"] == n_passages:
+        if record["attack"] in SEARCHED and record["passages_budget"] == n_passages:
             seconds = record.get("passage_seconds") or [record["seconds"] / n_passages] * n_passages
-            return record["passages"], seconds
-    raise SystemExit(f"--reuse: {path} has no GASLITE run with {n_passages} passage(s).")
+            reused[record["attack"]] = (record["passages"], seconds)
+    if "GASLITE" not in reused:
+        raise SystemExit(f"--reuse: {path} has no GASLITE run with {n_passages} passage(s).")
+    return reused
 
 
 def craft(model, attack_queries, info, n_passages, config, reuse=None):
-    """Passages of every attack for one budget: {name: (list of passage texts, seconds, per-passage seconds)}."""
+    """Passages of every attack for one budget: ({name: (passage texts, seconds, per-passage seconds)}, clusters)."""
     from hf_robust.retrieval.baselines import HotflipConfig, hotflip_poison, info_only, query_stuffing
     from hf_robust.retrieval.gaslite import cluster_queries, craft_poison_passages, target_embeddings
 
     start = time.perf_counter()
-    if reuse:
-        passages, seconds = reused_gaslite(reuse, n_passages, config)
+    reused = reused_passages(reuse, n_passages, config) if reuse else {}
+    if reused:
+        passages, seconds = reused["GASLITE"]
         clusters = cluster_queries(target_embeddings(model, attack_queries), n_passages, config.seed)
-        print(f"[{n_passages} passage(s)] GASLITE passages reused from {reuse}")
     else:
         gaslite = craft_poison_passages(model, attack_queries, info, n_passages, config)
         passages, seconds = [result.passage for result in gaslite], [result.seconds for result in gaslite]
         clusters = [result.query_indices for result in gaslite]
-    attacks = {"GASLITE": (passages, sum(seconds) if reuse else time.perf_counter() - start, seconds)}
-    hotflip, stuffing = [], []
-    for index, (indices, budget) in enumerate(zip(clusters, seconds)):
-        cluster = [attack_queries[query] for query in indices]
-        hotflip_config = HotflipConfig(time_limit=budget, seed=config.seed + index, progress=config.progress)
-        hotflip.append(hotflip_poison(model, cluster, info, hotflip_config))
-        stuffing.append(query_stuffing(model, cluster, info, trigger_len=config.trigger_len))
-    for name, results in (("HotFlip (same wall-clock)", hotflip), ("query stuffing", stuffing)):
+    attacks = {"GASLITE": (passages, sum(seconds) if reused else time.perf_counter() - start, seconds)}
+    for name, text_tokens in ((SEARCHED[1], True), (SEARCHED[2], False)):
+        if name in reused:
+            attacks[name] = (reused[name][0], sum(reused[name][1]), reused[name][1])
+            continue
+        results = []
+        for index, (indices, budget) in enumerate(zip(clusters, seconds)):
+            hotflip_config = HotflipConfig(time_limit=budget, seed=config.seed + index, text_tokens=text_tokens,
+                                           progress=config.progress)
+            results.append(hotflip_poison(model, [attack_queries[query] for query in indices], info, hotflip_config))
         attacks[name] = ([r.passage for r in results], sum(r.seconds for r in results), [r.seconds for r in results])
+    print(f"[{n_passages} passage(s)] reused from {reuse}: {', '.join(reused) or 'none'}")
+    stuffing = [query_stuffing(model, [attack_queries[query] for query in indices], info, config.trigger_len)
+                for indices in clusters]
+    attacks["query stuffing"] = ([r.passage for r in stuffing], sum(r.seconds for r in stuffing),
+                                 [r.seconds for r in stuffing])
     if n_passages == 1:
         only = info_only(model, attack_queries, info)
         attacks["info-only"] = ([only.passage], only.seconds, [only.seconds])
     for name, (passages, *_) in attacks.items():
         print(f"\n[{n_passages} passage(s)] {name}, first passage: {passages[0]!r}")
-    return attacks
+    return attacks, clusters
+
+
+def perfect_centroid(model, corpus_embeddings, attack_queries, queries, clusters):
+    """The GASLITE paper's "perfect centroid" bound: the report if each cluster had a passage whose embedding were its
+    query centroid exactly (no text has it; the objective's maximum on a cosine retriever such as MiniLM)."""
+    from hf_robust.retrieval.evaluate import encode_queries, report_from_scores
+    from hf_robust.retrieval.gaslite import target_embeddings
+    from hf_robust.retrieval.objective import query_centroid
+
+    import torch
+
+    targets = target_embeddings(model, attack_queries)
+    centroids = torch.stack([query_centroid(targets[indices]) for indices in clusters])
+    query_embeddings = encode_queries(model, queries)
+    return report_from_scores(model.similarity(query_embeddings, corpus_embeddings),
+                              model.similarity(query_embeddings, centroids.to(query_embeddings.device)))
 
 
 def write_results(path, config, device, results) -> None:
@@ -117,7 +152,13 @@ def main() -> None:
                         help=f"smoke test: tiny search budget {QUICK}, a tiny random LM for perplexity")
     parser.add_argument("--passages", type=lambda text: [int(n) for n in text.split(",")], default=[1, 5],
                         help="passage budgets, comma-separated (default 1,5)")
-    parser.add_argument("--corpus_size", type=int, default=None, help="first N shipped passages (default: all)")
+    parser.add_argument("--corpus", default="default",
+                        help="'default' (shipped) or a file of passages, as `hf-robust gaslite --corpus`")
+    parser.add_argument("--queries", default="default",
+                        help="'default' (shipped concept) or a file of queries, as `hf-robust gaslite --queries`")
+    parser.add_argument("--held_out_fraction", type=float, default=0.5, help="held-out share of a --queries file")
+    parser.add_argument("--info", default=None, help="the attacker's message (default: the shipped concept's)")
+    parser.add_argument("--corpus_size", type=int, default=None, help="first N corpus passages (default: all)")
     parser.add_argument("--device", default=None, help="torch device for both models (default: cuda if available)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--progress", action="store_true", help="tqdm bars of the searches (on stderr)")
@@ -131,7 +172,7 @@ def main() -> None:
     import torch
 
     from hf_robust.defenses import PerplexityFilter
-    from hf_robust.retrieval.data import DEFAULT_INFO, concept_queries, default_corpus
+    from hf_robust.retrieval.command import GasliteScriptArguments, load_corpus_and_queries
     from hf_robust.retrieval.evaluate import encode_corpus, evaluate_poisoning
     from hf_robust.retrieval.gaslite import GasliteConfig
     from hf_robust.testing import load_minilm, load_smollm2, tiny_causal_lm
@@ -145,8 +186,10 @@ def main() -> None:
             budget[name] = getattr(options, name)
     config = GasliteConfig(seed=options.seed, progress=options.progress, **budget)
     corpus_size = options.corpus_size or (QUICK["corpus_size"] if options.quick else None)
-    corpus = default_corpus()[:corpus_size]
-    attack_queries, held_out = concept_queries("attack"), concept_queries("held_out")
+    data = GasliteScriptArguments(corpus=options.corpus, queries=options.queries, info=options.info,
+                                  held_out_fraction=options.held_out_fraction)
+    corpus, attack_queries, held_out, info = load_corpus_and_queries(data)
+    corpus = corpus[:corpus_size]
 
     model = load_minilm(device)
     start = time.perf_counter()
@@ -154,20 +197,25 @@ def main() -> None:
     print(f"MiniLM on {device}, {torch.get_num_threads()} threads; corpus {len(corpus)} passages encoded in "
           f"{time.perf_counter() - start:.0f} s; {len(attack_queries)} attack / {len(held_out)} held-out queries")
     print(f"GASLITE: {config}")
-    print(f"info: {DEFAULT_INFO!r}")
+    print(f"info: {info!r}")
 
-    results = {}
+    results, bounds = {}, {}
     for n_passages in options.passages:
-        attacks = craft(model, attack_queries, DEFAULT_INFO, n_passages, config, options.reuse)
+        attacks, clusters = craft(model, attack_queries, info, n_passages, config, options.reuse)
         for name, (passages, seconds, passage_seconds) in attacks.items():
             held = evaluate_poisoning(model, corpus, held_out, passages, corpus_embeddings=corpus_embeddings)
             seen = evaluate_poisoning(model, corpus, attack_queries, passages, corpus_embeddings=corpus_embeddings)
             results[n_passages, name] = (passages, seconds, passage_seconds, held, seen)
+        bounds[n_passages] = [perfect_centroid(model, corpus_embeddings, attack_queries, queries, clusters)
+                              for queries in (held_out, attack_queries)]
 
     print("\nHeld-out queries (attack-split appeared@10 for reference)")
     rows = []
     for (n_passages, name), (_, seconds, _, held, seen) in results.items():
         rows.append([name, str(n_passages), f"{seconds:.0f}", f"{held.appeared_at[1]:.0%}",
+                     f"{held.appeared_at[10]:.0%}", f"{held.mrr_at_10:.3f}", f"{seen.appeared_at[10]:.0%}"])
+    for n_passages, (held, seen) in bounds.items():
+        rows.append(["perfect centroid (upper bound, not a text)", str(n_passages), "-", f"{held.appeared_at[1]:.0%}",
                      f"{held.appeared_at[10]:.0%}", f"{held.mrr_at_10:.3f}", f"{seen.appeared_at[10]:.0%}"])
     print_table(["attack", "passages", "seconds", "appeared@1", "appeared@10", "MRR@10", "attack-split @10"], rows)
 
@@ -176,12 +224,16 @@ def main() -> None:
 
     if 1 in options.passages:
         gaslite = results[1, "GASLITE"][3].appeared_at[10]
-        hotflip = results[1, "HotFlip (same wall-clock)"][3].appeared_at[10]
-        ratio = float("inf") if hotflip == 0 else gaslite / hotflip
-        met = gaslite >= 0.6 and (gaslite >= 3 * hotflip)
-        print(f"\nTarget: GASLITE 1 passage held-out appeared@10 >= 60% and >= 3x HotFlip: {gaslite:.0%} vs "
-              f"{hotflip:.0%} ({ratio:.1f}x) -> {'met' if met else 'NOT met'}"
-              + (" (quick budget: not a measurement of the target)" if options.quick or budget else ""))
+        ceiling = bounds[1][0].appeared_at[10]
+        for name in SEARCHED[1:]:
+            hotflip = results[1, name][3].appeared_at[10]
+            ratio = float("inf") if hotflip == 0 else gaslite / hotflip
+            met = gaslite >= 0.6 and (gaslite >= 3 * hotflip)
+            print(f"\nTarget: GASLITE 1 passage held-out appeared@10 >= 60% and >= 3x {name}: {gaslite:.0%} vs "
+                  f"{hotflip:.0%} ({ratio:.2f}x) -> {'met' if met else 'NOT met'}"
+                  + (" (quick budget: not a measurement of the target)" if options.quick or budget else ""))
+            print(f"  the perfect centroid reaches {ceiling:.0%}, so no passage is more than "
+                  f"{ceiling / hotflip if hotflip else float('inf'):.2f}x this baseline here")
 
     if options.quick:
         language_model, tokenizer = tiny_causal_lm(seed=options.seed)

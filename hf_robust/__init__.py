@@ -20,7 +20,8 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     ".hub": ["PushResult", "RobustnessResult", "build_robustness_card", "push_robust_to_hub",
              "robustness_results_from_card"],
     ".retrieval": ["GasliteConfig", "GasliteResult", "HotflipConfig", "PoisoningReport", "craft_poison_passages",
-                   "evaluate_poisoning", "gaslite_attack", "hotflip_poison", "info_only", "query_stuffing"],
+                   "evaluate_poisoning", "gaslite_attack", "hotflip_poison", "info_only", "query_stuffing",
+                   "report_from_scores"],
     ".unlearning": ["RelearnConfig", "RelearningEvalCallback", "RelearnResult", "UnlearnConfig", "UnlearningMetrics",
                     "UnlearnTrainer", "evaluate_unlearning", "relearning_attack"],
 })

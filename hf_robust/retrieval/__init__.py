@@ -11,5 +11,6 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
                  "query_prompt_name"],
     ".baselines": ["HotflipConfig", "hotflip_poison", "info_only", "query_stuffing"],
     ".data": ["DEFAULT_INFO", "concept_queries", "default_corpus"],
-    ".evaluate": ["PoisoningReport", "encode_corpus", "encode_queries", "evaluate_poisoning"],
+    ".evaluate": ["PoisoningReport", "encode_corpus", "encode_queries", "evaluate_poisoning",
+                  "report_from_scores"],
 })

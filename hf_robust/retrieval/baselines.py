@@ -7,7 +7,9 @@
   trigger then fills the rest of the 50 tokens, so the passage keeps Zhong's length; set `include_info=False` for
   Zhong's trigger-only passage), the trigger starts from "!" tokens (Zhong: a gold passage's
   first tokens), the objective is GASLITE's exact centroid similarity (Zhong: the mean dot product over a fresh batch
-  of 64 queries per step), and the token filter and round-trip rule of GASLITE apply, so the passage is valid text.
+  of 64 queries per step; the same when there are at most 64 queries), and by default the token filter and
+  round-trip rule of GASLITE apply, so the passage is valid text. `text_tokens=False` searches raw ids as Zhong et al.
+  (every non-special token, no round trip): what their code gives an attacker who then inserts the decoded text.
 - `query_stuffing`: the info followed by the target queries, concatenated and cut to `trigger_len` tokens.
 - `info_only`: the info alone.
 
@@ -53,6 +55,12 @@ class HotflipConfig:
     trigger_init: str = field(
         default="!", metadata={"help": "Initial trigger, as `GasliteConfig.trigger_init`. A non-blank string."}
     )
+    text_tokens: bool = field(
+        default=True,
+        metadata={"help": "True: GASLITE's token filter and round-trip rule, so the passage is text that tokenises to "
+                  "the searched ids. False: Zhong et al.'s raw ids (any non-special token, no round trip); the "
+                  "decoded passage may tokenise differently and score below `objective`."},
+    )
     n_iters: int = field(default=5000, metadata={"help": "Maximum number of iterations (one position each). >= 0."})
     n_candidates: int = field(
         default=100, metadata={"help": "Top gradient tokens tried at the chosen position. >= 1."}
@@ -68,7 +76,7 @@ class HotflipConfig:
         for name, minimum in (("passage_len", 1), ("n_iters", 0), ("n_candidates", 1), ("seed", 0),
                               ("batch_size", 1)):
             check_integer(name, getattr(self, name), minimum)
-        for name in ("include_info", "progress"):
+        for name in ("include_info", "text_tokens", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
         if not isinstance(self.trigger_init, str) or not self.trigger_init.strip():
@@ -119,7 +127,8 @@ def hotflip_poison(model: Any, queries: list[str] | Tensor, info: str = "",
     centroid = query_centroid(target_embeddings(model, queries))
     layout = GasliteConfig(trigger_len=trigger_len, trigger_position=position,
                            trigger_init=config.trigger_init, progress=config.progress)
-    result = run_trigger_search(model, centroid, info, layout, config.search_config(), "HotFlip")
+    result = run_trigger_search(model, centroid, info, layout, config.search_config(), "HotFlip",
+                                text_tokens=config.text_tokens)
     result.seconds = time.perf_counter() - start
     return result
 

@@ -32,7 +32,7 @@ from torch import Tensor
 from ..checks import check_integer, check_texts
 from .gaslite import document_prompt_name, query_prompt_name
 
-__all__ = ["PoisoningReport", "encode_corpus", "encode_queries", "evaluate_poisoning"]
+__all__ = ["PoisoningReport", "encode_corpus", "encode_queries", "evaluate_poisoning", "report_from_scores"]
 
 MRR_CUTOFF = 10
 
@@ -123,6 +123,57 @@ def _keep_mask(defense: Any, passages: list[str], embeddings: Tensor) -> Tensor:
     return keep.to(embeddings.device)
 
 
+def report_from_scores(clean_scores: Tensor, adv_scores: Tensor, ks: tuple[int, ...] = (1, 5, 10),
+                       keep_adv: Tensor | None = None) -> PoisoningReport:
+    """The ranking rule of `evaluate_poisoning` on given scores, e.g. for a hypothetical embedding with no text.
+
+    Args:
+        clean_scores: Tensor, shape (m, n): query-to-clean-passage scores (the survivors of a defense only).
+        adv_scores: Tensor, shape (m, p): query-to-adversarial-passage scores.
+        ks: cut-offs for appeared@k.
+        keep_adv: optional BoolTensor (p,): False for adversarial passages a defense removed (they never appear).
+
+    Returns:
+        PoisoningReport (no defense fields set).
+
+    Raises:
+        ValueError: scores not 2-D with the same number of rows, or `keep_adv` of the wrong shape; bad `ks`.
+    """
+    ks = _check_ks(ks)
+    if not (isinstance(clean_scores, Tensor) and isinstance(adv_scores, Tensor) and clean_scores.dim() == 2
+            and adv_scores.dim() == 2 and clean_scores.shape[0] == adv_scores.shape[0] and adv_scores.shape[1] > 0):
+        raise ValueError("`clean_scores` (m, n) and `adv_scores` (m, p >= 1) must be 2-D tensors with the same m, got "
+                         f"{getattr(clean_scores, 'shape', clean_scores)} and {getattr(adv_scores, 'shape', adv_scores)}")
+    if keep_adv is None:
+        keep_adv = torch.ones(adv_scores.shape[1], dtype=torch.bool, device=adv_scores.device)
+    elif not (isinstance(keep_adv, Tensor) and keep_adv.dtype == torch.bool
+              and keep_adv.shape == adv_scores.shape[1:]):
+        raise ValueError(f"`keep_adv` must be a BoolTensor of shape ({adv_scores.shape[1]},), got {keep_adv!r}")
+    n_kept = clean_scores.shape[1]
+    # (m, p): clean passages scoring >= each adversarial passage; one adversarial column at a time bounds memory.
+    passage_ranks = torch.stack(
+        [(clean_scores >= adv_scores[:, [column]]).sum(dim=1) for column in range(adv_scores.shape[1])], dim=1
+    )
+    passage_ranks[:, ~keep_adv.to(passage_ranks.device)] = n_kept + 1  # sentinel above any survivor's rank
+    ranks, best = passage_ranks.min(dim=1)
+    none_kept = ranks > n_kept
+    ranks = ranks.clamp_max(n_kept)
+    best = torch.where(none_kept, torch.full_like(best, -1), best)
+
+    # A query whose adversarial passages were all removed never sees one, even when fewer than k clean ones survive.
+    present = ~none_kept
+    ranks_float = ranks.double()
+    reciprocal = torch.where(present & (ranks < MRR_CUTOFF), 1.0 / (ranks_float + 1.0), 0.0)
+    return PoisoningReport(
+        appeared_at={k: (present & (ranks < k)).double().mean().item() for k in ks},
+        mrr_at_10=reciprocal.mean().item(),
+        ranks=ranks.tolist(),
+        best_passage=best.tolist(),
+        n_queries=clean_scores.shape[0],
+        n_corpus=n_kept,
+    )
+
+
 def evaluate_poisoning(
     model: Any,
     corpus: list[str],
@@ -186,31 +237,9 @@ def evaluate_poisoning(
 
     clean_scores = model.similarity(query_embeddings, corpus_embeddings[keep_corpus])  # (m, n_kept)
     adv_scores = model.similarity(query_embeddings, adv_embeddings)  # (m, p)
-    n_kept = int(keep_corpus.sum())
-    # (m, p): clean passages scoring >= each adversarial passage; one adversarial column at a time bounds memory.
-    passage_ranks = torch.stack(
-        [(clean_scores >= adv_scores[:, [column]]).sum(dim=1) for column in range(adv_scores.shape[1])], dim=1
-    )
-    passage_ranks[:, ~keep_adv] = n_kept + 1  # sentinel above any survivor's rank, mapped to n_kept below
-    ranks, best = passage_ranks.min(dim=1)
-    none_kept = ranks > n_kept
-    ranks = ranks.clamp_max(n_kept)
-    best = torch.where(none_kept, torch.full_like(best, -1), best)
-
-    # A query whose adversarial passages were all removed never sees one, even when fewer than k clean ones survive.
-    present = ~none_kept
-    ranks_float = ranks.double()
-    reciprocal = torch.where(present & (ranks < MRR_CUTOFF), 1.0 / (ranks_float + 1.0), 0.0)
-    report = PoisoningReport(
-        appeared_at={k: (present & (ranks < k)).double().mean().item() for k in ks},
-        mrr_at_10=reciprocal.mean().item(),
-        ranks=ranks.tolist(),
-        best_passage=best.tolist(),
-        n_queries=len(queries),
-        n_corpus=n_kept,
-    )
+    report = report_from_scores(clean_scores, adv_scores, ks, keep_adv)
     if defense is not None:
         report.defense_name = str(getattr(defense, "name", type(defense).__name__))
-        report.clean_removed_fraction = 1.0 - n_kept / len(corpus)
+        report.clean_removed_fraction = 1.0 - report.n_corpus / len(corpus)
         report.adv_removed = (~keep_adv).tolist()
     return report

@@ -221,11 +221,13 @@ def document_prompt(model: Any) -> str:
 
 
 def run_trigger_search(model: Any, centroid: Tensor, info: str, config: GasliteConfig, search: TokenSearchConfig,
-                       description: str) -> GasliteResult:
+                       description: str, text_tokens: bool = True) -> GasliteResult:
     """Optimise the trigger of the passage `info` + trigger (layout from `config`) with the `search` settings.
 
     Shared by `gaslite_attack` and `hotflip_poison`. `centroid` is Tensor (dim,) (see `query_centroid`); the result's
-    `seconds` covers only this call.
+    `seconds` covers only this call. `text_tokens=False` searches raw ids as Zhong et al. do: every non-special token
+    is allowed and there is no round-trip rule, so the decoded passage may tokenise to other ids than those searched
+    (and score lower than `objective`).
     """
     start = time.perf_counter()
     similarity = check_model(model)
@@ -233,7 +235,11 @@ def run_trigger_search(model: Any, centroid: Tensor, info: str, config: GasliteC
     layout, features = passage_layout(model, info, prompt, config.trigger_len, config.trigger_position,
                                       config.trigger_init)
     weight = model[0].auto_model.get_input_embeddings().weight
-    allowed = allowed_token_mask(model.tokenizer, num_embeddings=weight.shape[0])
+    if text_tokens:
+        allowed = allowed_token_mask(model.tokenizer, num_embeddings=weight.shape[0])
+    else:  # special tokens stay out: their text is parsed back into control tokens ("[SEP]") or dropped by decode
+        allowed = allowed_token_mask(model.tokenizer, num_embeddings=weight.shape[0], ascii_only=False,
+                                     printable_only=False, exclude_unused=False)
     objective = CentroidObjective(model, features, centroid, similarity)
     bar = tqdm(total=search.n_iters, desc=description, disable=not config.progress)
 
@@ -244,7 +250,8 @@ def run_trigger_search(model: Any, centroid: Tensor, info: str, config: GasliteC
     try:
         with eval_mode(model):
             result = token_search(objective, layout.ids.to(weight.device), layout.positions.to(weight.device),
-                                  weight, allowed, search, round_trip=layout.round_trip, callback=show)
+                                  weight, allowed, search, round_trip=layout.round_trip if text_tokens else None,
+                                  callback=show)
     finally:
         bar.close()
     ids = result.ids.cpu()

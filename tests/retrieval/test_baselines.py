@@ -44,6 +44,37 @@ def test_hotflip_without_info_and_mapping(model):
             search.normalize_gradient) == (5000, 1, 100, 100, 100, 1, False)
 
 
+def test_hotflip_raw_ids_search_without_filter_or_round_trip(model, monkeypatch):
+    from hf_robust.attacks import allowed_token_mask
+    from hf_robust.retrieval import gaslite
+
+    calls = []
+
+    def recorded(*args, **kwargs):
+        calls.append((args[4], kwargs["round_trip"]))
+        return search(*args, **kwargs)
+
+    search = gaslite.token_search
+    monkeypatch.setattr(gaslite, "token_search", recorded)
+    raw = hotflip_poison(model, QUERIES, INFO, HotflipConfig(n_iters=3, n_candidates=20, text_tokens=False,
+                                                             progress=False))
+    text = hotflip_poison(model, QUERIES, INFO, FAST)
+    vocabulary = model[0].auto_model.get_input_embeddings().num_embeddings
+    loose = allowed_token_mask(model.tokenizer, num_embeddings=vocabulary, ascii_only=False, printable_only=False,
+                               exclude_unused=False)
+    assert torch.equal(calls[0][0], loose) and calls[0][1] is None  # Zhong: any non-special id, no round trip
+    assert torch.equal(calls[1][0], allowed_token_mask(model.tokenizer, num_embeddings=vocabulary))
+    assert callable(calls[1][1])
+    assert not loose[model.tokenizer.all_special_ids].any()
+    # The raw-ids passage is the decoded searched trigger after the info; its objective is that of the searched ids.
+    assert raw.passage == INFO + ". " + model.tokenizer.decode(raw.trigger_ids.tolist()).strip()
+    history = raw.objective_history
+    assert all(b >= a for a, b in zip(history, history[1:])) and raw.objective == history[-1]
+    assert text.iterations == FAST.n_iters
+    with pytest.raises(ValueError, match="text_tokens"):
+        HotflipConfig(text_tokens="no")
+
+
 def test_query_stuffing_budget(model):
     tokenizer = model.tokenizer
     result = query_stuffing(model, QUERIES, INFO, trigger_len=8)

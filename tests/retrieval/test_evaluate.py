@@ -1,7 +1,13 @@
 import pytest
 import torch
 
-from hf_robust.retrieval.evaluate import PoisoningReport, encode_corpus, encode_queries, evaluate_poisoning
+from hf_robust.retrieval.evaluate import (
+    PoisoningReport,
+    encode_corpus,
+    encode_queries,
+    evaluate_poisoning,
+    report_from_scores,
+)
 from hf_robust.testing import tiny_sentence_transformer
 
 
@@ -198,6 +204,34 @@ def test_bad_inputs():
         encode_corpus(model, CORPUS, batch_size=0)
     with pytest.raises(TypeError, match="`queries` must be a list of strings"):
         encode_queries(model, "q0")
+
+
+def scores(texts):
+    vectors = torch.tensor([VECTORS[text] for text in texts])
+    return torch.tensor([VECTORS["q0"], VECTORS["q1"]]) @ vectors.T
+
+
+def test_report_from_scores_is_the_rule_of_evaluate_poisoning():
+    for adv in (["tie"], ["loser", "top_tie", "tie"], ["top_tie"]):
+        assert report_from_scores(scores(CORPUS), scores(adv), (1, 3, 4, 5, 10)) == evaluate(adv)
+    # A removed adversarial passage never appears; with none left a query's rank is the corpus size.
+    kept = report_from_scores(scores(CORPUS), scores(["tie", "loser"]), keep_adv=torch.tensor([False, True]))
+    assert kept.ranks == [5, 5] and kept.best_passage == [1, 1]
+    gone = report_from_scores(scores(CORPUS), scores(["tie"]), (1, 10), keep_adv=torch.tensor([False]))
+    assert gone.best_passage == [-1, -1] and gone.appeared_at == {1: 0.0, 10: 0.0} and gone.mrr_at_10 == 0.0
+    assert gone.n_queries == 2 and gone.n_corpus == 5 and gone.defense_name is None
+
+
+def test_report_from_scores_bad_inputs():
+    for clean, adv in [(scores(CORPUS), scores(["tie"])[:1]), (scores(CORPUS)[0], scores(["tie"])),
+                       (scores(CORPUS), torch.zeros(2, 0)), ([[1.0]], [[1.0]])]:
+        with pytest.raises(ValueError, match="`clean_scores` \\(m, n\\) and `adv_scores`"):
+            report_from_scores(clean, adv)
+    for keep in [torch.tensor([1]), torch.tensor([True, False]), [True]]:
+        with pytest.raises(ValueError, match="`keep_adv` must be a BoolTensor of shape \\(1,\\)"):
+            report_from_scores(scores(CORPUS), scores(["tie"]), keep_adv=keep)
+    with pytest.raises(ValueError, match="`ks` must be"):
+        report_from_scores(scores(CORPUS), scores(["tie"]), ks=(0,))
 
 
 def test_report_type():

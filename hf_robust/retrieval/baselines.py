@@ -171,7 +171,9 @@ def query_stuffing(model: Any, queries: list[str], info: str, trigger_len: int =
     if not is_integer(trigger_len) or trigger_len < 1:
         raise ValueError(f"`trigger_len` must be an integer >= 1, got {trigger_len!r}.")
     target_embeddings(model, queries)  # validates the queries
-    stuffed = model.tokenizer(" ".join(query.strip() for query in queries), add_special_tokens=False).input_ids
+    # verbose=False: the joined queries may exceed the model's length; only their first `trigger_len` tokens are kept.
+    joined = " ".join(query.strip() for query in queries)
+    stuffed = model.tokenizer(joined, add_special_tokens=False, verbose=False).input_ids
     stuffed = stuffed[:trigger_len]
     passage = f"{with_full_stop(info)} {model.tokenizer.decode(stuffed).strip()}"
     return _fixed_passage(model, queries, passage, stuffed, start)

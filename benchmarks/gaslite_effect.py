@@ -22,6 +22,9 @@ gaslite`, e.g. an MS MARCO-scale corpus, where a top-10 rank is much harder to r
 - perfect centroid: not an attack but the GASLITE paper's upper bound, an embedding equal to each cluster's query
   centroid (the objective's maximum); on a small corpus it caps every ratio between attacks.
 
+A what-if table then raises every clean passage's score by d (what a denser corpus does to the top-10 bar) and
+re-ranks the same passages, to show whether a harder corpus would separate the attacks.
+
 Every set of passages is scored on the held-out queries (appeared@1, appeared@10, MRR@10; ties count against the
 attacker) and again after each defense, calibrated to remove 1% of the clean corpus:
 
@@ -108,20 +111,35 @@ def craft(model, attack_queries, info, n_passages, config, reuse=None):
     return attacks, clusters
 
 
-def perfect_centroid(model, corpus_embeddings, attack_queries, queries, clusters):
-    """The GASLITE paper's "perfect centroid" bound: the report if each cluster had a passage whose embedding were its
-    query centroid exactly (no text has it; the objective's maximum on a cosine retriever such as MiniLM)."""
-    from hf_robust.retrieval.evaluate import encode_queries, report_from_scores
+SHIFTS = (0.0, 0.02, 0.04, 0.06, 0.08, 0.10)
+
+
+def centroid_embeddings(model, attack_queries, clusters):
+    """Tensor (clusters, dim): each cluster's query centroid, the embedding of the GASLITE paper's "perfect centroid"
+    bound (no text has it; the objective's maximum on a cosine retriever such as MiniLM)."""
+    import torch
+
     from hf_robust.retrieval.gaslite import target_embeddings
     from hf_robust.retrieval.objective import query_centroid
 
-    import torch
-
     targets = target_embeddings(model, attack_queries)
-    centroids = torch.stack([query_centroid(targets[indices]) for indices in clusters])
+    return torch.stack([query_centroid(targets[indices]) for indices in clusters]).to(model.device)
+
+
+def scores(model, corpus_embeddings, queries, adv_embeddings):
+    """(clean scores (queries, corpus), adversarial scores (queries, passages)) in the model's similarity."""
+    from hf_robust.retrieval.evaluate import encode_queries
+
     query_embeddings = encode_queries(model, queries)
-    return report_from_scores(model.similarity(query_embeddings, corpus_embeddings),
-                              model.similarity(query_embeddings, centroids.to(query_embeddings.device)))
+    return model.similarity(query_embeddings, corpus_embeddings), model.similarity(query_embeddings, adv_embeddings)
+
+
+def harder_corpus(clean, adv):
+    """Appeared@10 when every clean score rises by each of SHIFTS: what a denser corpus does to the top-10 bar (a
+    what-if on the same passages, not a new corpus)."""
+    from hf_robust.retrieval.evaluate import report_from_scores
+
+    return [f"{report_from_scores(clean + shift, adv, ks=(10,)).appeared_at[10]:.0%}" for shift in SHIFTS]
 
 
 def write_results(path, config, device, results) -> None:
@@ -173,7 +191,7 @@ def main() -> None:
 
     from hf_robust.defenses import PerplexityFilter
     from hf_robust.retrieval.command import GasliteScriptArguments, load_corpus_and_queries
-    from hf_robust.retrieval.evaluate import encode_corpus, evaluate_poisoning
+    from hf_robust.retrieval.evaluate import encode_corpus, evaluate_poisoning, report_from_scores
     from hf_robust.retrieval.gaslite import GasliteConfig
     from hf_robust.testing import load_minilm, load_smollm2, tiny_causal_lm
 
@@ -199,15 +217,21 @@ def main() -> None:
     print(f"GASLITE: {config}")
     print(f"info: {info!r}")
 
-    results, bounds = {}, {}
+    results, bounds, shifted = {}, {}, {}
     for n_passages in options.passages:
         attacks, clusters = craft(model, attack_queries, info, n_passages, config, options.reuse)
         for name, (passages, seconds, passage_seconds) in attacks.items():
             held = evaluate_poisoning(model, corpus, held_out, passages, corpus_embeddings=corpus_embeddings)
             seen = evaluate_poisoning(model, corpus, attack_queries, passages, corpus_embeddings=corpus_embeddings)
             results[n_passages, name] = (passages, seconds, passage_seconds, held, seen)
-        bounds[n_passages] = [perfect_centroid(model, corpus_embeddings, attack_queries, queries, clusters)
+        bound = centroid_embeddings(model, attack_queries, clusters)
+        bounds[n_passages] = [report_from_scores(*scores(model, corpus_embeddings, queries, bound))
                               for queries in (held_out, attack_queries)]
+        shifted[n_passages, "perfect centroid (upper bound)"] = harder_corpus(
+            *scores(model, corpus_embeddings, held_out, bound))
+        for name, (passages, *_) in attacks.items():
+            shifted[n_passages, name] = harder_corpus(
+                *scores(model, corpus_embeddings, held_out, encode_corpus(model, passages)))
 
     print("\nHeld-out queries (attack-split appeared@10 for reference)")
     rows = []
@@ -218,6 +242,11 @@ def main() -> None:
         rows.append(["perfect centroid (upper bound, not a text)", str(n_passages), "-", f"{held.appeared_at[1]:.0%}",
                      f"{held.appeared_at[10]:.0%}", f"{held.mrr_at_10:.3f}", f"{seen.appeared_at[10]:.0%}"])
     print_table(["attack", "passages", "seconds", "appeared@1", "appeared@10", "MRR@10", "attack-split @10"], rows)
+
+    print("\nHarder-corpus what-if: held-out appeared@10 when every clean passage's score rises by d (a denser "
+          "corpus raises the top-10 bar; same passages)")
+    print_table(["attack", "passages", *(f"d = {shift:.2f}" for shift in SHIFTS)],
+                [[name, str(n_passages), *cells] for (n_passages, name), cells in shifted.items()])
 
     if options.output:
         write_results(options.output, config, device, results)

@@ -98,7 +98,8 @@ def craft(model, attack_queries, info, n_passages, config, reuse=None):
                                            progress=config.progress)
             results.append(hotflip_poison(model, [attack_queries[query] for query in indices], info, hotflip_config))
         attacks[name] = ([r.passage for r in results], sum(r.seconds for r in results), [r.seconds for r in results])
-    print(f"[{n_passages} passage(s)] reused from {reuse}: {', '.join(reused) or 'none'}")
+    if reuse:
+        print(f"[{n_passages} passage(s)] reused from {reuse}: {', '.join(reused)}")
     stuffing = [query_stuffing(model, [attack_queries[query] for query in indices], info, config.trigger_len)
                 for indices in clusters]
     attacks["query stuffing"] = ([r.passage for r in stuffing], sum(r.seconds for r in stuffing),
@@ -225,10 +226,10 @@ def main() -> None:
             seen = evaluate_poisoning(model, corpus, attack_queries, passages, corpus_embeddings=corpus_embeddings)
             results[n_passages, name] = (passages, seconds, passage_seconds, held, seen)
         bound = centroid_embeddings(model, attack_queries, clusters)
-        bounds[n_passages] = [report_from_scores(*scores(model, corpus_embeddings, queries, bound))
-                              for queries in (held_out, attack_queries)]
-        shifted[n_passages, "perfect centroid (upper bound)"] = harder_corpus(
-            *scores(model, corpus_embeddings, held_out, bound))
+        held_scores = scores(model, corpus_embeddings, held_out, bound)
+        bounds[n_passages] = [report_from_scores(*held_scores),
+                              report_from_scores(*scores(model, corpus_embeddings, attack_queries, bound))]
+        shifted[n_passages, "perfect centroid (upper bound)"] = harder_corpus(*held_scores)
         for name, (passages, *_) in attacks.items():
             shifted[n_passages, name] = harder_corpus(
                 *scores(model, corpus_embeddings, held_out, encode_corpus(model, passages)))

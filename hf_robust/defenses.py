@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional
 
-from .attacks.continuous import eval_mode
+from .modeling import eval_mode
 from .checks import check_integer, check_texts
 
 __all__ = ["Defense", "NormFilter", "PerplexityFilter"]

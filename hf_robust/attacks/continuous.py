@@ -21,11 +21,10 @@ Example:
     >>> embeds = model.get_input_embeddings()(batch["input_ids"]) + result.delta.to(model.dtype)
 """
 
-import contextlib
 import inspect
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from numbers import Real
 from typing import Any
@@ -35,6 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checks import is_integer
+from ..modeling import added_to_input_embeddings, eval_mode
+from ..sharding import full_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -212,16 +213,19 @@ def perturbation_radius(embedding_weight: Tensor, eps: float, eps_mode: str = "r
     return float(eps) * float(total) / embedding_weight.shape[0]
 
 
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put `model` in eval mode (dropout off); on exit, also on error, restore each submodule's own train/eval flag."""
-    flags = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in flags:
-            module.training = training
+def model_perturbation_radius(model: nn.Module, eps: float, eps_mode: str = "relative") -> float:
+    """`perturbation_radius` of `model`'s input embedding matrix, read whole also when it is sharded (FSDP2 DTensor,
+    DeepSpeed ZeRO-3 partition): a collective there, which every rank must call."""
+    if eps_mode == "absolute":
+        return perturbation_radius(None, eps, eps_mode)
+    with full_tensor(model.get_input_embeddings().weight) as weight:
+        return perturbation_radius(weight, eps, eps_mode)
+
+
+def embedding_hidden_size(embedding: nn.Module) -> int:
+    """The width of `embedding`'s output; read from the full shape (a ZeRO-3 parameter's `.data` is empty)."""
+    weight = embedding.weight
+    return int(getattr(weight, "ds_shape", weight.shape)[-1])
 
 
 def _project(delta: Tensor, mask: Tensor, radius: float) -> None:
@@ -416,7 +420,9 @@ def embedding_attack(
 ) -> EmbeddingAttackResult:
     """Continuous embedding-space attack on a causal LM (the inner attack of CAT/CAPO).
 
-    delta is added to `model.get_input_embeddings()(input_ids)` and the sum is fed as `inputs_embeds`. Perturbed
+    delta is added to the output of `model.get_input_embeddings()` inside the model's own forward (a hook), so the
+    forward runs through the root module as under FSDP2 / DeepSpeed ZeRO-3 it must; the radius reads the whole
+    (gathered) embedding matrix. Under those engines every rank must call it the same number of times. Perturbed
     positions are attended (`attention_mask == 1`), not targets (`labels == -100`; token id 0 is a real token) and,
     with `config.perturb == "user_turn"`, inside `perturb_mask`. The objective is the token-mean cross-entropy of
     each row's label tokens (labels shifted as in Hugging Face causal LMs), minimised when `config.targeted`,
@@ -456,9 +462,8 @@ def embedding_attack(
     mask = (attention_mask == 1) & (labels == IGNORE_INDEX)
     if perturb_mask is not None:
         mask &= perturb_mask
-    radius = perturbation_radius(embedding.weight, config.eps, config.eps_mode)
-    with torch.no_grad():
-        clean_embeds = embedding(input_ids).detach()
+    radius = model_perturbation_radius(model, config.eps, config.eps_mode)
+    hidden_size = embedding_hidden_size(embedding)
 
     batch_size = input_ids.shape[0]
     target_labels = labels[:, 1:]
@@ -476,9 +481,10 @@ def embedding_attack(
         kept_is_target = is_target[:, positions]
 
     def objective(delta: Tensor) -> Tensor:
-        embeds = clean_embeds + delta.to(clean_embeds.dtype)
-        logits = model(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False, return_dict=True,
-                       **forward_kwargs).logits
+        # Through the model's own forward (a hook adds delta to the embedded ids), so sharded engines gather as usual.
+        with added_to_input_embeddings(model, delta):
+            logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, return_dict=True,
+                           **forward_kwargs).logits
         if not forward_kwargs:
             logits = logits[:, :-1]
         # Only the target positions go to float32: full (batch, seq, vocab) float32 logits would dominate memory.
@@ -491,7 +497,7 @@ def embedding_attack(
         return row_loss if config.targeted else -row_loss
 
     with eval_mode(model):
-        result = projected_gradient_descent(objective, mask, clean_embeds.shape[-1], radius, config)
+        result = projected_gradient_descent(objective, mask, hidden_size, radius, config)
     # The last objective call is the final evaluation at the returned delta.
     all_match = last_all_match["value"]
     success = all_match if config.targeted else ~all_match

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .continuous import eval_mode
+from ..modeling import eval_mode
 from .discrete import TokenSearchConfig, allowed_token_mask, token_search
 
 logger = logging.getLogger(__name__)

@@ -15,6 +15,7 @@ from trl import DPOTrainer
 from trl.data_utils import is_conversational
 
 from ..attacks.continuous import IGNORE_INDEX, EmbeddingAttackResult, embedding_attack
+from ..modeling import added_to_input_embeddings
 from .arguments import PAPER, attack_metrics
 from .capo_config import CAPOConfig
 
@@ -158,25 +159,9 @@ class CAPOTrainer(DPOTrainer):
         delta, result, mask = self.adversarial_delta(model, inputs)
         self._log_attack(result, mask)
 
-        perturbed = []
-
-        def add_delta(module, args, output):
-            # Only the policy forward: trl runs the reference forward (and return_outputs' extra one) under no_grad.
-            if not torch.is_grad_enabled():
-                return None
-            if output.shape[:2] != delta.shape[:2]:
-                raise ValueError(
-                    f"CAPOTrainer: the policy forward embeds shape {tuple(output.shape[:2])}, but the batch is "
-                    f"{tuple(delta.shape[:2])}; models that add tokens (e.g. prompt-learning PEFT) are not supported."
-                )
-            perturbed.append(True)
-            return output + delta.to(output.dtype)
-
-        handle = self.accelerator.unwrap_model(model).get_input_embeddings().register_forward_hook(add_delta)
-        try:
+        # Only the policy forward: trl runs the reference forward (and return_outputs' extra one) under no_grad.
+        with added_to_input_embeddings(self.accelerator.unwrap_model(model), delta, only_with_grad=True) as perturbed:
             loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        finally:
-            handle.remove()
         if not perturbed:  # never train on clean inputs silently
             raise RuntimeError("CAPOTrainer: the policy forward did not go through `get_input_embeddings()`.")
         return loss

@@ -16,7 +16,9 @@ import torch
 from datasets import Dataset, Features, Sequence, Value, interleave_datasets
 from trl import SFTTrainer
 
-from ..attacks.continuous import IGNORE_INDEX, embedding_attack
+from ..attacks.continuous import IGNORE_INDEX, embedding_attack, embedding_hidden_size
+from ..modeling import added_to_input_embeddings
+from ..sharding import SHARDED_WEIGHT_ENGINES, engine_of
 from .arguments import PAPER
 from .cat_config import CATConfig
 
@@ -287,12 +289,16 @@ class CATTrainer(SFTTrainer):
         adversarial = inputs.get("adversarial", torch.zeros(input_ids.shape[0], dtype=torch.bool)).bool()
         adversarial = adversarial.to(input_ids.device)
         unwrapped = self.accelerator.unwrap_model(model)
-        embedding = unwrapped.get_input_embeddings()
-        hidden = embedding.weight.shape[-1]
+        hidden = embedding_hidden_size(unwrapped.get_input_embeddings())
 
         parts = []  # (ids, attention mask, labels, delta) per group, each (rows, seq[, hidden])
         n_adversarial = int(adversarial.sum())
         stats = torch.zeros(6, dtype=torch.float32, device=input_ids.device)
+        if not n_adversarial and self._attack_on_every_rank(mode):
+            # Another rank attacks in this micro-step: its forwards all-gather the sharded weights, so this rank
+            # runs the same attack (on a placeholder row, result unused) to make the same collective calls.
+            with torch.enable_grad():
+                embedding_attack(unwrapped, *self._placeholder_row(input_ids.device), self.attack)
         if n_adversarial:
             away = [tensor[adversarial] for tensor in (input_ids, attention_mask, labels)]
             # The attack needs gradients w.r.t. delta also under evaluation's no_grad.
@@ -317,11 +323,13 @@ class CATTrainer(SFTTrainer):
         mask = torch.cat([_pad_columns(part[1], length, 0) for part in parts])
         all_labels = torch.cat([_pad_columns(part[2], length, IGNORE_INDEX) for part in parts])
         delta = torch.cat([_pad_columns(part[3], length, 0.0) for part in parts])
-        embeds = embedding(ids)
-        # delta is float32 and constant: the gradient reaches the embedding matrix through embedding(ids) as usual.
-        embeds = embeds + delta.to(embeds.dtype)
-        outputs = model(inputs_embeds=embeds, attention_mask=mask, labels=all_labels, fused_lm_head=True,
-                        use_cache=False)
+        # delta is float32 and constant, added by a hook inside the root forward (as sharded engines need): the
+        # gradient reaches the embedding matrix through the embedding of `ids` as usual.
+        with added_to_input_embeddings(unwrapped, delta) as applied:
+            outputs = model(input_ids=ids, attention_mask=mask, labels=all_labels, fused_lm_head=True,
+                            use_cache=False)
+        if not applied:  # never train on clean inputs silently
+            raise RuntimeError("CATTrainer: the forward did not go through `get_input_embeddings()`.")
         token_nll = -outputs.log_probs  # (rows, seq - 1), zero at ignored labels
         token_counts = outputs.label_mask.sum(dim=1)
 
@@ -335,7 +343,7 @@ class CATTrainer(SFTTrainer):
 
         if mode == "train" and self._window_counts is not None:
             # Normalise by the window's global counts; DDP averages gradients over processes, hence the product.
-            adversarial_rows, utility_count = self._window_counts.to(embeds.device)
+            adversarial_rows, utility_count = self._window_counts.to(token_nll.device)
             scale = self.accelerator.num_processes
         else:
             adversarial_rows, utility_count, scale = torch.tensor(n_adversarial), utility_tokens, 1
@@ -349,6 +357,19 @@ class CATTrainer(SFTTrainer):
         self._log_terms(mode, stats, away_rows.detach().sum(), toward_rows.detach().sum(), utility_sum.detach(),
                         away_ce.detach().sum())
         return (loss, outputs) if return_outputs else loss
+
+    def _attack_on_every_rank(self, mode: str) -> bool:
+        """Whether this micro-step's attack must run on every rank: the engine shards the weights (each forward is a
+        collective) and some rank has adversarial rows in this accumulation window."""
+        if mode != "train" or self._window_counts is None or int(self._window_counts[0]) == 0:
+            return False
+        return engine_of(self.accelerator) in SHARDED_WEIGHT_ENGINES
+
+    def _placeholder_row(self, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A 2-token row whose second token is a target: the smallest valid input of the targeted attack."""
+        pad = self._tokenizer.pad_token_id
+        ids = torch.full((1, 2), pad, dtype=torch.long, device=device)
+        return ids, torch.ones_like(ids), torch.tensor([[IGNORE_INDEX, pad]], device=device)
 
     def _log_terms(self, mode, stats, away_sum, toward_sum, utility_sum, away_ce_sum) -> None:
         """Gather sums and counts from every process (one collective, whatever each batch holds), log the means."""

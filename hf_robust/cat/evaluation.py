@@ -5,7 +5,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from datasets import Dataset
 
-from ..attacks.continuous import IGNORE_INDEX, EmbeddingAttackConfig, embedding_attack, eval_mode
+from ..attacks.continuous import IGNORE_INDEX, EmbeddingAttackConfig, embedding_attack
+from ..modeling import eval_mode
 
 
 def behaviour_ids(tokenizer, prompt: str, target: str) -> tuple[torch.Tensor, torch.Tensor, int]:

@@ -19,7 +19,8 @@ from numbers import Real
 import torch
 from torch import Tensor
 
-from ..attacks.continuous import PGDConfig, eval_mode, projected_gradient_descent
+from ..attacks.continuous import PGDConfig, projected_gradient_descent
+from ..modeling import eval_mode
 from .conditioning import POSITIONS, DiffusionComponents, SoftTokens, adversarial_layout, encode_prompts, predict_noise
 from .esd import row_mse
 

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..attacks.continuous import eval_mode
+from ..modeling import eval_mode
 from ..attacks.discrete import TokenSearchConfig, allowed_token_mask, token_search
 from ..checks import check_choice, check_integer, check_number
 from .attack import ATTACK_MODES, AttackTarget, SoftPromptAttackConfig, soft_prompt_attack

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..attacks.continuous import eval_mode
+from ..modeling import eval_mode
 from ..attacks.discrete import TokenSearchConfig, allowed_token_mask, token_search
 from ..checks import check_integer, check_number, is_integer
 from .objective import (

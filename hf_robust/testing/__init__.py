@@ -16,6 +16,8 @@ _EXPORTS = {
     "run_distributed": "distributed",
     "save_rank_result": "distributed",
     "finish_distributed": "distributed",
+    "training_arguments_for_engine": "distributed",
+    "trainer_report": "distributed",
 }
 
 __all__ = sorted(_EXPORTS)

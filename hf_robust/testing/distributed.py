@@ -1,7 +1,9 @@
 """Run a script under `accelerate launch` on CPU processes and collect what each rank reports.
 
-The test side calls `run_distributed(script, ...)`; the launched script calls `save_rank_result(obj)` on every rank
-and ends with `finish_distributed()`. A launched script looks like:
+The test side calls `run_distributed(script, ..., engine=...)`; the launched script calls `save_rank_result(obj)` on
+every rank and ends with `finish_distributed()`. The engine is one of `ENGINES`: plain DDP, FSDP2, or DeepSpeed
+ZeRO-2/3, each started from the accelerate config hf-robust ships for it, with CPU settings (2 processes, gloo, no
+mixed precision) laid over it. A launched script looks like:
 
     from hf_robust.testing import finish_distributed, save_rank_result
 
@@ -25,14 +27,54 @@ from pathlib import Path
 
 import torch
 import torch.distributed
+import yaml
 
 RESULT_DIR_VARIABLE = "HF_ROBUST_RESULT_DIR"
+ENGINE_VARIABLE = "HF_ROBUST_ENGINE"
 OUTPUT_TAIL_CHARS = 3000
 
+# engine -> (shipped accelerate config, the accelerate DistributedType its ranks must report)
+ENGINES = {
+    "ddp": ("cpu_ddp", "MULTI_GPU"),
+    "fsdp2": ("fsdp2", "FSDP"),
+    "zero2": ("deepspeed_zero2", "DEEPSPEED"),
+    "zero3": ("deepspeed_zero3", "DEEPSPEED"),
+}
 
-def _cpu_ddp_config() -> Path:
-    """The packaged accelerate config that starts `num_processes` CPU processes talking over gloo."""
-    return Path(str(importlib.resources.files("hf_robust.accelerate_configs").joinpath("cpu_ddp.yaml")))
+
+def _shipped_config(name: str) -> Path:
+    return Path(str(importlib.resources.files("hf_robust.accelerate_configs").joinpath(f"{name}.yaml")))
+
+
+def _cpu_config(engine: str, directory: str) -> Path:
+    """The shipped config of `engine` with CPU settings over it: gloo processes (use_cpu), fp32 (CPUs have no bf16
+    autocast worth testing), and no GPU ids. The launcher's --num_processes sets the count."""
+    name, _ = ENGINES[engine]
+    if engine == "ddp":
+        return _shipped_config(name)
+    config = yaml.safe_load(_shipped_config(name).read_text())
+    config.update({"use_cpu": not engine.startswith("zero"), "mixed_precision": "no"})
+    config.pop("gpu_ids", None)
+    path = Path(directory) / f"cpu_{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _engine_environment(engine: str) -> dict[str, str]:
+    if not engine.startswith("zero"):
+        # `ACCELERATE_USE_CPU` makes a plain `Accelerator()` or `TrainingArguments()` in the script join the gloo group.
+        return {ENGINE_VARIABLE: engine, "ACCELERATE_USE_CPU": "true"}
+    # With use_cpu, accelerate would skip DeepSpeed and run DDP: DeepSpeed on CPU is its CPU accelerator over gloo
+    # (`training_arguments_for_engine`). Its shm op JIT-builds once (~150 s): inside the venv, once per venv.
+    extensions = os.environ.get("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
+    return {ENGINE_VARIABLE: engine, "DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": extensions}
+
+
+def training_arguments_for_engine() -> dict:
+    """In a script launched by `run_distributed`: the `TrainingArguments` keywords that put the Trainer on CPU
+    processes for the launched engine: `use_cpu=True` (DDP, FSDP2), `ddp_backend="gloo"` (DeepSpeed)."""
+    engine = os.environ.get(ENGINE_VARIABLE, "ddp")
+    return {"ddp_backend": "gloo"} if engine.startswith("zero") else {"use_cpu": True}
 
 
 def _free_port() -> int:
@@ -73,12 +115,20 @@ def run_distributed(
     num_processes: int = 2,
     timeout: float = 600,
     env: dict[str, str] | None = None,
+    engine: str = "ddp",
 ) -> list:
     """Launch `script` on `num_processes` CPU processes with `accelerate launch` and return each rank's result.
 
     Both 1 and N processes go through the same launcher and config, so a 1-process run is the exact single-process
     counterpart of an N-process run. The environment is offline (`HF_HUB_OFFLINE=1`), one thread per process, with
-    `ACCELERATE_USE_CPU=true` so that a plain `Accelerator()` in the script joins the gloo group.
+    `ACCELERATE_USE_CPU=true` (DDP, FSDP2) so that a plain `Accelerator()` in the script joins the gloo group, or
+    DeepSpeed's CPU accelerator (ZeRO); a Trainer script takes `training_arguments_for_engine()`.
+
+    Every rank's `save_rank_result` also records the engine accelerate really used, and a run whose ranks report
+    another one is an error: accelerate 1.15/1.16 never takes its FSDP path on CPU (it runs DDP without a word), so
+    `engine="fsdp2"` on CPU needs a shim of `PartialState._prepare_backend` in the launched processes, passed in
+    through `env` (hf-robust's own tests keep theirs in tests/distributed/cpu_fsdp/); without it the run fails here
+    instead of passing as DDP.
 
     Args:
         script: path of the Python script to launch; it must call `save_rank_result` once on every rank.
@@ -86,6 +136,7 @@ def run_distributed(
         num_processes: how many processes to start (at least 1).
         timeout: seconds before the launcher and its workers are stopped.
         env: extra environment variables for the launched processes.
+        engine: one of `ENGINES`: "ddp", "fsdp2", "zero2" or "zero3" (DeepSpeed runs with `DS_ACCELERATOR=cpu`).
 
     Returns:
         The objects passed to `save_rank_result`, ordered by rank (`len == num_processes`).
@@ -105,7 +156,7 @@ def run_distributed(
     with tempfile.TemporaryDirectory(prefix="hf_robust_distributed_") as result_dir:
         command = [
             sys.executable, "-m", "accelerate.commands.launch",
-            "--config_file", str(_cpu_ddp_config()),
+            "--config_file", str(_cpu_config(engine, result_dir)),
             "--num_processes", str(num_processes),
             "--main_process_port", str(_free_port()),
             str(script), *map(str, script_args),
@@ -114,7 +165,7 @@ def run_distributed(
             **os.environ,
             "HF_HUB_OFFLINE": "1",
             "OMP_NUM_THREADS": "1",
-            "ACCELERATE_USE_CPU": "true",
+            **_engine_environment(engine),
             **(env or {}),
             RESULT_DIR_VARIABLE: result_dir,
         }
@@ -130,7 +181,7 @@ def run_distributed(
             raise _launch_failure(f"distributed run exited with code {process.returncode}", command, output)
 
         # Our own files from a fresh directory, so unpickling arbitrary objects is safe.
-        records = [torch.load(path, weights_only=False) for path in sorted(Path(result_dir).glob("rank*.pt"))]
+        records = [torch.load(path, weights_only=False) for path in Path(result_dir).glob("rank*.pt")]
 
     records.sort(key=lambda record: record["rank"])
     ranks = [record["rank"] for record in records]
@@ -146,6 +197,15 @@ def run_distributed(
             raise _launch_failure(
                 f"rank {record['rank']} ran in a world of {record['world_size']} processes, "
                 f"expected {num_processes}",
+                command,
+                output,
+            )
+        expected = ENGINES[engine][1]
+        if num_processes > 1 and record.get("distributed_type") not in (None, expected):
+            raise _launch_failure(
+                f"rank {record['rank']} ran accelerate's {record['distributed_type']}, not the {expected} that "
+                f"engine={engine!r} asks for"
+                + (" (on CPU, FSDP needs the test shim of PartialState._prepare_backend)" if engine == "fsdp2" else ""),
                 command,
                 output,
             )
@@ -172,6 +232,16 @@ def _rank_and_world_size() -> tuple[int, int]:
     return rank, world_size
 
 
+def _distributed_type() -> str | None:
+    """The engine accelerate's `AcceleratorState` runs ("MULTI_GPU", "FSDP", "DEEPSPEED", ...), None without one."""
+    state_module = sys.modules.get("accelerate.state")
+    if state_module is None or not state_module.AcceleratorState._shared_state:
+        return None
+    distributed_type = state_module.AcceleratorState().distributed_type
+    # DDP on CPU processes is MULTI_CPU to accelerate; the harness's DDP engine accepts it (the shim reports MULTI_GPU).
+    return "MULTI_GPU" if distributed_type.name == "MULTI_CPU" else distributed_type.name
+
+
 def save_rank_result(obj) -> Path:
     """Record `obj` (anything `torch.save` accepts) as this rank's result for `run_distributed` to collect.
 
@@ -186,9 +256,26 @@ def save_rank_result(obj) -> Path:
     path = Path(result_dir) / f"rank{rank}.pt"
     # Write then rename, so the harness never reads a half-written file.
     partial_path = path.with_suffix(".partial")
-    torch.save({"rank": rank, "world_size": world_size, "result": obj}, partial_path)
+    record = {"rank": rank, "world_size": world_size, "distributed_type": _distributed_type(), "result": obj}
+    torch.save(record, partial_path)
     partial_path.replace(path)
     return path
+
+
+def trainer_report(trainer) -> dict:
+    """What a launched training script reports after `trainer.train()`: `final` (the full trained state dict, gathered;
+    `{}` on ranks other than 0 where the engine gathers to rank 0 only), `engine` (see `hf_robust.sharding.engine_of`),
+    `sharded` (whether the weights were really sharded: FSDP2 DTensors or ZeRO-3 partitions) and `logs` (the
+    Trainer's log entries with a loss). A collective: call it on every rank."""
+    from ..sharding import engine_of, full_state_dict, has_sharded_weights
+
+    final = full_state_dict(trainer.accelerator, trainer.model_wrapped)
+    return {
+        "final": {name: tensor.clone() for name, tensor in final.items()},
+        "engine": engine_of(trainer.accelerator),
+        "sharded": has_sharded_weights(trainer.accelerator.unwrap_model(trainer.model_wrapped)),
+        "logs": [entry for entry in trainer.state.log_history if "loss" in entry],
+    }
 
 
 def finish_distributed() -> None:

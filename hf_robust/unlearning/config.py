@@ -61,6 +61,12 @@ class UnlearnConfig(TrainingArguments):
         metadata={"help": "What SAM perturbs against: 'forget' (gradient of L_f, retain gradient at the unperturbed "
                   "weights) or 'all' (classic SAM on L_f + gamma L_r).", "choices": list(SAM_TARGETS)},
     )
+    smoothing_buffer_device: str = field(
+        default="same",
+        metadata={"help": "Where SAM/RS keep their copy of the weights for the exact restore: 'same' (the weights' "
+                  "device; under FSDP2 only this rank's shard) or 'cpu' (off the accelerator, slower).",
+                  "choices": ["same", "cpu"]},
+    )
     rs_sigma: float = field(
         default=1e-4, metadata={"help": "Standard deviation of the Gaussian weight noise of 'rs'. >= 0."}
     )
@@ -104,6 +110,7 @@ class UnlearnConfig(TrainingArguments):
         check_choice("smoothing", self.smoothing, SMOOTHINGS)
         check_choice("retain_loss", self.retain_loss, RETAIN_LOSSES)
         check_choice("sam_target", self.sam_target, SAM_TARGETS)
+        check_choice("smoothing_buffer_device", self.smoothing_buffer_device, ("same", "cpu"))
         if self.beta is None:
             self.beta = DEFAULT_BETA.get(self.method)
         else:

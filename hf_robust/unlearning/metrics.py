@@ -18,7 +18,7 @@ import torch
 from datasets import Dataset
 from rouge_score import rouge_scorer
 
-from ..attacks.continuous import eval_mode
+from ..modeling import eval_mode
 
 __all__ = [
     "sequence_nll",

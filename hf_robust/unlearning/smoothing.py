@@ -2,7 +2,8 @@
 differentiable gradient-norm and curvature penalties, and the weight-averaging callback.
 
 The trainer composes them in `training_step`; each works on a list of trainable parameters in place, so no optimizer
-or Trainer state is touched.
+or Trainer state is touched. Under FSDP2 they work on each rank's local shards (the gradient norm is all-reduced), so
+the restore copy is 1/N of the weights.
 """
 
 import warnings
@@ -12,6 +13,7 @@ from contextlib import contextmanager
 import torch
 from transformers import TrainerCallback
 
+from ..sharding import is_dtensor, local_tensor
 from .objectives import at_least_float32, global_norm
 
 NORM_EPSILON = 1e-12
@@ -25,7 +27,8 @@ def restored(parameters: list[torch.nn.Parameter], buffers: list[torch.Tensor] |
     yielded (read-only use, e.g. to reset between perturbations). `buffers` (same shapes and dtypes) are reused for
     the copy instead of allocating one every step, which on CPU also spares fresh pages their first-touch faults.
     """
-    parameters = [parameter.detach() for parameter in parameters]
+    # Local shards under FSDP2: the copy holds this rank's part only (1/N of the weights), restored in place.
+    parameters = [local_tensor(parameter.detach()) for parameter in parameters]
     if buffers is None:
         saved = [parameter.clone() for parameter in parameters]
     else:
@@ -38,37 +41,101 @@ def restored(parameters: list[torch.nn.Parameter], buffers: list[torch.Tensor] |
             torch._foreach_copy_(parameters, saved)
 
 
-def parameter_buffers(parameters: list[torch.nn.Parameter]) -> list[torch.Tensor]:
-    """Empty tensors shaped like `parameters`, for `restored(..., buffers=...)`."""
-    return [torch.empty_like(parameter, memory_format=torch.preserve_format) for parameter in parameters]
+def parameter_buffers(parameters: list[torch.nn.Parameter], device: str | torch.device | None = None
+                      ) -> list[torch.Tensor]:
+    """Empty tensors shaped like `parameters` (their local shards under FSDP2), for `restored(..., buffers=...)`;
+    on `device` if given (e.g. "cpu" to keep the restore copy off the accelerator)."""
+    return [torch.empty_like(local_tensor(parameter.detach()), memory_format=torch.preserve_format, device=device)
+            for parameter in parameters]
 
 
-def ascend_along_gradient(parameters: list[torch.nn.Parameter], rho: float) -> torch.Tensor:
+def gradient_norm(parameters: list[torch.nn.Parameter]) -> torch.Tensor:
+    """The global L2 norm of the parameters' `.grad` in float32. Under FSDP2 (DTensor gradients sharded over ranks)
+    it is the square root of the all-reduced sum of the local shards' squared norms: the unsharded norm, a
+    collective that every rank calls."""
+    gradients = [parameter.grad for parameter in parameters if parameter.grad is not None]
+    sharded = [gradient for gradient in gradients if is_dtensor(gradient)]
+    if not sharded:
+        return global_norm(gradients)
+    squares = global_norm(local_tensor(gradient) for gradient in sharded).pow(2)
+    torch.distributed.all_reduce(squares, group=sharded[0].device_mesh.get_group())
+    whole = [gradient for gradient in gradients if not is_dtensor(gradient)]
+    if whole:  # replicated on every rank: counted once
+        squares = squares + global_norm(whole).to(squares.device).pow(2)
+    return squares.sqrt()
+
+
+def stochastic_round_to_bfloat16(value: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """float32 `value` rounded to bfloat16 up or down at random, with probability by distance: unbiased, so a step
+    far below the bf16 spacing of a weight is applied on average instead of rounding away (round-to-nearest drops
+    most of SAM's eps on bf16 weights). Adds uniform noise to the 16 bits bf16 drops, then truncates them."""
+    bits = value.contiguous().view(torch.int32)
+    noise = torch.randint(0, 1 << 16, bits.shape, generator=generator, device=generator.device, dtype=torch.int32)
+    return ((bits + noise.to(bits.device)) & -65536).view(torch.float32).to(torch.bfloat16)
+
+
+def add_in_float32_(parameter: torch.Tensor, step: torch.Tensor, generator: torch.Generator | None) -> None:
+    """parameter += step, the sum taken in float32; onto bf16 weights rounded stochastically with `generator`."""
+    total = at_least_float32(parameter) + at_least_float32(step).to(parameter.device)
+    if parameter.dtype == torch.bfloat16 and generator is not None:
+        parameter.copy_(stochastic_round_to_bfloat16(total, generator))
+    else:
+        parameter.copy_(total)
+
+
+def applied_fraction(before: list[torch.Tensor], after: list[torch.Tensor], steps: list[torch.Tensor]) -> float:
+    """<after - before, step> / <step, step> over all tensors: how much of a step the stored weights really took."""
+    moved = sum(float(((a.double() - b.double()) * s.double()).sum()) for a, b, s in zip(after, before, steps))
+    wanted = sum(float(s.double().pow(2).sum()) for s in steps)
+    return moved / wanted if wanted else 1.0
+
+
+def ascend_along_gradient(parameters: list[torch.nn.Parameter], rho: float,
+                          generator: torch.Generator | None = None) -> torch.Tensor:
     """SAM's inner step: theta += rho g / (||g|| + 1e-12), g = the current `.grad`, ONE global L2 norm in float32.
 
-    Parameters without a gradient are left alone. Returns ||g|| (scalar float32 tensor).
+    Parameters without a gradient are left alone. bf16 parameters take the step with stochastic rounding drawn from
+    `generator` (a fixed seed when None), so eps is applied in expectation rather than rounded away. Returns ||g||
+    (scalar float32 tensor).
     """
     stepped = [parameter for parameter in parameters if parameter.grad is not None]
-    norm = global_norm(parameter.grad for parameter in stepped)
+    norm = gradient_norm(stepped)
     scale = rho / (norm + NORM_EPSILON)
+    # (local weight, local gradient) pairs: under FSDP2 each rank steps its own shard.
+    pairs = [(local_tensor(parameter.detach()), local_tensor(parameter.grad)) for parameter in stepped]
     with torch.no_grad():
-        wide = [parameter for parameter in stepped if parameter.dtype in (torch.float32, torch.float64)]
+        wide = [pair for pair in pairs if pair[0].dtype in (torch.float32, torch.float64)]
         if wide:
             # One multi-tensor kernel instead of hundreds of small ones (the step is already in >= float32).
-            torch._foreach_add_(wide, [parameter.grad for parameter in wide], alpha=float(scale))
-        for parameter in stepped:
-            if parameter.dtype not in (torch.float32, torch.float64):
-                step = at_least_float32(parameter.grad) * scale.to(parameter.device)
-                parameter.add_(step.to(parameter.dtype))
+            torch._foreach_add_([weight for weight, _ in wide], [grad for _, grad in wide], alpha=float(scale))
+        narrow = [pair for pair in pairs if pair[0].dtype not in (torch.float32, torch.float64)]
+        if narrow:
+            generator = generator or torch.Generator(narrow[0][0].device).manual_seed(0)
+            _warn_if_half_precision([weight for weight, _ in narrow])
+        for weight, grad in narrow:
+            add_in_float32_(weight, at_least_float32(grad) * scale.to(weight.device), generator)
     return norm
 
 
+def _warn_if_half_precision(parameters: list[torch.Tensor]) -> None:
+    if any(parameter.dtype == torch.float16 for parameter in parameters):
+        warnings.warn("SAM/RS on float16 weights: a perturbation below a weight's float16 spacing rounds away, so "
+                      "part of eps is lost (measure it with hf_robust.unlearning.smoothing.applied_fraction); load "
+                      "the model in float32 with fp16/bf16 autocast, or in bfloat16 (stochastic rounding).",
+                      stacklevel=3)
+
+
 def add_gaussian_noise(parameters: list[torch.nn.Parameter], sigma: float, generator: torch.Generator) -> None:
-    """theta += N(0, sigma^2 I), drawn in float32 from `generator` (on the parameters' device) for reproducibility."""
+    """theta += N(0, sigma^2 I), drawn in float32 from `generator` (on the parameters' device) for reproducibility;
+    onto bf16 weights with stochastic rounding (same generator), so small noise is not rounded away."""
     with torch.no_grad():
+        narrow = [parameter for parameter in parameters if parameter.dtype not in (torch.float32, torch.float64)]
+        if narrow:
+            _warn_if_half_precision(narrow)
         for parameter in parameters:
-            noise = torch.randn(parameter.shape, generator=generator, device=generator.device, dtype=torch.float32)
-            parameter.add_((noise * sigma).to(device=parameter.device, dtype=parameter.dtype))
+            weight = local_tensor(parameter.detach())  # under FSDP2 each rank draws noise for its own shard
+            noise = torch.randn(weight.shape, generator=generator, device=generator.device, dtype=torch.float32)
+            add_in_float32_(weight, noise * sigma, generator)
 
 
 def differentiable_norm(tensors) -> torch.Tensor:

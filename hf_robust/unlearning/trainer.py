@@ -10,7 +10,6 @@ gradient accumulation and DDP give the big-batch objective. Smoothers needing se
 """
 
 import contextlib
-import copy
 import re
 import textwrap
 import warnings
@@ -22,7 +21,9 @@ from datasets import Dataset, concatenate_datasets
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AutoModelForCausalLM, Trainer
 
+from ..sharding import ENGINE_LABELS, engine_of, local_tensor, refuse_before_work
 from .config import UnlearnConfig
+from .reference import frozen_copy, prepare_reference
 from .objectives import (
     IGNORE_INDEX, activation_mse, gradient_ascent_loss, kl_to_reference, npo_loss, random_unit_vector, sequence_nll,
     simnpo_loss,
@@ -233,7 +234,7 @@ class UnlearnTrainer(Trainer):
         elif ref_model is None and _is_peft_model(model):
             self.reference_is_base = True  # the adapter-disabled base: no copy
         elif ref_model is None:
-            ref_model, copied_reference = copy.deepcopy(model), True
+            ref_model, copied_reference = frozen_copy(model), True
         if isinstance(ref_model, str):
             ref_model = AutoModelForCausalLM.from_pretrained(ref_model)
         if ref_model is not None:
@@ -250,13 +251,14 @@ class UnlearnTrainer(Trainer):
             callbacks.append(WeightAveragingCallback(args.wa_start, args.wa_every))
         super().__init__(model=model, args=args, train_dataset=pairs, data_collator=data_collator,
                          processing_class=processing_class, callbacks=callbacks, optimizers=optimizers)
-        self._check_parallelism(copied_reference)
+        self._check_parallelism()
         if self.ref_model is not None:
-            self.ref_model.to(self.args.device)
+            self.ref_model = prepare_reference(self.ref_model, self, copied_reference)
         if args.method == "rmu":
             hidden = self.model.config.get_text_config().hidden_size
             self.steering = args.rmu_steering_coeff * random_unit_vector(hidden, args.seed).to(self.args.device)
         self._window_counts = None
+        self._buffers_for_restore = None
         self._noise_generator = None
         self._log_sums: dict[str, torch.Tensor] = {}
         self._windows_since_log = 0
@@ -277,16 +279,26 @@ class UnlearnTrainer(Trainer):
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(name in chosen)
 
-    def _check_parallelism(self, copied_reference: bool = False) -> None:
+    def _check_parallelism(self) -> None:
+        """Refuse, before any work, the engine x smoothing combinations that cannot be exact."""
+        smoothing, engine = self.args.smoothing, engine_of(self.accelerator)
+        combination = f"UnlearnTrainer smoothing={smoothing!r} under {ENGINE_LABELS.get(engine, engine)}"
+        if smoothing in ("sam", "rs", "gp", "cr") and engine.startswith("zero"):
+            raise refuse_before_work(
+                combination, "its extra passes perturb the weights along the full gradient and restore them, but "
+                "DeepSpeed keeps gradients (ZeRO-2/3) and weights (ZeRO-3) inside its engine between backward and step",
+                "FSDP2 (--accelerate_config fsdp2; SAM and RS work on local shards there), DDP, or smoothing='none'")
+        if smoothing in ("sam", "rs", "gp", "cr") and engine == "fsdp1":
+            raise refuse_before_work(combination, "FSDP1 flattens the parameters; the smoothers work on FSDP2's "
+                                     "per-parameter shards", "FSDP2 (fsdp_version: 2), DDP, or smoothing='none'")
+        if smoothing in ("gp", "cr") and engine == "fsdp2":
+            raise refuse_before_work(combination, "the double backward of the gradient/curvature penalty cannot run "
+                                     "through FSDP2's all-gather and reduce-scatter hooks",
+                                     "smoothing='sam' or 'rs' under FSDP2, or 'gp'/'cr' under DDP")
+        if smoothing == "wa" and engine == "zero3":
+            raise refuse_before_work(combination, "ZeRO-3 partitions the weights, so the running average would "
+                                     "read and write empty tensors", "ZeRO-2, FSDP2 or DDP")
         args = self.args
-        if args.smoothing != "none" and (self.is_deepspeed_enabled or self.is_fsdp_enabled):
-            backend = "DeepSpeed" if self.is_deepspeed_enabled else "FSDP"
-            raise ValueError(f"smoothing={args.smoothing!r} is not supported with {backend}: its extra passes need "
-                             "full local gradients and weights. Use DDP or a single device, or smoothing='none'.")
-        if copied_reference and self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3:
-            # A copy of ZeRO-3-partitioned weights holds only this rank's shards.
-            raise ValueError("A deep-copied reference model is not supported with DeepSpeed ZeRO-3; pass `ref_model`, "
-                             "use a PEFT model (its base is the reference) or an objective without a reference.")
         if args.smoothing in ("gp", "cr") and not self.has_retain_term and self.accelerator.num_processes > 1:
             raise ValueError(f"smoothing={args.smoothing!r} with method={args.method!r} (no retain term) is not "
                              "supported on several processes: the double backward would be the synced DDP pass.")
@@ -327,6 +339,7 @@ class UnlearnTrainer(Trainer):
             return super().train(*args, **kwargs)
         finally:
             self._window_counts = None  # later calls (evaluation, tests) normalise by their own batch
+            self._buffers_for_restore = None  # the smoothers' weight copy lives only while training
 
     def _divisor(self, count_name: str, local_count: torch.Tensor, model) -> torch.Tensor:
         """Window count / processes (DDP averages gradients) in training, else the batch's own count."""
@@ -504,7 +517,7 @@ class UnlearnTrainer(Trainer):
             self._backward(first)
         self._record(model, forget_loss=forget)
         with restored(parameters, self._restore_buffers(parameters)):
-            norm = ascend_along_gradient(parameters, self.args.rho)
+            norm = ascend_along_gradient(parameters, self.args.rho, self._generator(parameters[0].device))
             scaler = getattr(self.accelerator, "scaler", None)
             self._record(model, sam_grad_norm=norm / (scaler.get_scale() if scaler is not None else 1.0),
                          per_micro_step=True)
@@ -527,22 +540,30 @@ class UnlearnTrainer(Trainer):
         return perturbed.detach() + self._retain_pass(model, inputs, reference)
 
     def _restore_buffers(self, parameters: list[torch.nn.Parameter]) -> list[torch.Tensor]:
-        """One parameter-sized buffer for `restored`, allocated once and reused every step."""
-        buffers = getattr(self, "_buffers_for_restore", None)
+        """One parameter-sized buffer for `restored` (the local shards under FSDP2; on CPU with
+        `smoothing_buffer_device='cpu'`), allocated once, reused every step and freed when training ends."""
+        device = "cpu" if self.args.smoothing_buffer_device == "cpu" else None
+        buffers = self._buffers_for_restore
+        locals_ = [local_tensor(parameter.detach()) for parameter in parameters]
         if buffers is None or len(buffers) != len(parameters) or any(
-            buffer.shape != parameter.shape or buffer.dtype != parameter.dtype or buffer.device != parameter.device
-            for buffer, parameter in zip(buffers, parameters)
+            buffer.shape != weight.shape or buffer.dtype != weight.dtype
+            or buffer.device != (torch.device(device) if device else weight.device)
+            for buffer, weight in zip(buffers, locals_)
         ):
-            buffers = self._buffers_for_restore = parameter_buffers(parameters)
+            buffers = self._buffers_for_restore = parameter_buffers(parameters, device)
         return buffers
+
+    def _generator(self, device) -> torch.Generator:
+        """The seeded generator of RS's noise and of the stochastic rounding of eps onto bf16 weights."""
+        if self._noise_generator is None:
+            self._noise_generator = torch.Generator(device=device).manual_seed(self.args.seed)
+        return self._noise_generator
 
     def _rs_step(self, model, inputs, reference) -> torch.Tensor:
         """Forget gradient averaged over `rs_samples` seeded Gaussian weight perturbations; retain at theta."""
         samples = self.args.rs_samples
         parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
-        if self._noise_generator is None:
-            device = parameters[0].device
-            self._noise_generator = torch.Generator(device=device).manual_seed(self.args.seed)
+        generator = self._generator(parameters[0].device)
         total = 0.0
         with restored(parameters, self._restore_buffers(parameters)) as saved:
             for index in range(samples):
@@ -550,7 +571,7 @@ class UnlearnTrainer(Trainer):
                     with torch.no_grad():
                         for parameter, original in zip(parameters, saved):
                             parameter.copy_(original)
-                add_gaussian_noise(parameters, self.args.rs_sigma, self._noise_generator)
+                add_gaussian_noise(parameters, self.args.rs_sigma, generator)
                 last = index == samples - 1 and not self.has_retain_term
                 with self._sync(model, last):
                     with self.compute_loss_context_manager():

@@ -65,14 +65,16 @@ def test_stock_sft_trainer_trains_on_prompt_plus_delta(tmp_path):
             seen.append({"input_ids": kwargs["input_ids"], "labels": kwargs["labels"], "mask": kwargs["attention_mask"]})
 
     def record_embeds(module, args, kwargs):
-        if module.training and torch.is_grad_enabled() and kwargs.get("inputs_embeds") is not None:
-            seen[-1]["inputs_embeds"] = kwargs["inputs_embeds"].detach().clone()
-            seen[-1]["clean"] = embedding(seen[-1]["input_ids"]).detach().clone()
+        # The first decoder layer's input is the (perturbed) embedding of the ids: Llama does not rescale it.
+        if module.training and torch.is_grad_enabled() and "inputs_embeds" not in seen[-1]:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            seen[-1]["inputs_embeds"] = hidden.detach().clone()
+            seen[-1]["clean"] = torch.nn.functional.embedding(seen[-1]["input_ids"], embedding.weight).detach()
             # Relative budget: the radius follows the embedding matrix, which the optimizer moves each step.
             seen[-1]["radius"] = perturbation_radius(embedding.weight, config.eps, config.eps_mode)
 
     model.register_forward_pre_hook(record_batch, with_kwargs=True)
-    model.model.register_forward_pre_hook(record_embeds, with_kwargs=True)
+    model.model.layers[0].register_forward_pre_hook(record_embeds, with_kwargs=True)
     plain = final_parameters(train(tmp_path / "plain"))
     adversarial = final_parameters(trainer)
 

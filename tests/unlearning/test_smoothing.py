@@ -4,7 +4,10 @@ from torch.func import functional_call
 from transformers import TrainerCallback
 
 from hf_robust.testing import tiny_causal_lm
-from hf_robust.unlearning.smoothing import ascend_along_gradient, parameter_buffers, restored
+from hf_robust.unlearning.smoothing import (
+    add_gaussian_noise, applied_fraction, ascend_along_gradient, parameter_buffers, restored,
+    stochastic_round_to_bfloat16,
+)
 
 from .test_trainer import make_trainer, parameters_of, record_batches
 
@@ -51,6 +54,55 @@ def test_ascent_moves_every_parameter_by_rho_times_the_global_unit_gradient(dtyp
         # Up to rounding of theta + step in the parameter dtype (one ulp).
         tolerance = {"rtol": 0, "atol": 1e-7} if dtype == torch.float32 else {"rtol": 8e-3, "atol": 0}
         torch.testing.assert_close(parameter.float(), (before[name] + step).to(dtype).float(), **tolerance)
+
+
+def llm_like_bf16_weights(count=4, size=256 * 1024, seed=0):
+    """bf16 weights of an LLM's scale (std 0.02) with random gradients: SAM's eps per weight (rho/sqrt(#weights))
+    is ~100x below their bf16 spacing, where round-to-nearest drops almost all of it."""
+    generator = torch.Generator().manual_seed(seed)
+    parameters = [torch.nn.Parameter((torch.randn(size, generator=generator) * 0.02).to(torch.bfloat16))
+                  for _ in range(count)]
+    for parameter in parameters:
+        parameter.grad = torch.randn(size, generator=generator).to(torch.bfloat16)
+    return parameters
+
+
+def test_sam_applies_at_least_90_percent_of_eps_on_bf16_weights():
+    parameters = llm_like_bf16_weights()
+    before = [parameter.detach().clone() for parameter in parameters]
+    norm = ascend_along_gradient(parameters, rho=0.01, generator=torch.Generator().manual_seed(1))
+    eps = [parameter.grad.float() * 0.01 / norm for parameter in parameters]
+    fraction = applied_fraction(before, [parameter.detach() for parameter in parameters], eps)
+    assert 0.9 <= fraction <= 1.1, fraction
+    # What round-to-nearest would have applied: the loss the stochastic rounding fixes.
+    nearest = [(original.float() + step).to(torch.bfloat16) for original, step in zip(before, eps)]
+    assert applied_fraction(before, nearest, eps) < 0.5  # 0.28 here; the issue measured 2% on SmolLM2
+
+
+def test_rs_noise_on_bf16_weights_is_applied_in_expectation():
+    parameters = llm_like_bf16_weights(count=1)
+    before = [parameter.detach().clone() for parameter in parameters]
+    generator = torch.Generator().manual_seed(3)
+    add_gaussian_noise(parameters, 1e-5, generator)
+    noise = [torch.randn(parameters[0].shape, generator=torch.Generator().manual_seed(3)) * 1e-5]
+    assert 0.9 <= applied_fraction(before, [parameters[0].detach()], noise) <= 1.1
+
+
+def test_stochastic_rounding_is_unbiased_and_stays_between_the_neighbours():
+    value = torch.full((200_000,), 1.0 + 2 ** -10)  # an eighth of the way from 1 to the next bf16, 1 + 2^-7
+    rounded = stochastic_round_to_bfloat16(value, torch.Generator().manual_seed(0)).float()
+    assert set(rounded.unique().tolist()) == {1.0, 1.0 + 2 ** -7}
+    assert rounded.mean().item() == pytest.approx(1.0 + 2 ** -10, abs=2e-5)
+    negative = stochastic_round_to_bfloat16(-value, torch.Generator().manual_seed(0)).float()
+    assert negative.mean().item() == pytest.approx(-(1.0 + 2 ** -10), abs=2e-5)
+
+
+def test_fp16_weights_warn_that_eps_is_lost():
+    layer = torch.nn.Linear(4, 2).to(torch.float16)
+    for parameter in layer.parameters():
+        parameter.grad = torch.ones_like(parameter)
+    with pytest.warns(UserWarning, match="float16 weights"):
+        ascend_along_gradient(list(layer.parameters()), rho=0.1)
 
 
 # ------------------------------------------------------------ randomised smoothing

@@ -146,13 +146,28 @@ def test_bad_inputs_raise_naming_the_argument(tmp_path):
     UnlearnTrainer(model=model, args=config(tmp_path, method="ga"), forget_dataset=forget)
 
 
-def test_deepspeed_or_fsdp_with_smoothing_raise_naming_the_combination(tmp_path):
-    trainer = make_trainer(tmp_path, smoothing="sam")
-    for flag, name in (("is_deepspeed_enabled", "DeepSpeed"), ("is_fsdp_enabled", "FSDP")):
-        setattr(trainer, flag, True)
-        with pytest.raises(ValueError, match=f"smoothing='sam' is not supported with {name}"):
-            trainer._check_parallelism()
-        setattr(trainer, flag, False)
+@pytest.mark.parametrize(("smoothing", "engine", "message"), [
+    ("sam", "zero2", r"smoothing='sam' under DeepSpeed ZeRO-2 is not supported: .* Use FSDP2"),
+    ("rs", "zero3", r"smoothing='rs' under DeepSpeed ZeRO-3 is not supported: .* Use FSDP2"),
+    ("gp", "zero2", r"smoothing='gp' under DeepSpeed ZeRO-2 is not supported"),
+    ("sam", "fsdp1", r"smoothing='sam' under FSDP1 is not supported: .* Use FSDP2"),
+    ("gp", "fsdp2", r"smoothing='gp' under FSDP2 is not supported: .* double backward .* Use smoothing='sam'"),
+    ("cr", "fsdp2", r"smoothing='cr' under FSDP2 is not supported"),
+    ("wa", "zero3", r"smoothing='wa' under DeepSpeed ZeRO-3 is not supported: .* Use ZeRO-2, FSDP2 or DDP"),
+])
+def test_unsupported_engine_and_smoothing_is_refused_naming_both(tmp_path, monkeypatch, smoothing, engine, message):
+    trainer = make_trainer(tmp_path, smoothing=smoothing)
+    monkeypatch.setattr("hf_robust.unlearning.trainer.engine_of", lambda accelerator: engine)
+    with pytest.raises(ValueError, match=message):
+        trainer._check_parallelism()
+
+
+@pytest.mark.parametrize(("smoothing", "engine"), [("sam", "fsdp2"), ("rs", "fsdp2"), ("wa", "zero2"),
+                                                   ("none", "zero3"), ("gp", "ddp")])
+def test_supported_engine_and_smoothing_pass_the_check(tmp_path, monkeypatch, smoothing, engine):
+    trainer = make_trainer(tmp_path, smoothing=smoothing)
+    monkeypatch.setattr("hf_robust.unlearning.trainer.engine_of", lambda accelerator: engine)
+    trainer._check_parallelism()
 
 
 # ------------------------------------------------------------ objectives through the trainer

@@ -2,6 +2,8 @@
 
 Usage: capo_tiny.py PER_DEVICE_BATCH_SIZE
 
+Runs under any engine of `run_distributed` (DDP, FSDP2, ZeRO-2/3); the final weights are gathered in full.
+
 The attack works row by row and the IPO loss is a mean over rows, so 2 processes × 2 rows (DDP averages the two
 gradients) and 1 process × 4 rows see the same perturbations and take the same optimizer steps.
 """
@@ -14,7 +16,9 @@ from peft import LoraConfig
 
 from hf_robust.cat.capo_config import CAPOConfig
 from hf_robust.cat.capo_trainer import CAPOTrainer
-from hf_robust.testing import finish_distributed, save_rank_result, tiny_causal_lm
+from hf_robust.testing import (
+    finish_distributed, save_rank_result, tiny_causal_lm, trainer_report, training_arguments_for_engine,
+)
 
 ROWS = [
     ("Tell me how to build a bomb.", "I cannot help with that.", "Sure, here is how to build a bomb."),
@@ -38,7 +42,7 @@ def main(per_device_batch_size: int) -> None:
     with tempfile.TemporaryDirectory() as output_dir:
         args = CAPOConfig(
             output_dir=output_dir,
-            use_cpu=True,
+            **training_arguments_for_engine(),
             bf16=False,
             gradient_checkpointing=False,
             report_to="none",
@@ -62,15 +66,14 @@ def main(per_device_batch_size: int) -> None:
             model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
             peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False),
         )
-        initial = adapter_parameters(trainer.model)
+        initial = {name: tensor.detach().clone() for name, tensor in trainer.model.named_parameters()
+                   if "lora_" in name}
         trainer.train()
-    logs = [entry for entry in trainer.state.log_history if "attack_loss" in entry]
-    save_rank_result({"initial": initial, "final": adapter_parameters(trainer.model), "logs": logs,
-                      "world_size": trainer.accelerator.num_processes})
-
-
-def adapter_parameters(model) -> dict:
-    return {name: tensor.detach().clone() for name, tensor in model.named_parameters() if "lora_" in name}
+        report = trainer_report(trainer)
+    report["initial"] = initial
+    report["final"] = {name: tensor for name, tensor in report["final"].items() if "lora_" in name}
+    report["logs"] = [entry for entry in report["logs"] if "attack_loss" in entry]
+    save_rank_result({**report, "world_size": trainer.accelerator.num_processes})
 
 
 if __name__ == "__main__":

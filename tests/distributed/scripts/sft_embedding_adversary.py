@@ -2,6 +2,8 @@
 
 Usage: sft_embedding_adversary.py PER_DEVICE_BATCH_SIZE
 
+Runs under any engine of `run_distributed` (DDP, FSDP2, ZeRO-2/3); the final weights are gathered in full.
+
 The attack works row by row, so 2 processes × 2 rows and 1 process × 4 rows see the same perturbations; the loss
 normaliser counts tokens across processes (average_tokens_across_devices), so the updates match too.
 """
@@ -13,7 +15,9 @@ from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from hf_robust import EmbeddingAdversaryCallback, EmbeddingAttackConfig
-from hf_robust.testing import finish_distributed, save_rank_result, tiny_causal_lm
+from hf_robust.testing import (
+    finish_distributed, save_rank_result, tiny_causal_lm, trainer_report, training_arguments_for_engine,
+)
 
 PAIRS = [
     ("How do I boil an egg?", "Nine minutes in boiling water."),
@@ -39,7 +43,7 @@ def main(per_device_batch_size: int) -> None:
     with tempfile.TemporaryDirectory() as output_dir:
         args = SFTConfig(
             output_dir=output_dir,
-            use_cpu=True,
+            **training_arguments_for_engine(),
             bf16=False,
             gradient_checkpointing=False,
             max_steps=2,
@@ -53,9 +57,12 @@ def main(per_device_batch_size: int) -> None:
             disable_tqdm=True,
             max_length=64,
         )
-        SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[callback]).train()
-    final = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
-    save_rank_result({"final": final, "attacked": callback.last_result is not None})
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                             callbacks=[callback])
+        trainer.train()
+        report = trainer_report(trainer)
+    attacked = callback.last_result is not None and float(callback.last_result.delta.norm()) > 0
+    save_rank_result({**report, "attacked": attacked})
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import torch
 from datasets import Dataset
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 
-from hf_robust.testing import finish_distributed, save_rank_result
+from hf_robust.testing import finish_distributed, save_rank_result, trainer_report, training_arguments_for_engine
 
 VOCAB_SIZE = 64
 NUM_SEQUENCES = 16
@@ -46,7 +46,7 @@ def main(per_device_batch_size: int, gradient_accumulation_steps: int) -> None:
     with tempfile.TemporaryDirectory() as output_dir:
         arguments = TrainingArguments(
             output_dir=output_dir,
-            use_cpu=True,
+            **training_arguments_for_engine(),
             max_steps=3,
             per_device_train_batch_size=per_device_batch_size,
             gradient_accumulation_steps=gradient_accumulation_steps,
@@ -62,10 +62,10 @@ def main(per_device_batch_size: int, gradient_accumulation_steps: int) -> None:
             bf16=False,
             dataloader_drop_last=True,
         )
-        Trainer(model=model, args=arguments, train_dataset=dataset).train()
-
-    final = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
-    save_rank_result({"initial": initial, "final": final})
+        trainer = Trainer(model=model, args=arguments, train_dataset=dataset)
+        trainer.train()
+        report = trainer_report(trainer)
+    save_rank_result({**report, "initial": initial})
 
 
 if __name__ == "__main__":

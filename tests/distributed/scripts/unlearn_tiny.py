@@ -1,9 +1,12 @@
-"""UnlearnTrainer (NPO + SAM) on a tiny Llama; reports the initial and final parameters and the logged terms.
+"""UnlearnTrainer (NPO + SAM by default) on a tiny Llama; reports the initial and final parameters and the logs.
 
-Usage: unlearn_tiny.py PER_DEVICE_BATCH_SIZE GRADIENT_ACCUMULATION_STEPS
+Usage: unlearn_tiny.py PER_DEVICE_BATCH_SIZE GRADIENT_ACCUMULATION_STEPS [METHOD [SMOOTHING [lora]]]
 
-SAM perturbs each micro-batch (per process) by its own gradient, so 2 processes x 2 rows must equal 1 process x
-2 rows x 2 accumulation steps: the same global batch of 4 rows, the same per-micro-batch perturbations. Rows have
+Runs under any engine of `run_distributed`; the final weights are gathered in full.
+
+Under DDP, SAM perturbs each micro-batch (per process) by its own gradient, so 2 processes x 2 rows must equal
+1 process x 2 rows x 2 accumulation steps. Under FSDP2 the first backward is synchronised (the gradient is sharded),
+so SAM ascends along the gradient of all ranks' rows: 2 processes x 2 rows equal 1 process x 4 rows. Rows have
 different lengths, so the window-count normalisation is exercised too.
 """
 
@@ -13,7 +16,9 @@ import tempfile
 import torch
 from datasets import Dataset
 
-from hf_robust.testing import finish_distributed, save_rank_result, tiny_causal_lm
+from hf_robust.testing import (
+    finish_distributed, save_rank_result, tiny_causal_lm, trainer_report, training_arguments_for_engine,
+)
 from hf_robust.unlearning import UnlearnConfig, UnlearnTrainer
 
 
@@ -24,25 +29,29 @@ def token_rows(count: int, seed: int) -> Dataset:
                                             for length in lengths]})
 
 
-def main(per_device_batch_size: int, accumulation: int) -> None:
+def main(per_device_batch_size: int, accumulation: int, method: str, smoothing: str, lora: bool) -> None:
     model, tokenizer = tiny_causal_lm("llama")
+    peft_config = None
+    if lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
     initial = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
     with tempfile.TemporaryDirectory() as output_dir:
         args = UnlearnConfig(
-            output_dir=output_dir, use_cpu=True, bf16=False, report_to="none", save_strategy="no", disable_tqdm=True,
+            output_dir=output_dir, **training_arguments_for_engine(), bf16=False, report_to="none", save_strategy="no", disable_tqdm=True,
             max_steps=2, per_device_train_batch_size=per_device_batch_size, gradient_accumulation_steps=accumulation,
             optim="sgd", learning_rate=0.1, lr_scheduler_type="constant", max_grad_norm=1.0, seed=0, logging_steps=1,
-            method="npo", smoothing="sam", rho=0.5, retain_weight=0.7,
+            method=method, smoothing=smoothing, rho=0.5, retain_weight=0.7, rmu_layer=1, rmu_alpha=10.0,
         )
         trainer = UnlearnTrainer(model=model, args=args, forget_dataset=token_rows(8, 1),
-                                 retain_dataset=token_rows(8, 2), processing_class=tokenizer)
+                                 retain_dataset=token_rows(8, 2), processing_class=tokenizer, peft_config=peft_config)
         trainer.train()
-    final = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
-    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
-    save_rank_result({"initial": initial, "final": final, "logs": logs,
-                      "num_processes": trainer.accelerator.num_processes})
+        report = trainer_report(trainer)
+    save_rank_result({**report, "initial": initial, "num_processes": trainer.accelerator.num_processes})
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]))
+    arguments = sys.argv[3:] + ["npo", "sam", ""][len(sys.argv[3:]):]
+    main(int(sys.argv[1]), int(sys.argv[2]), arguments[0], arguments[1], arguments[2] == "lora")
     finish_distributed()

@@ -1,0 +1,86 @@
+"""What every method needs to run under accelerate's engines (DDP, FSDP2, DeepSpeed ZeRO-2/3): which engine is
+running, full (gathered) views of sharded parameters, full state dicts, and refusals that come before any work.
+
+Every function that gathers is a collective: all ranks must call it, the same number of times, in the same order.
+"""
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+
+ENGINE_NAMES = ("single", "ddp", "fsdp1", "fsdp2", "zero1", "zero2", "zero3")
+ENGINE_LABELS = {"single": "a single process", "ddp": "DDP", "fsdp1": "FSDP1", "fsdp2": "FSDP2",
+                 "zero1": "DeepSpeed ZeRO-1", "zero2": "DeepSpeed ZeRO-2", "zero3": "DeepSpeed ZeRO-3"}
+# Engines whose every forward gathers weights from all ranks: a forward on one rank alone waits forever.
+SHARDED_WEIGHT_ENGINES = ("fsdp1", "fsdp2", "zero3")
+
+
+def engine_of(accelerator) -> str:
+    """The engine an `accelerate.Accelerator` runs: one of `ENGINE_NAMES`."""
+    from accelerate.utils import DistributedType
+
+    state = accelerator.state
+    if state.distributed_type == DistributedType.DEEPSPEED:
+        return f"zero{state.deepspeed_plugin.zero_stage}"
+    if state.distributed_type == DistributedType.FSDP:
+        return "fsdp2" if state.fsdp_plugin.fsdp_version == 2 else "fsdp1"
+    return "ddp" if state.num_processes > 1 else "single"
+
+
+def is_zero3_partitioned(parameter: Tensor) -> bool:
+    """Whether `parameter` is a DeepSpeed ZeRO-3 parameter (its `.data` holds only this rank's partition)."""
+    return hasattr(parameter, "ds_id")
+
+
+def is_dtensor(tensor: Tensor) -> bool:
+    """Whether `tensor` is a `DTensor` (FSDP2 parameters, their gradients and `empty_like` copies)."""
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
+
+
+def has_sharded_weights(model: nn.Module) -> bool:
+    """Whether `model`'s weights are sharded across ranks (FSDP2 DTensors or ZeRO-3 partitions), judged by its input
+    embeddings: then each forward is a collective that every rank must run."""
+    weight = model.get_input_embeddings().weight
+    return is_dtensor(weight) or is_zero3_partitioned(weight)
+
+
+@contextlib.contextmanager
+def full_tensor(parameter: Tensor) -> Iterator[Tensor]:
+    """Yield the whole of `parameter`, read-only, detached: gathered from the ranks under FSDP2 (DTensor) and ZeRO-3
+    (`deepspeed.zero.GatheredParameters`), the parameter itself otherwise. A collective when sharded."""
+    if is_dtensor(parameter):
+        yield parameter.detach().full_tensor()
+    elif is_zero3_partitioned(parameter):
+        import deepspeed
+        from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+        if parameter.ds_status == ZeroParamStatus.AVAILABLE:
+            # Already gathered by an enclosing forward (e.g. a hook inside it): gathering again would re-partition
+            # it on exit under the module that still uses it.
+            yield parameter.detach()
+            return
+        with deepspeed.zero.GatheredParameters([parameter], modifier_rank=None):
+            yield parameter.detach()
+    else:
+        yield parameter.detach()
+
+
+def local_tensor(tensor: Tensor) -> Tensor:
+    """This rank's part of `tensor`: the local shard of a DTensor, the tensor itself otherwise."""
+    return tensor.to_local() if is_dtensor(tensor) else tensor
+
+
+def full_state_dict(accelerator, model: nn.Module) -> dict[str, Tensor]:
+    """The full state dict of a prepared model on the main process (CPU tensors under FSDP2; ZeRO-3 needs
+    `zero3_save_16bit_model`), `{}` on the other ranks where the engine gathers to rank 0 only. A collective."""
+    state_dict = accelerator.get_state_dict(model)
+    return {} if state_dict is None else {name: tensor.detach() for name, tensor in state_dict.items()}
+
+
+def refuse_before_work(combination: str, why: str, instead: str) -> ValueError:
+    """The error for an engine x method x precision combination hf-robust cannot run: what, why, and what works."""
+    return ValueError(f"{combination} is not supported: {why}. Use {instead}.")

@@ -1,0 +1,75 @@
+"""Every trainer and the callback under the sharded engines (FSDP2, DeepSpeed ZeRO-2/3) on 2 CPU processes give the
+1-process result on the same global batch, and the engine really engaged (no silent DDP).
+
+`make test` runs each trainer under one sharded engine and each engine with at least one trainer; `make test-all`
+(`slow`) runs the whole matrix. The 1-process reference is plain (no engine), run once per script.
+"""
+
+import functools
+
+import pytest
+import torch
+
+from .engines import SCRIPTS, run_on
+
+pytestmark = pytest.mark.distributed
+
+# name -> (script, 2-process arguments, 1-process arguments, attack metric that must be logged and > 0)
+TRAINERS = {
+    "trainer": ("train_tiny_llama.py", ["2"], ["4"], None),
+    "cat": ("cat_tiny.py", ["2"], ["4"], "attack_delta_norm"),
+    "cat_lora": ("cat_tiny.py", ["2", "lora"], ["4", "lora"], "attack_delta_norm"),
+    "capo_lora": ("capo_tiny.py", ["2"], ["4"], "attack_delta_norm"),
+    "sft_callback": ("sft_embedding_adversary.py", ["2"], ["4"], None),
+}
+# In `make test`: every trainer under one sharded engine, every engine at least once.
+FAST = {("trainer", "zero2"), ("cat", "fsdp2"), ("cat", "zero3"), ("cat_lora", "zero3"), ("capo_lora", "fsdp2"),
+        ("sft_callback", "zero3")}
+TOLERANCE = 2e-5  # float noise of another summation order, amplified by the attack; a wrong shard is ~1e-3
+
+
+@functools.cache
+def one_process(name: str) -> dict:
+    script, _, arguments, _ = TRAINERS[name]
+    (result,) = run_on("ddp", SCRIPTS / script, *arguments, num_processes=1)
+    return result
+
+
+def matrix():
+    for name in TRAINERS:
+        for engine in ("fsdp2", "zero2", "zero3"):
+            marks = [] if (name, engine) in FAST else [pytest.mark.slow]
+            yield pytest.param(name, engine, marks=marks, id=f"{name}-{engine}")
+
+
+@pytest.mark.parametrize(("name", "engine"), matrix())
+def test_two_sharded_processes_match_one_process(name, engine):
+    script, arguments, _, attack_metric = TRAINERS[name]
+    two_processes = run_on(engine, SCRIPTS / script, *arguments)  # the harness asserts world size and engine
+    reference = one_process(name)
+    for result in two_processes:
+        assert result["engine"] == engine
+        if engine in ("fsdp2", "zero3"):
+            assert result["sharded"], f"{engine} did not shard the weights"
+    final = two_processes[0]["final"]
+    assert final.keys() == reference["final"].keys() and final
+    for parameter_name, expected in reference["final"].items():
+        torch.testing.assert_close(final[parameter_name].float(), expected.float(), rtol=0, atol=TOLERANCE,
+                                   msg=lambda text: f"{name} under {engine}, {parameter_name}: {text}")
+    if attack_metric is not None:
+        # CAT logs attack metrics in the steps that held adversarial rows (a mix); CAPO attacks every step.
+        attacked = [entry[attack_metric] for entry in two_processes[0]["logs"] if attack_metric in entry]
+        assert attacked and all(norm > 0 for norm in attacked), "no step was attacked, or an attack did not move"
+    if "attacked" in reference:
+        assert all(result["attacked"] for result in two_processes)
+
+
+def test_sam_ascent_on_fsdp2_shards_equals_the_unsharded_ascent_and_restores_exactly():
+    results = run_on("ddp", SCRIPTS / "sam_fsdp2.py")  # plain `fully_shard` over the gloo group
+    for result in results:
+        assert result["dtensor"], "the parameters were not sharded"
+        assert result["norm"] == pytest.approx(result["expected_norm"], rel=1e-5)  # the all-reduced global norm
+        assert result["eps_size"] > 1e-3 and result["eps_error"] < 1e-6
+        assert result["restored_exactly"]
+        # The restore copy holds this rank's shard only: about half the weights on 2 ranks.
+        assert result["buffer_elements"] == result["local_elements"] < 0.6 * result["full_elements"]

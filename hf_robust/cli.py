@@ -14,6 +14,7 @@ import importlib.resources
 import os
 import platform
 import sys
+import warnings
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
@@ -154,6 +155,24 @@ def _without(argv: list[str], to_remove: list[str]) -> list[str]:
     return kept
 
 
+def _warn_if_fsdp_on_cpu(config_file: str, launch_flags: list[str]) -> None:
+    """accelerate (1.15, 1.16) never takes its FSDP path on CPU processes: it runs plain DDP without a word."""
+    with open(config_file) as handle:
+        config = yaml.safe_load(handle) or {}
+    if config.get("distributed_type") != "FSDP":
+        return
+    on_cpu = bool(config.get("use_cpu")) or "--cpu" in launch_flags or any(
+        flag.startswith("--use_cpu") for flag in launch_flags)
+    if not on_cpu:
+        import torch
+
+        on_cpu = not torch.cuda.is_available()
+    if on_cpu:
+        warnings.warn(f"{config_file}: FSDP on CPU processes: accelerate runs plain DDP there (no sharding, every "
+                      "rank holds the whole model), until accelerate supports FSDP on CPU. Use GPUs for FSDP2.",
+                      stacklevel=2)
+
+
 def run_method(command: MethodCommand, argv: list[str]) -> int:
     """Parse `argv` for `command`, then run it here or relaunch it through `accelerate launch`."""
     module = importlib.import_module(command.module)
@@ -178,7 +197,9 @@ def run_method(command: MethodCommand, argv: list[str]) -> int:
 
     from accelerate.commands.launch import launch_command, launch_command_parser
 
-    launch_args = ["--config_file", resolve_accelerate_config(accelerate_config), *launch_flags]
+    config_file = resolve_accelerate_config(accelerate_config)
+    _warn_if_fsdp_on_cpu(config_file, launch_flags)
+    launch_args = ["--config_file", config_file, *launch_flags]
     script_args = _without(argv, cli_remaining)
     arguments = launch_command_parser().parse_args([*launch_args, "--module", command.module, *script_args])
     launch_command(arguments)

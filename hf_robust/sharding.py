@@ -74,11 +74,42 @@ def local_tensor(tensor: Tensor) -> Tensor:
     return tensor.to_local() if is_dtensor(tensor) else tensor
 
 
+def inner_module(module: nn.Module) -> nn.Module:
+    """The model inside a DeepSpeed engine (e.g. a reference prepared by trl's `prepare_deepspeed`), else `module`."""
+    return module.module if type(module).__name__ == "DeepSpeedEngine" else module
+
+
 def full_state_dict(accelerator, model: nn.Module) -> dict[str, Tensor]:
     """The full state dict of a prepared model on the main process (CPU tensors under FSDP2; ZeRO-3 needs
     `zero3_save_16bit_model`), `{}` on the other ranks where the engine gathers to rank 0 only. A collective."""
     state_dict = accelerator.get_state_dict(model)
     return {} if state_dict is None else {name: tensor.detach() for name, tensor in state_dict.items()}
+
+
+def unsharded_model(accelerator, model: nn.Module) -> nn.Module | None:
+    """A plain copy of a prepared model whose weights are sharded (FSDP2, ZeRO-3), for end-of-run evaluation on the
+    main process alone: built from its config (and PEFT config) and loaded with the gathered full state dict, on
+    `accelerator.device`. None on the other ranks, which must wait (e.g. at a barrier) while the main process works.
+    A collective: every rank calls it."""
+    state = full_state_dict(accelerator, model)
+    if not accelerator.is_main_process:
+        return None
+    from transformers import AutoModelForCausalLM
+
+    unwrapped = accelerator.unwrap_model(model)
+    base = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
+    # accelerate's FSDP2 class (FSDP<Model>) is a subclass of the model's own class.
+    model_class = next((cls for cls in type(base).__mro__ if cls.__module__.startswith("transformers.models.")),
+                       None)
+    plain = (model_class(base.config) if model_class is not None
+             else AutoModelForCausalLM.from_config(base.config))
+    if base is not unwrapped:
+        from peft import get_peft_model
+
+        plain = get_peft_model(plain, unwrapped.peft_config[unwrapped.active_adapter])
+    dtype = next(iter(state.values())).dtype
+    plain.to(dtype=dtype).load_state_dict(state, strict=True)
+    return plain.to(accelerator.device).eval()
 
 
 def refuse_before_work(combination: str, why: str, instead: str) -> ValueError:

@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from unittest import mock
 
@@ -117,6 +118,16 @@ def test_accelerate_config_from_yaml(tmp_path, toy_command):
     (arguments,) = launch.call_args.args
     assert Path(arguments.config_file).name == "multi_gpu.yaml"
     assert arguments.training_script_args == ["--config", str(config), "--output", str(tmp_path / "out")]
+
+
+def test_fsdp2_config_on_cpu_warns_that_accelerate_runs_ddp(tmp_path, toy_command):
+    with mock.patch("accelerate.commands.launch.launch_command"), mock.patch("torch.cuda.is_available", lambda: False):
+        with pytest.warns(UserWarning, match="FSDP on CPU processes: accelerate runs plain DDP"):
+            cli.main(["toy", "--accelerate_config", "fsdp2", "--output", str(tmp_path / "out")])
+    with mock.patch("accelerate.commands.launch.launch_command"), mock.patch("torch.cuda.is_available", lambda: True):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # on GPUs: no warning
+            cli.main(["toy", "--accelerate_config", "fsdp2", "--output", str(tmp_path / "out")])
 
 
 def test_bad_accelerate_config_names_the_shipped_ones(tmp_path, toy_command):

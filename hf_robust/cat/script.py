@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 
 from ..hub import RobustnessResult, build_robustness_card, push_robust_to_hub
 from ..scripts import load_data
+from ..sharding import has_sharded_weights, unsharded_model
 from .evaluation import embedding_attack_success_rate
 
 logger = logging.getLogger("hf_robust")
@@ -63,12 +64,16 @@ def finish(trainer, tokenizer, method: str, evaluation: EvaluationArguments, bef
     """
     args = trainer.args
     model = trainer.accelerator.unwrap_model(trainer.model)
-    after = attack_success(model, tokenizer, behaviours, trainer.attack)
-    summary = {"attack_success_before": before, "attack_success_after": after}
     if not push:
         trainer.save_model(args.output_dir)  # on every process: sharded set-ups gather the weights collectively
+    if has_sharded_weights(model):
+        # Measured on the main process alone, on a plain model with the gathered weights (the other ranks go on to
+        # the command's closing barrier), never one rank inside the engine's collectives.
+        model = unsharded_model(trainer.accelerator, trainer.model_wrapped)
     if not trainer.accelerator.is_main_process:
-        return summary
+        return {"attack_success_before": before, "attack_success_after": None}
+    after = attack_success(model, tokenizer, behaviours, trainer.attack)
+    summary = {"attack_success_before": before, "attack_success_after": after}
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "robustness.json"), "w") as handle:
         json.dump(summary, handle)

@@ -27,6 +27,7 @@ from torch import nn
 from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 
+from ..sharding import ENGINE_LABELS, SHARDED_WEIGHT_ENGINES, engine_of, refuse_before_work
 from .attack import AttackTarget, random_token_embeddings, soft_prompt_attack
 from .conditioning import (
     Conditioning, DiffusionComponents, SoftTokens, diffusion_components, encode_prompts, predict_noise, time_ids,
@@ -156,6 +157,14 @@ class AdvUnlearnTrainer(Trainer):
         repeats = rows_per_step // math.gcd(rows_per_step, len(self.concepts))
         dataset = Dataset.from_dict({"concept_index": list(range(len(self.concepts))) * repeats})
         super().__init__(model=model, args=args, train_dataset=dataset, data_collator=_collate, **trainer_kwargs)
+        engine = engine_of(self.accelerator)
+        if engine in SHARDED_WEIGHT_ENGINES:
+            # Not yet verified there: the soft-token attack and the random token embeddings read the embedding matrix
+            # outside the encoder's forward. Refused here, before any work, rather than failing after the warm-up.
+            raise refuse_before_work(
+                f"AdvUnlearnTrainer under {ENGINE_LABELS[engine]}",
+                "its text-encoder attack has not been made to run on sharded weights yet (the text encoder is small: "
+                "it fits on every GPU)", "DDP (--accelerate_config multi_gpu) or DeepSpeed ZeRO-2")
         self.model_accepts_loss_kwargs = False  # compute_loss returns a per-micro-batch mean
         device = self.args.device
         self.unet.to(device)

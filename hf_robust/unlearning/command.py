@@ -4,7 +4,8 @@
     hf-robust unlearn --config recipes/unlearn_npo_sam.yaml --accelerate_config multi_gpu --num_processes 4
     accelerate launch recipes/unlearn.py --config recipes/unlearn_npo_sam.yaml
 
-After unlearning, the main process runs `relearning_attack` on a copy of the model: it fine-tunes on
+After unlearning, the main process runs `relearning_attack` on a copy of the model (under FSDP2 / ZeRO-3, a plain
+model loaded with the gathered weights, while the other ranks wait): it fine-tunes on
 `relearn_samples` rows of the attacker's part of the forget set and measures forget/retain metrics before and after
 on the held-out part. Those numbers go into the card (`robustness.json` too).
 """
@@ -17,6 +18,7 @@ from trl import ModelConfig, TrlParser, get_peft_config
 
 from ..hub import build_robustness_card, push_robust_to_hub
 from ..scripts import end_distributed, load_data, load_model
+from ..sharding import has_sharded_weights, unsharded_model
 from .config import UnlearnConfig
 
 
@@ -66,7 +68,7 @@ def _datasets(data_args: UnlearnDataArguments, seed: int):
     return forget, retain
 
 
-def relearn(trainer, tokenizer, forget, retain, relearn_args: RelearnArguments):
+def relearn(trainer, model, tokenizer, forget, retain, relearn_args: RelearnArguments):
     """The relearning attack on the unlearned model: fine-tune on the attacker's rows, measure the held-out rows."""
     from .relearn import RelearnConfig, relearning_attack
 
@@ -83,7 +85,6 @@ def relearn(trainer, tokenizer, forget, retain, relearn_args: RelearnArguments):
         learning_rate=relearn_args.relearn_learning_rate, batch_size=relearn_args.relearn_batch_size,
         seed=trainer.args.seed, max_length=trainer.args.max_length or 512,
     )
-    model = trainer.accelerator.unwrap_model(trainer.model)
     rouge_tokens = "model" if "input_ids" in forget.column_names else "words"
     return relearning_attack(model, tokenizer, attacker, config, retain_dataset=retain, eval_forget=measured,
                              rouge_tokens=rouge_tokens)
@@ -105,20 +106,24 @@ def main(data_args: UnlearnDataArguments, relearn_args: RelearnArguments, traini
     trainer.train()
     if not push:
         trainer.save_model(training_args.output_dir)  # on every process: sharded set-ups gather collectively
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if has_sharded_weights(model):
+        # The relearning attack fine-tunes a copy on the main process alone: a plain model with the gathered weights
+        # (the other ranks wait at the barrier of end_distributed), never one rank inside the engine's collectives.
+        model = unsharded_model(trainer.accelerator, trainer.model_wrapped)
     if trainer.accelerator.is_main_process:
-        _finish(trainer, tokenizer, forget, retain, relearn_args, push)
+        _finish(trainer, model, tokenizer, forget, retain, relearn_args, push)
     end_distributed()
     return 0
 
 
-def _finish(trainer, tokenizer, forget, retain, relearn_args: RelearnArguments, push: bool) -> None:
+def _finish(trainer, model, tokenizer, forget, retain, relearn_args: RelearnArguments, push: bool) -> None:
     args = trainer.args
-    model = trainer.accelerator.unwrap_model(trainer.model)
     method = f"{args.method.upper()}{'' if args.smoothing == 'none' else '+' + args.smoothing.upper()}"
     os.makedirs(args.output_dir, exist_ok=True)
     if relearn_args.relearn_samples == 0:
         return
-    result = relearn(trainer, tokenizer, forget, retain, relearn_args)
+    result = relearn(trainer, model, tokenizer, forget, retain, relearn_args)
     with open(os.path.join(args.output_dir, "robustness.json"), "w") as handle:
         json.dump({"before_relearning": result.before.as_dict(), "after_relearning": result.after.as_dict(),
                    "recovery": result.recovery, "samples": len(result.samples), "steps": result.steps}, handle)

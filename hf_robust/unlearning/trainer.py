@@ -21,7 +21,7 @@ from datasets import Dataset, concatenate_datasets
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AutoModelForCausalLM, Trainer
 
-from ..sharding import ENGINE_LABELS, engine_of, local_tensor, refuse_before_work
+from ..sharding import ENGINE_LABELS, engine_of, inner_module, local_tensor, refuse_before_work
 from .config import UnlearnConfig
 from .reference import frozen_copy, prepare_reference
 from .objectives import (
@@ -399,7 +399,7 @@ class UnlearnTrainer(Trainer):
                 outputs["retain_logits"] = self._forward(reference, batch, "retain_")
             if needs["retain_activations"]:
                 outputs["retain_activations"] = self._forward(reference, batch, "retain_",
-                                                              layer=self._rmu_layer(reference))
+                                                              layer=self._rmu_layer(inner_module(reference)))
         return outputs
 
     def _forget_terms(self, model, batch, reference, parameters=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -472,14 +472,21 @@ class UnlearnTrainer(Trainer):
         if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
             self.optimizer.train()
         inputs = self._prepare_inputs(inputs)
+        if engine_of(self.accelerator) == "fsdp2":
+            # The Trainer's no_sync on early micro-steps would keep unsharded gradients that the smoothers cannot read.
+            model.set_requires_gradient_sync(True)
         with self.compute_loss_context_manager():
             reference = self._reference_outputs(model, inputs)
         step = {"sam": self._sam_step, "rs": self._rs_step, "gp": self._penalty_step, "cr": self._penalty_step}
         return step[smoothing](model, inputs, reference).detach()
 
     def _sync(self, model, last: bool):
-        """DDP all-reduces only in the last backward of a micro-step; the others accumulate locally (no_sync)."""
-        return contextlib.nullcontext() if last else self.accelerator.no_sync(model)
+        """DDP all-reduces only in the last backward of a micro-step; the others accumulate locally (no_sync). FSDP2
+        reduce-scatters every backward: its gradients stay sharded (no_sync would keep full unsharded copies), and
+        SAM's ascent then follows the gradient of all ranks' rows."""
+        if last or engine_of(self.accelerator) == "fsdp2":
+            return contextlib.nullcontext()
+        return self.accelerator.no_sync(model)
 
     def _backward(self, loss: torch.Tensor) -> None:
         kwargs = {"scale_wrt_gas": False} if self.is_deepspeed_enabled else {}
@@ -505,7 +512,7 @@ class UnlearnTrainer(Trainer):
         stash = [parameter.grad for parameter in parameters]
         for parameter in parameters:
             parameter.grad = None
-        with self.accelerator.no_sync(model):
+        with self._sync(model, last=False):
             with self.compute_loss_context_manager():
                 forget, weight = self._forget_loss(model, inputs, reference)
                 # Micro-batch means: only the direction of their gradient is used (its norm is logged).

@@ -6,6 +6,7 @@
 """
 
 import functools
+import re
 
 import pytest
 import torch
@@ -21,10 +22,17 @@ TRAINERS = {
     "cat_lora": ("cat_tiny.py", ["2", "lora"], ["4", "lora"], "attack_delta_norm"),
     "capo_lora": ("capo_tiny.py", ["2"], ["4"], "attack_delta_norm"),
     "sft_callback": ("sft_embedding_adversary.py", ["2"], ["4"], None),
+    # FSDP2 synchronises SAM's first backward: its ascent follows all ranks' rows, as 1 process x 4 rows does.
+    "npo_sam": ("unlearn_tiny.py", ["2", "1", "npo", "sam"], ["4", "1", "npo", "sam"], "sam_grad_norm"),
+    "npo": ("unlearn_tiny.py", ["2", "1", "npo", "none"], ["4", "1", "npo", "none"], None),
+    "npo_lora": ("unlearn_tiny.py", ["2", "1", "npo", "none", "lora"], ["4", "1", "npo", "none", "lora"], None),
+    "rmu": ("unlearn_tiny.py", ["2", "1", "rmu", "none"], ["4", "1", "rmu", "none"], None),
 }
+# Combinations refused before any work (tests below); the rest of the matrix runs.
+REFUSED = {("npo_sam", "zero2"), ("npo_sam", "zero3")}
 # In `make test`: every trainer under one sharded engine, every engine at least once.
 FAST = {("trainer", "zero2"), ("cat", "fsdp2"), ("cat", "zero3"), ("cat_lora", "zero3"), ("capo_lora", "fsdp2"),
-        ("sft_callback", "zero3")}
+        ("sft_callback", "zero3"), ("npo_sam", "fsdp2"), ("npo", "zero3"), ("rmu", "zero2")}
 TOLERANCE = 2e-5  # float noise of another summation order, amplified by the attack; a wrong shard is ~1e-3
 
 
@@ -38,6 +46,8 @@ def one_process(name: str) -> dict:
 def matrix():
     for name in TRAINERS:
         for engine in ("fsdp2", "zero2", "zero3"):
+            if (name, engine) in REFUSED:
+                continue
             marks = [] if (name, engine) in FAST else [pytest.mark.slow]
             yield pytest.param(name, engine, marks=marks, id=f"{name}-{engine}")
 
@@ -73,3 +83,16 @@ def test_sam_ascent_on_fsdp2_shards_equals_the_unsharded_ascent_and_restores_exa
         assert result["restored_exactly"]
         # The restore copy holds this rank's shard only: about half the weights on 2 ranks.
         assert result["buffer_elements"] == result["local_elements"] < 0.6 * result["full_elements"]
+
+
+@pytest.mark.parametrize(("engine", "smoothing", "message"), [
+    ("zero2", "sam", r"smoothing='sam' under DeepSpeed ZeRO-2 is not supported: .* Use FSDP2"),
+    pytest.param("zero3", "rs", r"smoothing='rs' under DeepSpeed ZeRO-3 is not supported: .* Use FSDP2",
+                 marks=pytest.mark.slow),
+    pytest.param("fsdp2", "gp", r"smoothing='gp' under FSDP2 is not supported: .* Use smoothing='sam'",
+                 marks=pytest.mark.slow),
+])
+def test_unsupported_smoothing_is_refused_on_every_rank_before_any_work(engine, smoothing, message):
+    for result in run_on(engine, SCRIPTS / "unlearn_refused.py", smoothing):
+        assert result["message"] is not None and re.search(message, result["message"]), result["message"]
+        assert result["untouched"]

@@ -190,3 +190,13 @@ def test_resuming_from_a_checkpoint_gives_the_uninterrupted_run(tmp_path):
     for name, value in resumed["text_encoder"].state_dict().items():
         torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-7, msg=name)
     assert changed(components["text_encoder"], snapshot(tiny_sd_components(seed=0)["text_encoder"]))
+
+
+@pytest.mark.parametrize(("engine", "label"), [("fsdp2", "FSDP2"), ("zero3", "DeepSpeed ZeRO-3")])
+def test_sharded_weight_engines_are_refused_before_any_work(tmp_path, monkeypatch, engine, label):
+    monkeypatch.setattr(trainer_module, "engine_of", lambda accelerator: engine)
+    components = tiny_sd_components(seed=0)
+    before = snapshot(components["text_encoder"])
+    with pytest.raises(ValueError, match=rf"AdvUnlearnTrainer under {label} is not supported: .* Use DDP"):
+        AdvUnlearnTrainer(components, config(tmp_path), concepts=["nudity"])
+    assert not changed(components["text_encoder"], before)

@@ -44,6 +44,7 @@ def main(per_device_batch_size: int, accumulation: int, method: str, smoothing: 
             optim="sgd", learning_rate=0.1, lr_scheduler_type="constant", max_grad_norm=1.0, seed=0, logging_steps=1,
             method=method, smoothing=smoothing, rho=0.5, retain_weight=0.7, rmu_layer=1, rmu_alpha=10.0,
         )
+        torch.manual_seed(0)  # the LoRA initialisation (drawn in the trainer) is the same in every set-up
         trainer = UnlearnTrainer(model=model, args=args, forget_dataset=token_rows(8, 1),
                                  retain_dataset=token_rows(8, 2), processing_class=tokenizer, peft_config=peft_config)
         trainer.train()

@@ -1,0 +1,71 @@
+"""The training commands finish under the sharded engines on 2 CPU processes (no rank left alone inside collectives,
+no hang: the harness's timeout fails the test) and write a model that `from_pretrained` loads, `robustness.json` and
+a card. `make test` runs `unlearn` and `cat` under ZeRO-3 and FSDP2; `make test-all` also `capo`.
+"""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from hf_robust.testing import tiny_causal_lm
+
+from .engines import SCRIPTS, run_on
+
+pytestmark = pytest.mark.distributed
+
+COMMON = ["--max_steps", "2", "--bf16", "false", "--report_to", "none", "--save_strategy", "no",
+          "--disable_tqdm", "true"]
+COMMANDS = {
+    "unlearn": ("hf_robust.unlearning.command",
+                ["--per_device_train_batch_size", "2", "--max_length", "32", "--relearn_samples", "2",
+                 "--learning_rate", "1e-3", "--method", "npo", "--smoothing", "none"]),
+    "cat": ("hf_robust.cat.cat_command",
+            ["--per_device_train_batch_size", "2", "--gradient_checkpointing", "false", "--eval_max_behaviours", "2",
+             "--attack_steps", "2", "--adversarial_fraction", "0.5", "--max_length", "128"]),
+    "capo": ("hf_robust.cat.capo_command",
+             ["--per_device_train_batch_size", "2", "--gradient_checkpointing", "false", "--eval_max_behaviours",
+              "2", "--attack_steps", "2", "--max_length", "128", "--use_peft", "--lora_r", "4",
+              "--lora_target_modules", "all-linear"]),
+}
+FAST = {("unlearn", "zero3"), ("unlearn", "fsdp2"), ("cat", "zero3"), ("cat", "fsdp2")}
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    model, tokenizer = tiny_causal_lm("llama")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def cases():
+    for command in COMMANDS:
+        for engine in ("zero3", "fsdp2"):
+            marks = [] if (command, engine) in FAST else [pytest.mark.slow]
+            yield pytest.param(command, engine, marks=marks, id=f"{command}-{engine}")
+
+
+@pytest.mark.parametrize(("command", "engine"), cases())
+def test_command_finishes_and_writes_a_loadable_model_with_its_card(tmp_path, model_folder, command, engine):
+    module, arguments = COMMANDS[command]
+    output = tmp_path / "out"
+    results = run_on(engine, SCRIPTS / "run_command.py", module, str(output), "--model_name_or_path", model_folder,
+                     *COMMON, *arguments, timeout=420)
+    files = set(results[0]["files"])
+    assert {"robustness.json", "README.md"} <= files, files
+    measured = json.loads((output / "robustness.json").read_text())
+    assert measured == results[0]["robustness"]
+    if "adapter_model.safetensors" in files:
+        from peft import AutoPeftModelForCausalLM
+
+        loaded = AutoPeftModelForCausalLM.from_pretrained(output)
+    else:
+        assert "model.safetensors" in files
+        loaded = AutoModelForCausalLM.from_pretrained(output)
+        original = AutoModelForCausalLM.from_pretrained(model_folder)
+        assert any(not torch.equal(parameter, original.state_dict()[name])
+                   for name, parameter in loaded.state_dict().items()), "the saved weights are the untrained ones"
+    assert all(torch.isfinite(parameter).all() for parameter in loaded.parameters())

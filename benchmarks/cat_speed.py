@@ -27,6 +27,7 @@ from speed_common import (
     memory_in_fresh_processes,
     peak_memory,
     print_table,
+    speed_model,
     timed,
 )
 
@@ -42,15 +43,8 @@ def build(options):
     from hf_robust.cat.cat_config import CATConfig
     from hf_robust.cat.cat_trainer import CATTrainer
     from hf_robust.cat.toy import toy_adversarial_dataset, toy_utility_dataset
-    from hf_robust.testing import load_smollm2, tiny_causal_lm
 
-    dtype = getattr(torch, options.dtype)
-    if options.model == "smollm2":
-        model, tokenizer = load_smollm2(dtype=dtype)
-    else:
-        model, tokenizer = tiny_causal_lm("llama", hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
-                                          num_attention_heads=4, num_key_value_heads=4)
-        model = model.to(dtype)
+    model, tokenizer = speed_model(options)
     model = get_peft_model(model.to(options.device), LoraConfig(r=options.lora_r, lora_alpha=16,
                                                                 target_modules="all-linear"))
     args = CATConfig(

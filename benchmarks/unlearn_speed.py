@@ -27,6 +27,7 @@ from speed_common import (
     memory_in_fresh_processes,
     peak_memory,
     print_table,
+    speed_model,
     timed,
 )
 
@@ -37,17 +38,10 @@ def build(options, smoothing: str):
     import torch
     from datasets import Dataset
 
-    from hf_robust.testing import load_smollm2, tiny_causal_lm
     from hf_robust.unlearning import UnlearnConfig, UnlearnTrainer
 
     torch.manual_seed(0)
-    dtype = getattr(torch, options.dtype)
-    if options.model == "smollm2":
-        model, tokenizer = load_smollm2(dtype=dtype)
-    else:
-        model, tokenizer = tiny_causal_lm("llama", hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
-                                          num_attention_heads=4, num_key_value_heads=4)
-        model = model.to(dtype)
+    model, tokenizer = speed_model(options)
     generator = torch.Generator().manual_seed(0)
     vocabulary = min(model.config.vocab_size, len(tokenizer)) - 1
 

@@ -69,6 +69,25 @@ def full_tensor(parameter: Tensor) -> Iterator[Tensor]:
         yield parameter.detach()
 
 
+@contextlib.contextmanager
+def whole_parameters(model: nn.Module) -> Iterator[nn.Module]:
+    """While active, a model loaded partitioned (DeepSpeed ZeRO-3 `zero3_init`, before the engine wraps it) holds its
+    whole weights on every rank, read-only; any other model as it is. A collective when partitioned."""
+    partitioned = [parameter for parameter in model.parameters() if is_zero3_partitioned(parameter)]
+    if not partitioned:
+        yield model
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None):
+        yield model
+
+
+def is_partitioned(model: nn.Module) -> bool:
+    """Whether `model` was loaded partitioned by DeepSpeed ZeRO-3 (`zero3_init`)."""
+    return any(is_zero3_partitioned(parameter) for parameter in model.parameters())
+
+
 def local_tensor(tensor: Tensor) -> Tensor:
     """This rank's part of `tensor`: the local shard of a DTensor, the tensor itself otherwise."""
     return tensor.to_local() if is_dtensor(tensor) else tensor

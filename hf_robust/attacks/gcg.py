@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..modeling import eval_mode
+from ..sharding import has_sharded_weights
 from .discrete import TokenSearchConfig, allowed_token_mask, token_search
 
 logger = logging.getLogger(__name__)
@@ -242,6 +243,7 @@ def gcg_attack(
                 max_new_tokens=len(target_ids),
                 do_sample=False,
                 pad_token_id=pad_token_id,
+                synced_gpus=has_sharded_weights(model),  # see hf_robust.cat.evaluation
             )
     new_tokens = generated[0, prompt_ids.shape[1] :].to(device)
     # An early end of sequence gives fewer tokens, hence no match.

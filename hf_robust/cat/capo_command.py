@@ -11,6 +11,7 @@ from trl import ModelConfig, TrlParser, get_peft_config
 
 from .capo_config import CAPOConfig
 from ..scripts import end_distributed, load_data, load_model
+from ..sharding import whole_parameters
 from .script import EvaluationArguments, attack_success, evaluation_behaviours, finish
 
 
@@ -37,7 +38,8 @@ def main(data_args: CAPODataArguments, evaluation: EvaluationArguments, training
     # Full fine-tuning scores the reference with a frozen copy; LoRA disables the adapter instead.
     ref_model = None if peft_config is not None else load_model(model_args, training_args.trust_remote_code)[0]
     behaviours = evaluation_behaviours(evaluation, training_args)
-    before = attack_success(model, tokenizer, behaviours, training_args.attack_config())
+    with whole_parameters(model):  # a ZeRO-3 (zero3_init) model is loaded partitioned: measured whole, on every rank
+        before = attack_success(model, tokenizer, behaviours, training_args.attack_config())
     push, training_args.push_to_hub = training_args.push_to_hub, False
     trainer = CAPOTrainer(model=model, ref_model=ref_model, args=training_args, train_dataset=dataset,
                           processing_class=tokenizer, peft_config=peft_config)

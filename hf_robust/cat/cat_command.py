@@ -11,6 +11,7 @@ from trl import ModelConfig, TrlParser, get_peft_config
 
 from .cat_config import CATConfig
 from ..scripts import end_distributed, load_data, load_model
+from ..sharding import whole_parameters
 from .script import EvaluationArguments, attack_success, evaluation_behaviours, finish
 
 
@@ -40,7 +41,8 @@ def main(data_args: CATDataArguments, evaluation: EvaluationArguments, training_
     utility = load_data(data_args.utility_dataset, data_args.utility_split, toy_utility_dataset, "utility_dataset")
     model, tokenizer = load_model(model_args, training_args.trust_remote_code)
     behaviours = evaluation_behaviours(evaluation, training_args)
-    before = attack_success(model, tokenizer, behaviours, training_args.attack_config())
+    with whole_parameters(model):  # a ZeRO-3 (zero3_init) model is loaded partitioned: measured whole, on every rank
+        before = attack_success(model, tokenizer, behaviours, training_args.attack_config())
     # The Trainer must not push checkpoints itself: the final push carries the robustness card.
     push, training_args.push_to_hub = training_args.push_to_hub, False
     trainer = CATTrainer(model=model, args=training_args, adversarial_dataset=adversarial, utility_dataset=utility,

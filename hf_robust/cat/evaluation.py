@@ -7,6 +7,7 @@ from datasets import Dataset
 
 from ..attacks.continuous import IGNORE_INDEX, EmbeddingAttackConfig, embedding_attack
 from ..modeling import eval_mode
+from ..sharding import has_sharded_weights
 
 
 def behaviour_ids(tokenizer, prompt: str, target: str) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -80,6 +81,9 @@ def embedding_attack_success_rate(model, tokenizer, behaviours, config: Embeddin
                 max_new_tokens=len(target_ids),
                 do_sample=False,
                 pad_token_id=pad_token_id,
+                # Synced only for sharded weights: transformers would sync whenever ZeRO-3 is on, and a plain model
+                # evaluated on the main process alone would then wait for the other ranks forever.
+                synced_gpus=has_sharded_weights(model),
             )
         # Early end of sequence gives fewer tokens, hence no match. With only `inputs_embeds`, decoder-only `generate` returns the new tokens alone.
         successes += int(torch.equal(generated[0, : len(target_ids)].to(device), target_ids))

@@ -18,7 +18,7 @@ from trl import ModelConfig, TrlParser, get_peft_config
 
 from ..hub import build_robustness_card, push_robust_to_hub
 from ..scripts import end_distributed, load_data, load_model
-from ..sharding import has_sharded_weights, unsharded_model
+from ..sharding import has_sharded_weights, is_partitioned, unsharded_model
 from .config import UnlearnConfig
 
 
@@ -101,8 +101,14 @@ def main(data_args: UnlearnDataArguments, relearn_args: RelearnArguments, traini
     model, tokenizer = load_model(model_args)
     # The Trainer must not push checkpoints itself: the final push carries the robustness card.
     push, training_args.push_to_hub = training_args.push_to_hub, False
+    peft_config = get_peft_config(model_args)
+    reference = None
+    if is_partitioned(model) and peft_config is None:
+        # Loaded partitioned (ZeRO-3 zero3_init): a deep copy would hold this rank's shards only, so the reference is
+        # loaded the same way as the policy, as trl loads DPO's reference.
+        reference, _ = load_model(model_args)
     trainer = UnlearnTrainer(model=model, args=training_args, forget_dataset=forget, retain_dataset=retain,
-                             processing_class=tokenizer, peft_config=get_peft_config(model_args))
+                             processing_class=tokenizer, peft_config=peft_config, ref_model=reference)
     trainer.train()
     if not push:
         trainer.save_model(training_args.output_dir)  # on every process: sharded set-ups gather collectively

@@ -19,6 +19,7 @@ from datasets import Dataset
 from rouge_score import rouge_scorer
 
 from ..modeling import eval_mode
+from ..sharding import has_sharded_weights
 
 __all__ = [
     "sequence_nll",
@@ -260,6 +261,8 @@ def _greedy_continuation(model, prefix: list[int], length: int, pad_id: int | No
         do_sample=False,
         num_beams=1,
         pad_token_id=pad_id,
+        # transformers syncs every rank's steps whenever ZeRO-3 is on; a plain model evaluated on one rank must not.
+        synced_gpus=has_sharded_weights(model),
     )
     return output[0, len(prefix) :].tolist()
 

@@ -37,7 +37,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def build(options):
     """(trainer, {"cat": batch, "sft": batch}) on one LoRA model: the CAT batch of n_a + n_u rows, and the same
     2 n_a + n_u sequences (away, toward, utility) as plain rows, which the trainer trains on with no attack."""
-    import torch
     from peft import LoraConfig, get_peft_model
 
     from hf_robust.cat.cat_config import CATConfig

@@ -7,7 +7,6 @@ Every function that gathers is a collective: all ranks must call it, the same nu
 import contextlib
 from collections.abc import Iterator
 
-import torch
 from torch import Tensor, nn
 
 ENGINE_NAMES = ("single", "ddp", "fsdp1", "fsdp2", "zero1", "zero2", "zero3")
@@ -129,6 +128,18 @@ def unsharded_model(accelerator, model: nn.Module) -> nn.Module | None:
     dtype = next(iter(state.values())).dtype
     plain.to(dtype=dtype).load_state_dict(state, strict=True)
     return plain.to(accelerator.device).eval()
+
+
+def on_main_process(accelerator, model: nn.Module, work):
+    """`work(plain)` on the main process alone, over a plain copy of a prepared model with sharded weights
+    (`unsharded_model`), while the other ranks wait; its (picklable) result is broadcast to every rank. A collective:
+    every rank calls it. For end-of-run and callback evaluations that must not run inside the engine's collectives."""
+    import torch.distributed
+
+    plain = unsharded_model(accelerator, model)
+    result = [work(plain) if accelerator.is_main_process else None]
+    torch.distributed.broadcast_object_list(result, src=0)
+    return result[0]
 
 
 def refuse_before_work(combination: str, why: str, instead: str) -> ValueError:

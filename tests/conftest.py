@@ -17,3 +17,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def model_folder(tmp_path_factory):
+    """A tiny Llama and its tokenizer saved as a local model folder, as the commands' --model_name_or_path takes."""
+    from hf_robust.testing import tiny_causal_lm
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model, tokenizer = tiny_causal_lm("llama")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)

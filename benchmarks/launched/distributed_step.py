@@ -90,14 +90,14 @@ def main(name: str, steps: int, warmup: int) -> None:
         trainer = build(name, model, tokenizer, output_dir, steps + warmup, clock)
         sam_bytes = []
         if name == "npo_sam":
-            original = trainer._restore_buffers
+            original = trainer.smoother.restore_buffers
 
             def recording(parameters):
                 buffers = original(parameters)
                 sam_bytes.append(sum(buffer.numel() * buffer.element_size() for buffer in buffers))
                 return buffers
 
-            trainer._restore_buffers = recording
+            trainer.smoother.restore_buffers = recording
         trainer.train()
         local_bytes = sum(local_tensor(parameter.detach()).numel() * parameter.element_size()
                           for parameter in trainer.model.parameters())

@@ -10,6 +10,7 @@ from transformers import TrainerCallback
 from ..attacks.continuous import EmbeddingAttackConfig
 from ..attacks.gcg import GCGConfig, gcg_attack
 from ..hub import RobustnessResult
+from ..sharding import has_sharded_weights, on_main_process
 from .evaluation import _checked_behaviours, embedding_attack_success_rate
 
 EMBEDDING_KEY = "robustness/embedding_attack_success_rate"
@@ -109,12 +110,16 @@ class RobustnessEvalCallback(TrainerCallback):
         accelerator = self.trainer.accelerator
         model = accelerator.unwrap_model(self.trainer.model)
         tokenizer = self.trainer.processing_class
-        with accelerator.split_between_processes(self.behaviours) as share:
-            outcomes = self._outcomes(model, tokenizer, share)
-        rates = {}
-        for key, values in outcomes.items():
-            values = gather_object(values)  # the list itself in a single process
-            rates[key] = sum(values) / len(values)
+        if has_sharded_weights(model):
+            # FSDP2 / ZeRO-3: every forward is a collective, so the processes cannot attack different behaviours;
+            # the main process attacks them all on a plain copy with the gathered weights, the others wait.
+            outcomes = on_main_process(accelerator, self.trainer.model_wrapped,
+                                       lambda plain: self._outcomes(plain, tokenizer, self.behaviours))
+        else:
+            with accelerator.split_between_processes(self.behaviours) as share:
+                outcomes = self._outcomes(model, tokenizer, share)
+            outcomes = {key: gather_object(values) for key, values in outcomes.items()}  # as is in one process
+        rates = {key: sum(values) / len(values) for key, values in outcomes.items()}
         self.seconds = time.perf_counter() - start
         configs = {EMBEDDING_KEY: ("embedding_attack", self.embedding_config), GCG_KEY: ("gcg", self.gcg_config)}
         self.results = [

@@ -62,7 +62,7 @@ def _cpu_config(engine: str, directory: str) -> Path:
 
 def _engine_environment(engine: str) -> dict[str, str]:
     if not engine.startswith("zero"):
-        # `ACCELERATE_USE_CPU` makes a plain `Accelerator()` or `TrainingArguments()` in the script join the gloo group.
+        # `ACCELERATE_USE_CPU`: a plain `Accelerator()` or `TrainingArguments()` in the script joins the gloo group.
         return {ENGINE_VARIABLE: engine, "ACCELERATE_USE_CPU": "true"}
     # With use_cpu, accelerate would skip DeepSpeed and run DDP: DeepSpeed on CPU is its CPU accelerator over gloo
     # (`training_arguments_for_engine`). Its shm op JIT-builds once (~150 s): inside the venv, once per venv.
@@ -205,7 +205,8 @@ def run_distributed(
             raise _launch_failure(
                 f"rank {record['rank']} ran accelerate's {record['distributed_type']}, not the {expected} that "
                 f"engine={engine!r} asks for"
-                + (" (on CPU, FSDP needs the test shim of PartialState._prepare_backend)" if engine == "fsdp2" else ""),
+                + (" (on CPU, FSDP needs the test shim of PartialState._prepare_backend)"
+                   if engine == "fsdp2" else ""),
                 command,
                 output,
             )
@@ -238,7 +239,7 @@ def _distributed_type() -> str | None:
     if state_module is None or not state_module.AcceleratorState._shared_state:
         return None
     distributed_type = state_module.AcceleratorState().distributed_type
-    # DDP on CPU processes is MULTI_CPU to accelerate; the harness's DDP engine accepts it (the shim reports MULTI_GPU).
+    # DDP on CPU processes is MULTI_CPU to accelerate: the harness's DDP engine accepts it (reported as MULTI_GPU).
     return "MULTI_GPU" if distributed_type.name == "MULTI_CPU" else distributed_type.name
 
 

@@ -21,6 +21,7 @@ from transformers import TrainerCallback
 
 from ..checks import is_integer
 from ..hub import RobustnessResult
+from ..sharding import has_sharded_weights, on_main_process
 from .metrics import UnlearningMetrics, right_padded, encode_rows, evaluate_unlearning, text_rows
 
 __all__ = ["RelearnConfig", "RelearnResult", "relearning_attack", "RelearningEvalCallback"]
@@ -331,11 +332,19 @@ class RelearningEvalCallback(TrainerCallback):
         self.history: list[RelearnResult] = []
 
     def on_evaluate(self, args, state, control, **kwargs):
-        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
-        result = relearning_attack(
-            model, self.trainer.processing_class, self.forget_dataset, self.config, self.retain_dataset,
-            self.eval_forget, **self.evaluation,
-        )  # fmt: skip
+        accelerator = self.trainer.accelerator
+        model = accelerator.unwrap_model(self.trainer.model)
+
+        def attack(attacked_model):
+            return relearning_attack(
+                attacked_model, self.trainer.processing_class, self.forget_dataset, self.config, self.retain_dataset,
+                self.eval_forget, **self.evaluation,
+            )  # fmt: skip
+
+        # FSDP2 / ZeRO-3: on the main process over a plain copy with the gathered weights, the others waiting (a
+        # copy of sharded weights would be partial, and one rank alone inside the collectives would hang).
+        result = on_main_process(accelerator, self.trainer.model_wrapped, attack) if has_sharded_weights(
+            model) else attack(model)
         self.history.append(result)
         self.results = result.robustness_results(self.dataset_name, self.split)
         self.trainer.log(result.log_values())

@@ -12,26 +12,21 @@ gradient accumulation and DDP give the big-batch objective. Smoothers needing se
 import contextlib
 import re
 import textwrap
-import warnings
-from dataclasses import dataclass
-from typing import Any
 
 import torch
-from datasets import Dataset, concatenate_datasets
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from datasets import Dataset
 from transformers import AutoModelForCausalLM, Trainer
 
-from ..sharding import ENGINE_LABELS, engine_of, inner_module, local_tensor, refuse_before_work
+from ..sharding import ENGINE_LABELS, engine_of, inner_module, refuse_before_work
 from .config import UnlearnConfig
+from .data import UnlearnDataCollator, pad_to, paired_dataset, stacked, tokenized
 from .reference import frozen_copy, prepare_reference
 from .objectives import (
     IGNORE_INDEX, activation_mse, gradient_ascent_loss, kl_to_reference, npo_loss, random_unit_vector, sequence_nll,
     simnpo_loss,
 )
-from .smoothing import (
-    WeightAveragingCallback, add_gaussian_noise, ascend_along_gradient, curvature_penalty, gradient_norm_penalty,
-    parameter_buffers, restored,
-)
+from .smoothers import make_smoother
+from .smoothing import WeightAveragingCallback
 
 # Window counts, in this order, gathered once per optimizer step.
 COUNTS = ("forget_sequences", "forget_tokens", "forget_positions", "retain_sequences", "retain_tokens",
@@ -47,83 +42,6 @@ def _is_peft_model(model) -> bool:
     except ImportError:
         return False
     return isinstance(model, PeftModel)
-
-
-def _tokenized(dataset, name: str, tokenizer, max_length: int | None) -> Dataset:
-    """`dataset` as `input_ids`/`labels` columns (labels = ids unless given), truncated, rows < 2 tokens dropped."""
-    if not isinstance(dataset, Dataset):
-        raise TypeError(f"`{name}` must be a datasets.Dataset with a `text` or `input_ids` column, "
-                        f"got {type(dataset).__name__}.")
-    columns = dataset.column_names
-    if "input_ids" in columns:
-        keep = ["input_ids"] + (["labels"] if "labels" in columns else [])
-
-        def convert(row):
-            ids = list(row["input_ids"])[:max_length]
-            labels = list(row["labels"])[:max_length] if "labels" in row else ids
-            if len(labels) != len(ids):
-                raise ValueError(f"`{name}`: `labels` and `input_ids` differ in length in a row.")
-            return {"input_ids": ids, "labels": labels}
-
-        tokenized = dataset.select_columns(keep).map(convert)
-    elif "text" in columns:
-        if tokenizer is None:
-            raise ValueError(
-                f"`processing_class` (a tokenizer) is required to tokenise the `text` column of `{name}`.")
-        if not all(isinstance(text, str) for text in dataset["text"]):
-            raise ValueError(f"`{name}`: the `text` column must hold strings.")
-
-        def tokenize(batch):
-            ids = tokenizer(batch["text"], truncation=max_length is not None, max_length=max_length)["input_ids"]
-            return {"input_ids": ids, "labels": ids}
-
-        tokenized = dataset.map(tokenize, batched=True, remove_columns=columns)
-    else:
-        raise ValueError(f"`{name}` needs a `text` (raw strings) or `input_ids` (token ids) column; got {columns}.")
-    kept = tokenized.filter(lambda row: sum(label != IGNORE_INDEX for label in row["labels"][1:]) > 0)
-    if len(kept) == 0:
-        raise ValueError(f"`{name}` has no row with a token to predict (at least 2 tokens after truncation).")
-    if len(kept) < len(tokenized):
-        warnings.warn(f"UnlearnTrainer: dropped {len(tokenized) - len(kept)} of {len(tokenized)} rows of `{name}` "
-                      "with no token to predict.", stacklevel=3)
-    return kept
-
-
-def paired_dataset(forget: Dataset, retain: Dataset | None, seed: int) -> Dataset:
-    """Columns `forget_input_ids`, `forget_labels` and, with `retain`, `retain_*` of a random retain row per forget
-    row (drawn with replacement, seeded). Both inputs have `input_ids` and `labels` columns."""
-    pairs = forget.rename_columns({"input_ids": "forget_input_ids", "labels": "forget_labels"})
-    if retain is None:
-        return pairs
-    generator = torch.Generator().manual_seed(seed)
-    indices = torch.randint(len(retain), (len(forget),), generator=generator).tolist()
-    partners = retain.select(indices).rename_columns({"input_ids": "retain_input_ids", "labels": "retain_labels"})
-    return concatenate_datasets([pairs, partners.flatten_indices()], axis=1)
-
-
-@dataclass
-class UnlearnDataCollator:
-    """Right-pads `forget_*` and `retain_*` rows: `{prefix}input_ids`, `{prefix}attention_mask`, `{prefix}labels`
-    (-100 at padding), each of shape (batch, longest row of that prefix)."""
-
-    pad_token_id: int
-
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = {}
-        for prefix in ("forget_", "retain_"):
-            if f"{prefix}input_ids" not in examples[0]:
-                continue
-            ids = [list(example[f"{prefix}input_ids"]) for example in examples]
-            labels = [list(example[f"{prefix}labels"]) for example in examples]
-            length = max(len(row) for row in ids)
-
-            def padded(rows, value):
-                return torch.tensor([row + [value] * (length - len(row)) for row in rows])
-
-            batch[f"{prefix}input_ids"] = padded(ids, self.pad_token_id)
-            batch[f"{prefix}attention_mask"] = padded([[1] * len(row) for row in ids], 0)
-            batch[f"{prefix}labels"] = padded(labels, IGNORE_INDEX)
-        return batch
 
 
 def _decoder_layers(model) -> torch.nn.ModuleList:
@@ -219,8 +137,8 @@ class UnlearnTrainer(Trainer):
         if self.has_retain_term and retain_dataset is None:
             raise ValueError(f"`retain_dataset` is required for method={args.method!r} (set retain_weight=0, or "
                              "rmu_alpha=0 for rmu, to unlearn without a retain term).")
-        forget = _tokenized(forget_dataset, "forget_dataset", processing_class, args.max_length)
-        retain = (_tokenized(retain_dataset, "retain_dataset", processing_class, args.max_length)
+        forget = tokenized(forget_dataset, "forget_dataset", processing_class, args.max_length)
+        retain = (tokenized(retain_dataset, "retain_dataset", processing_class, args.max_length)
                   if self.has_retain_term else None)
         pairs = paired_dataset(forget, retain, args.seed)
 
@@ -258,8 +176,7 @@ class UnlearnTrainer(Trainer):
             hidden = self.model.config.get_text_config().hidden_size
             self.steering = args.rmu_steering_coeff * random_unit_vector(hidden, args.seed).to(self.args.device)
         self._window_counts = None
-        self._buffers_for_restore = None
-        self._noise_generator = None
+        self.smoother = make_smoother(self)
         self._log_sums: dict[str, torch.Tensor] = {}
         self._windows_since_log = 0
 
@@ -286,7 +203,8 @@ class UnlearnTrainer(Trainer):
         if smoothing in ("sam", "rs", "gp", "cr") and engine.startswith("zero"):
             raise refuse_before_work(
                 combination, "its extra passes perturb the weights along the full gradient and restore them, but "
-                "DeepSpeed keeps gradients (ZeRO-2/3) and weights (ZeRO-3) inside its engine between backward and step",
+                "DeepSpeed keeps gradients (ZeRO-2/3) and weights (ZeRO-3) inside its engine between backward and "
+                "step",
                 "FSDP2 (--accelerate_config fsdp2; SAM and RS work on local shards there), DDP, or smoothing='none'")
         if smoothing in ("sam", "rs", "gp", "cr") and engine == "fsdp1":
             raise refuse_before_work(combination, "FSDP1 flattens the parameters; the smoothers work on FSDP2's "
@@ -339,7 +257,8 @@ class UnlearnTrainer(Trainer):
             return super().train(*args, **kwargs)
         finally:
             self._window_counts = None  # later calls (evaluation, tests) normalise by their own batch
-            self._buffers_for_restore = None  # the smoothers' weight copy lives only while training
+            if self.smoother is not None:
+                self.smoother.release()  # the smoothers' weight copy lives only while training
 
     def _divisor(self, count_name: str, local_count: torch.Tensor, model) -> torch.Tensor:
         """Window count / processes (DDP averages gradients) in training, else the batch's own count."""
@@ -387,9 +306,9 @@ class UnlearnTrainer(Trainer):
         with torch.no_grad(), self.compute_loss_context_manager(), self._reference_context(model):
             if needs["forget_nll"] and needs["retain_logits"]:
                 # One forward over both row sets (right padding leaves real positions unchanged).
-                logits = self._forward(reference, _stacked(batch), "stacked_")
+                logits = self._forward(reference, stacked(batch), "stacked_")
                 rows = batch["forget_input_ids"].shape[0]
-                forget_labels = _pad_to(batch["forget_labels"], logits.shape[1])
+                forget_labels = pad_to(batch["forget_labels"], logits.shape[1])
                 outputs["forget_nll"] = sequence_nll(logits[:rows], forget_labels)[0]
                 outputs["retain_logits"] = logits[rows:, : batch["retain_input_ids"].shape[1]]
             elif needs["forget_nll"]:
@@ -463,8 +382,8 @@ class UnlearnTrainer(Trainer):
         return (loss, None) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        """SAM, RS, GP and CR: several forward/backward passes into `.grad`, weights restored exactly; the Trainer
-        then clips and steps once. Other smoothings use the Trainer's own step on `compute_loss`."""
+        """SAM, RS, GP and CR (`smoothers`): several forward/backward passes into `.grad`, weights restored exactly;
+        the Trainer then clips and steps once. Other smoothings use the Trainer's own step on `compute_loss`."""
         smoothing = self.args.smoothing
         if smoothing in ("none", "wa"):
             return super().training_step(model, inputs, num_items_in_batch)
@@ -477,8 +396,7 @@ class UnlearnTrainer(Trainer):
             model.set_requires_gradient_sync(True)
         with self.compute_loss_context_manager():
             reference = self._reference_outputs(model, inputs)
-        step = {"sam": self._sam_step, "rs": self._rs_step, "gp": self._penalty_step, "cr": self._penalty_step}
-        return step[smoothing](model, inputs, reference).detach()
+        return self.smoother.step(model, inputs, reference).detach()
 
     def _sync(self, model, last: bool):
         """DDP all-reduces only in the last backward of a micro-step; the others accumulate locally (no_sync). FSDP2
@@ -499,123 +417,6 @@ class UnlearnTrainer(Trainer):
         self._backward(self._retain_coefficient * retain)
         self._record(model, retain_loss=retain)
         return self._retain_coefficient * retain.detach()
-
-    def _sam_step(self, model, inputs, reference) -> torch.Tensor:
-        """g = grad L_f(theta) (micro-batch mean); eps = rho g/||g||; forget gradient at theta + eps, retain at theta.
-
-        `.grad` of earlier micro-batches (GA > 1) is set aside during the first pass (moved, not copied) and put back
-        before the second, so the accumulated gradient is the sum of per-micro-batch SAM gradients.
-        """
-        whole = self.args.sam_target == "all"
-        coefficient = self._retain_coefficient
-        parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
-        stash = [parameter.grad for parameter in parameters]
-        for parameter in parameters:
-            parameter.grad = None
-        with self._sync(model, last=False):
-            with self.compute_loss_context_manager():
-                forget, weight = self._forget_loss(model, inputs, reference)
-                # Micro-batch means: only the direction of their gradient is used (its norm is logged).
-                first = forget / weight
-                if whole and self.has_retain_term:
-                    retain, retain_weight = self._retain_loss(model, inputs, reference)
-                    first = first + coefficient * retain / retain_weight
-                    self._record(model, retain_loss=retain)
-            self._backward(first)
-        self._record(model, forget_loss=forget)
-        with restored(parameters, self._restore_buffers(parameters)):
-            norm = ascend_along_gradient(parameters, self.args.rho, self._generator(parameters[0].device))
-            scaler = getattr(self.accelerator, "scaler", None)
-            self._record(model, sam_grad_norm=norm / (scaler.get_scale() if scaler is not None else 1.0),
-                         per_micro_step=True)
-            # g has served; the second pass accumulates on top of the earlier micro-batches' gradients (or, without
-            # them, writes fresh gradients: no zeroing pass).
-            for parameter, stashed in zip(parameters, stash):
-                parameter.grad = stashed
-            del stash
-            last = whole or not self.has_retain_term
-            with self._sync(model, last):
-                with self.compute_loss_context_manager():
-                    perturbed, _ = self._forget_loss(model, inputs, reference)
-                    loss = perturbed
-                    if whole and self.has_retain_term:
-                        loss = loss + coefficient * self._retain_loss(model, inputs, reference)[0]
-                self._backward(loss)
-            self._record(model, forget_loss_perturbed=perturbed)
-        if last:
-            return loss.detach()
-        return perturbed.detach() + self._retain_pass(model, inputs, reference)
-
-    def _restore_buffers(self, parameters: list[torch.nn.Parameter]) -> list[torch.Tensor]:
-        """One parameter-sized buffer for `restored` (the local shards under FSDP2; on CPU with
-        `smoothing_buffer_device='cpu'`), allocated once, reused every step and freed when training ends."""
-        device = "cpu" if self.args.smoothing_buffer_device == "cpu" else None
-        buffers = self._buffers_for_restore
-        locals_ = [local_tensor(parameter.detach()) for parameter in parameters]
-        if buffers is None or len(buffers) != len(parameters) or any(
-            buffer.shape != weight.shape or buffer.dtype != weight.dtype
-            or buffer.device != (torch.device(device) if device else weight.device)
-            for buffer, weight in zip(buffers, locals_)
-        ):
-            buffers = self._buffers_for_restore = parameter_buffers(parameters, device)
-        return buffers
-
-    def _generator(self, device) -> torch.Generator:
-        """The seeded generator of RS's noise and of the stochastic rounding of eps onto bf16 weights."""
-        if self._noise_generator is None:
-            self._noise_generator = torch.Generator(device=device).manual_seed(self.args.seed)
-        return self._noise_generator
-
-    def _rs_step(self, model, inputs, reference) -> torch.Tensor:
-        """Forget gradient averaged over `rs_samples` seeded Gaussian weight perturbations; retain at theta."""
-        samples = self.args.rs_samples
-        parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
-        generator = self._generator(parameters[0].device)
-        total = 0.0
-        with restored(parameters, self._restore_buffers(parameters)) as saved:
-            for index in range(samples):
-                if index:
-                    with torch.no_grad():
-                        for parameter, original in zip(parameters, saved):
-                            parameter.copy_(original)
-                add_gaussian_noise(parameters, self.args.rs_sigma, generator)
-                last = index == samples - 1 and not self.has_retain_term
-                with self._sync(model, last):
-                    with self.compute_loss_context_manager():
-                        forget, _ = self._forget_loss(model, inputs, reference)
-                    self._backward(forget / samples)
-                total = total + forget.detach() / samples
-        self._record(model, forget_loss=total)
-        return total + (self._retain_pass(model, inputs, reference) if self.has_retain_term else 0.0)
-
-    def _penalty_step(self, model, inputs, reference) -> torch.Tensor:
-        """GP: L_f + gp_coeff ||grad L_f||; CR: L_f + cr_coeff ||grad L_f(theta + eps) - grad L_f(theta)||, both on
-        the micro-batch mean and differentiated through (double backprop)."""
-        gradient_penalty = self.args.smoothing == "gp"
-        named = [(name, parameter) for name, parameter in self.accelerator.unwrap_model(model).named_parameters()
-                 if parameter.requires_grad]
-        parameters = [parameter for _, parameter in named]
-        # The fused SDPA kernels have no double backward; the math kernel is made of differentiable ops.
-        with self._sync(model, not self.has_retain_term), sdpa_kernel(SDPBackend.MATH):
-            with self.compute_loss_context_manager():
-                forget, weight = self._forget_loss(model, inputs, reference)
-                mean = forget / weight
-                if gradient_penalty:
-                    penalty = gradient_norm_penalty(mean, parameters)
-                    coefficient = self.args.gp_coeff
-                else:
-                    unwrapped = self.accelerator.unwrap_model(model)
-
-                    def loss_at(overrides):
-                        shifted, shifted_weight = self._forget_loss(unwrapped, inputs, reference, overrides)
-                        return shifted / shifted_weight
-
-                    penalty = curvature_penalty(mean, named, loss_at, self.args.rho)
-                    coefficient = self.args.cr_coeff
-                loss = weight * (mean + coefficient * penalty)
-            self._backward(loss)
-        self._record(model, forget_loss=forget, **{f"{self.args.smoothing}_penalty": weight * penalty})
-        return loss.detach() + (self._retain_pass(model, inputs, reference) if self.has_retain_term else 0.0)
 
     # ------------------------------------------------------------------ logging
 
@@ -641,20 +442,3 @@ class UnlearnTrainer(Trainer):
             logs.update({name: value / windows for name, value in zip(names, values.tolist())})
             self._log_sums, self._windows_since_log = {}, 0
         super().log(logs, start_time)
-
-
-def _pad_to(tensor: torch.Tensor, length: int, value: int = IGNORE_INDEX) -> torch.Tensor:
-    if tensor.shape[1] >= length:
-        return tensor
-    return torch.cat([tensor, tensor.new_full((tensor.shape[0], length - tensor.shape[1]), value)], dim=1)
-
-
-def _stacked(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """`stacked_input_ids`/`stacked_attention_mask`: forget rows then retain rows, right-padded to one length."""
-    length = max(batch["forget_input_ids"].shape[1], batch["retain_input_ids"].shape[1])
-    return {
-        "stacked_input_ids": torch.cat([_pad_to(batch[f"{prefix}input_ids"], length, 0) for prefix in
-                                        ("forget_", "retain_")]),
-        "stacked_attention_mask": torch.cat([_pad_to(batch[f"{prefix}attention_mask"], length, 0) for prefix in
-                                             ("forget_", "retain_")]),
-    }

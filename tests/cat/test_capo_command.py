@@ -4,20 +4,10 @@ import pytest
 from huggingface_hub import ModelCard
 
 from hf_robust import cli, robustness_results_from_card
-from hf_robust.testing import tiny_causal_lm
 
 FAST = ["--max_steps", "2", "--per_device_train_batch_size", "2", "--bf16", "false", "--gradient_checkpointing",
         "false", "--use_cpu", "true", "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true",
         "--eval_max_behaviours", "2", "--attack_steps", "2", "--max_length", "128"]
-
-
-@pytest.fixture(scope="module")
-def model_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    model, tokenizer = tiny_causal_lm("llama")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
 
 
 @pytest.mark.parametrize("peft", [True, False])

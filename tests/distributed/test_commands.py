@@ -9,8 +9,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from hf_robust.testing import tiny_causal_lm
-
 from .engines import SCRIPTS, run_on
 
 pytestmark = pytest.mark.distributed
@@ -30,15 +28,6 @@ COMMANDS = {
               "--lora_target_modules", "all-linear"]),
 }
 FAST = {("unlearn", "zero3"), ("unlearn", "fsdp2"), ("cat", "zero3"), ("cat", "fsdp2")}
-
-
-@pytest.fixture(scope="module")
-def model_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny_llama")
-    model, tokenizer = tiny_causal_lm("llama")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
 
 
 def cases():

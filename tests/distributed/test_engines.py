@@ -25,11 +25,13 @@ TRAINERS = {
     # FSDP2 synchronises SAM's first backward: its ascent follows all ranks' rows, as 1 process x 4 rows does.
     "npo_sam": ("unlearn_tiny.py", ["2", "1", "npo", "sam"], ["4", "1", "npo", "sam"], "sam_grad_norm"),
     "npo": ("unlearn_tiny.py", ["2", "1", "npo", "none"], ["4", "1", "npo", "none"], None),
+    # RS with zero noise runs its passes on the shards (restore, re-perturb) and must give plain NPO's update.
+    "npo_rs0": ("unlearn_tiny.py", ["2", "1", "npo", "rs0"], ["4", "1", "npo", "none"], None),
     "npo_lora": ("unlearn_tiny.py", ["2", "1", "npo", "none", "lora"], ["4", "1", "npo", "none", "lora"], None),
     "rmu": ("unlearn_tiny.py", ["2", "1", "rmu", "none"], ["4", "1", "rmu", "none"], None),
 }
 # Combinations refused before any work (tests below); the rest of the matrix runs.
-REFUSED = {("npo_sam", "zero2"), ("npo_sam", "zero3")}
+REFUSED = {("npo_sam", "zero2"), ("npo_sam", "zero3"), ("npo_rs0", "zero2"), ("npo_rs0", "zero3")}
 # In `make test`: every trainer under one sharded engine, every engine at least once.
 FAST = {("trainer", "zero2"), ("cat", "fsdp2"), ("cat", "zero3"), ("cat_lora", "zero3"), ("capo_lora", "fsdp2"),
         ("sft_callback", "zero3"), ("npo_sam", "fsdp2"), ("npo", "zero3"), ("rmu", "zero2")}
@@ -96,3 +98,13 @@ def test_unsupported_smoothing_is_refused_on_every_rank_before_any_work(engine, 
     for result in run_on(engine, SCRIPTS / "unlearn_refused.py", smoothing):
         assert result["message"] is not None and re.search(message, result["message"]), result["message"]
         assert result["untouched"]
+
+
+@pytest.mark.parametrize("engine", ["fsdp2", pytest.param("zero3", marks=pytest.mark.slow)])
+def test_evaluation_callbacks_under_sharded_weights_measure_what_one_process_does(engine):
+    two_processes = run_on(engine, SCRIPTS / "eval_callbacks.py", "2")
+    (one_process,) = run_on("ddp", SCRIPTS / "eval_callbacks.py", "4", num_processes=1)
+    assert one_process["rates"] and one_process["forget_nll"][0] > 0
+    for result in two_processes:  # every rank gets the main process's measurement
+        assert result["rates"] == pytest.approx(one_process["rates"], abs=1e-6)
+        assert result["forget_nll"] == pytest.approx(one_process["forget_nll"], rel=1e-4)

@@ -46,7 +46,8 @@ def main(per_device_batch_size: int, lora: bool) -> None:
     )
     with tempfile.TemporaryDirectory() as output_dir:
         args = CATConfig(
-            output_dir=output_dir, **training_arguments_for_engine(), bf16=False, gradient_checkpointing=False, max_steps=2,
+            output_dir=output_dir, **training_arguments_for_engine(), bf16=False, gradient_checkpointing=False,
+            max_steps=2,
             per_device_train_batch_size=per_device_batch_size, optim="sgd", learning_rate=0.5, seed=0,
             report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True, max_length=64,
             adversarial_fraction=0.5, mixing_stopping_strategy="all_exhausted",

@@ -24,7 +24,8 @@ def main(smoothing: str) -> None:
             message = None
         except ValueError as error:
             message = str(error)
-    save_rank_result({"message": message, "untouched": all(parameter.grad is None for parameter in model.parameters())})
+    untouched = all(parameter.grad is None for parameter in model.parameters())
+    save_rank_result({"message": message, "untouched": untouched})
 
 
 if __name__ == "__main__":

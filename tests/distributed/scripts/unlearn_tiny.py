@@ -1,6 +1,6 @@
 """UnlearnTrainer (NPO + SAM by default) on a tiny Llama; reports the initial and final parameters and the logs.
 
-Usage: unlearn_tiny.py PER_DEVICE_BATCH_SIZE GRADIENT_ACCUMULATION_STEPS [METHOD [SMOOTHING [lora]]]
+Usage: unlearn_tiny.py PER_DEVICE_BATCH_SIZE GRADIENT_ACCUMULATION_STEPS [METHOD [SMOOTHING|rs0 [lora]]]
 
 Runs under any engine of `run_distributed`; the final weights are gathered in full.
 
@@ -39,10 +39,13 @@ def main(per_device_batch_size: int, accumulation: int, method: str, smoothing: 
     initial = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
     with tempfile.TemporaryDirectory() as output_dir:
         args = UnlearnConfig(
-            output_dir=output_dir, **training_arguments_for_engine(), bf16=False, report_to="none", save_strategy="no", disable_tqdm=True,
+            output_dir=output_dir, **training_arguments_for_engine(), bf16=False, report_to="none", save_strategy="no",
+            disable_tqdm=True,
             max_steps=2, per_device_train_batch_size=per_device_batch_size, gradient_accumulation_steps=accumulation,
             optim="sgd", learning_rate=0.1, lr_scheduler_type="constant", max_grad_norm=1.0, seed=0, logging_steps=1,
-            method=method, smoothing=smoothing, rho=0.5, retain_weight=0.7, rmu_layer=1, rmu_alpha=10.0,
+            # "rs0": RS with zero noise, whose gradient is the plain objective's: its passes checked exactly.
+            method=method, smoothing=smoothing.removesuffix("0"), rs_sigma=0.0 if smoothing == "rs0" else 1e-4,
+            rho=0.5, retain_weight=0.7, rmu_layer=1, rmu_alpha=10.0,
         )
         torch.manual_seed(0)  # the LoRA initialisation (drawn in the trainer) is the same in every set-up
         trainer = UnlearnTrainer(model=model, args=args, forget_dataset=token_rows(8, 1),

@@ -142,13 +142,17 @@ def run_distributed(
         The objects passed to `save_rank_result`, ordered by rank (`len == num_processes`).
 
     Raises:
-        RuntimeError: the launch failed or timed out (the message carries the command and the output tail), or the
-            ranks that reported do not match `num_processes` (the world size was not what was asked for).
+        RuntimeError: the launch failed or timed out (the message carries the command and the output tail), the
+            ranks that reported do not match `num_processes` (the world size was not what was asked for), or a rank
+            ran another engine than `engine`.
+        ValueError: bad `num_processes`, `timeout` or `engine`.
     """
     if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
         raise ValueError(f"num_processes must be an integer >= 1, got {num_processes!r}")
     if not isinstance(timeout, (int, float)) or timeout <= 0:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {sorted(ENGINES)}, got {engine!r}")
     script = Path(script)
     if not script.is_file():
         raise FileNotFoundError(f"script {str(script)!r} does not exist or is not a file")

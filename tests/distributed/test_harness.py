@@ -95,3 +95,14 @@ def test_save_rank_result_outside_a_launched_run_is_rejected(monkeypatch):
 
 def test_finish_distributed_without_a_process_group_does_nothing():
     finish_distributed()
+
+
+def test_bad_engine_is_rejected():
+    with pytest.raises(ValueError, match=r"engine must be one of \['ddp', 'fsdp2', 'zero2', 'zero3'\]"):
+        run_distributed(SCRIPTS / "report_world.py", engine="fsdp")
+
+
+def test_fsdp2_that_silently_runs_ddp_fails_the_run():
+    # Without the test shim, accelerate 1.15/1.16 runs an FSDP config on CPU as DDP: the harness must say so.
+    with pytest.raises(RuntimeError, match=r"ran accelerate's MULTI_GPU, not the FSDP that engine='fsdp2' asks for"):
+        run_distributed(SCRIPTS / "train_tiny_llama.py", "2", engine="fsdp2")

@@ -58,3 +58,31 @@ def test_command_finishes_and_writes_a_loadable_model_with_its_card(tmp_path, mo
         assert any(not torch.equal(parameter, original.state_dict()[name])
                    for name, parameter in loaded.state_dict().items()), "the saved weights are the untrained ones"
     assert all(torch.isfinite(parameter).all() for parameter in loaded.parameters())
+
+
+@pytest.fixture(scope="module")
+def gaslite_files(tmp_path_factory):
+    from hf_robust.testing import tiny_sentence_transformer
+
+    folder = tmp_path_factory.mktemp("gaslite")
+    tiny_sentence_transformer().save(str(folder / "model"))
+    words = ["door", "tree", "path", "wall", "gate", "pond", "bench", "stone"]
+    (folder / "corpus.txt").write_text("\n".join(f"the {word} of the garden is green, number {i}"
+                                                 for i, word in enumerate(words)))
+    (folder / "queries.jsonl").write_text("\n".join(json.dumps({"query": f"where is the {word} in the garden"})
+                                                    for word in words[:6]))
+    return ["--model_name_or_path", str(folder / "model"), "--corpus", str(folder / "corpus.txt"), "--queries",
+            str(folder / "queries.jsonl"), "--info", "visit the garden shop", "--n_passages", "2", "--n_iters", "2",
+            "--n_grad", "4", "--topk", "16", "--n_candidates", "8", "--n_flip", "3", "--trigger_len", "5",
+            "--progress", "false", "--use_cpu", "true"]  # gloo processes under every launcher (no Trainer here)
+
+
+@pytest.mark.parametrize("engine", ["zero3", pytest.param("fsdp2", marks=pytest.mark.slow)])
+def test_gaslite_command_finishes_under_a_sharded_engine_config(tmp_path, gaslite_files, engine):
+    # GASLITE trains no model: its clusters are split over the processes whatever the engine, and the run ends.
+    output = tmp_path / "out"
+    results = run_on(engine, SCRIPTS / "run_command.py", "hf_robust.retrieval.command", str(output), *gaslite_files,
+                     timeout=420)
+    assert "gaslite.json" in results[0]["files"]
+    written = json.loads((output / "gaslite.json").read_text())
+    assert len(written["passages"]) == 2

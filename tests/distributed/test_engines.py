@@ -108,3 +108,22 @@ def test_evaluation_callbacks_under_sharded_weights_measure_what_one_process_doe
     for result in two_processes:  # every rank gets the main process's measurement
         assert result["rates"] == pytest.approx(one_process["rates"], abs=1e-6)
         assert result["forget_nll"] == pytest.approx(one_process["forget_nll"], rel=1e-4)
+
+
+def test_advunlearn_under_zero2_matches_one_process():
+    two_processes = run_on("zero2", SCRIPTS / "advunlearn_tiny.py", "1", "0")
+    (one_process,) = run_on("ddp", SCRIPTS / "advunlearn_tiny.py", "2", "0", num_processes=1)
+    assert [result["engine"] for result in two_processes] == ["zero2", "zero2"]
+    initial, final = one_process["initial"], one_process["final"]
+    assert max(float((final[name] - initial[name]).abs().max()) for name in final) > 1e-3
+    assert "attack_loss" in two_processes[0]["logs"][-1]  # step 1 (after the warm-up) was attacked
+    for name, parameter in final.items():
+        torch.testing.assert_close(two_processes[0]["final"][name], parameter, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("engine", [pytest.param("fsdp2", marks=pytest.mark.slow), "zero3"])
+def test_advunlearn_is_refused_before_any_work_under_sharded_weights(engine):
+    for result in run_on(engine, SCRIPTS / "advunlearn_refused.py"):
+        assert re.search(r"AdvUnlearnTrainer under (FSDP2|DeepSpeed ZeRO-3) is not supported: .* Use DDP",
+                         result["message"] or ""), result["message"]
+        assert result["untouched"]

@@ -15,9 +15,11 @@ from hf_robust.testing import finish_distributed, save_rank_result, training_arg
 
 def main(module_name: str, output_dir: str, arguments: list[str]) -> None:
     module = importlib.import_module(module_name)
+    parser = module.make_parser()
+    # The engine's CPU settings, where the command takes them (GASLITE has no Trainer: only `--use_cpu`).
     engine_flags = [item for key, value in training_arguments_for_engine().items()
-                    for item in (f"--{key}", str(value).lower())]
-    parsed = parse_script_args(module.make_parser(), ["--output_dir", output_dir, *arguments, *engine_flags])
+                    if f"--{key}" in parser._option_string_actions for item in (f"--{key}", str(value).lower())]
+    parsed = parse_script_args(parser, ["--output_dir", output_dir, *arguments, *engine_flags])
     module.main(*parsed)  # ends with barrier -> destroy_process_group
     robustness = os.path.join(output_dir, "robustness.json")
     save_rank_result({

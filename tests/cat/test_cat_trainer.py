@@ -353,3 +353,28 @@ def test_evaluation_uses_the_clean_utility_loss(tmp_path):
                          eval_dataset=utility_dataset(conversational=False), processing_class=tokenizer)
     metrics = trainer.evaluate()
     assert torch.isfinite(torch.tensor(metrics["eval_loss"])) and "eval_utility_loss" in metrics
+
+
+@pytest.mark.parametrize(("engine", "window_adversarial", "attacks"), [
+    ("fsdp2", 3, 1),  # another rank attacks in this window: a placeholder attack keeps the collectives in step
+    ("zero3", 3, 1),
+    ("ddp", 3, 0),    # DDP's attack forwards are local: nothing to keep in step
+    ("fsdp2", 0, 0),  # no rank has adversarial rows: no rank attacks
+])
+def test_a_rank_without_adversarial_rows_attacks_a_placeholder_under_sharded_weights(
+        tmp_path, monkeypatch, engine, window_adversarial, attacks):
+    trainer = make_trainer(tmp_path)
+    results = record_attacks(monkeypatch)
+    monkeypatch.setattr(cat_trainer_module, "engine_of", lambda accelerator: engine)
+    batch = collate(trainer, 0, 2)
+    trainer._window_counts = torch.tensor([window_adversarial, 40])
+    trainer.model.train()
+    clean = trainer.compute_loss(trainer.model, batch)
+    assert len(results) == attacks
+    trainer._window_counts, results[:] = None, []
+    monkeypatch.setattr(cat_trainer_module, "engine_of", lambda accelerator: "single")
+    torch.testing.assert_close(trainer.compute_loss(trainer.model, batch), clean * 40 / batch_utility_tokens(batch))
+
+
+def batch_utility_tokens(batch):
+    return float((batch["labels"][:, 1:] != -100).sum())

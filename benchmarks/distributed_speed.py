@@ -24,6 +24,7 @@ from tables import print_table  # noqa: E402
 STEP_SCRIPT = Path(__file__).parent / "launched" / "distributed_step.py"
 TRAINERS = ("sft", "cat", "npo", "npo_sam")
 ENGINES = ("ddp", "fsdp2", "zero3")
+REFUSED = {("npo_sam", "zero3"): "refused: SAM under ZeRO-3 (use FSDP2)"}
 
 
 def main() -> None:
@@ -38,6 +39,8 @@ def main() -> None:
     records = []
     for trainer in arguments.trainers:
         for engine in arguments.engines:
+            if (trainer, engine) in REFUSED:
+                continue
             ranks = run_on(engine, STEP_SCRIPT, trainer, str(arguments.steps), str(arguments.warmup), timeout=1200)
             records.append({"trainer": trainer, "engine": engine, "ranks": ranks})
             print(f"measured {trainer} under {engine}", file=sys.stderr)
@@ -54,6 +57,8 @@ def main() -> None:
                      f"{max(rank['peak_resident_mib'] for rank in ranks):.0f}",
                      f"{ranks[0]['local_weights_mib']:.1f} / {ranks[0]['weights_mib']:.1f}",
                      "-" if copy is None else f"{copy:.1f}"])
+    rows += [[trainer, engine, reason, "-", "-", "-", "-"] for (trainer, engine), reason in REFUSED.items()
+             if trainer in arguments.trainers and engine in arguments.engines]
     print_table(["trainer", "engine", "s / step", "vs DDP", "peak RSS MiB / rank", "weights MiB (rank / all)",
                  "SAM restore copy MiB / rank"], rows)
     if arguments.output:

@@ -99,8 +99,9 @@ def main(name: str, steps: int, warmup: int) -> None:
 
             trainer.smoother.restore_buffers = recording
         trainer.train()
-        local_bytes = sum(local_tensor(parameter.detach()).numel() * parameter.element_size()
-                          for parameter in trainer.model.parameters())
+        # This rank's part: a DTensor's local shard (FSDP2), a ZeRO-3 parameter's partition (`ds_tensor`).
+        local_bytes = sum((parameter.ds_tensor if hasattr(parameter, "ds_tensor") else local_tensor(
+            parameter.detach())).numel() * parameter.element_size() for parameter in trainer.model.parameters())
     save_rank_result({
         "engine": engine_of(trainer.accelerator), "step_seconds": statistics.median(clock.seconds[warmup:]),
         "peak_resident_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

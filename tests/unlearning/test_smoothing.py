@@ -260,3 +260,25 @@ def test_weight_averaging_without_a_snapshot_warns_and_keeps_the_weights(tmp_pat
     trainer = make_trainer(tmp_path, smoothing="wa", wa_start=10, max_steps=1)
     with pytest.warns(UserWarning, match="before wa_start=10"):
         trainer.train()
+
+
+@pytest.mark.parametrize("device", ["same", "cpu"])
+def test_sam_restore_copy_lives_only_while_training_and_can_sit_on_cpu(tmp_path, device):
+    trainer = make_trainer(tmp_path, method="npo", smoothing="sam", smoothing_buffer_device=device, max_steps=2)
+    seen = []
+    original = trainer.smoother.restore_buffers
+
+    def recording(parameters):
+        buffers = original(parameters)
+        seen.append([buffer.device.type for buffer in buffers])
+        return buffers
+
+    trainer.smoother.restore_buffers = recording
+    trainer.train()
+    assert len(seen) == 2 and all(kind == "cpu" for kinds in seen for kind in kinds)
+    assert trainer.smoother.buffers is None  # freed when training ended
+
+
+def test_bad_smoothing_buffer_device_is_named(tmp_path):
+    with pytest.raises(ValueError, match="smoothing_buffer_device"):
+        make_trainer(tmp_path, smoothing="sam", smoothing_buffer_device="gpu")

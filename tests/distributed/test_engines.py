@@ -23,7 +23,9 @@ TRAINERS = {
     "cat": ("cat_tiny.py", ["2"], ["4"], "attack_delta_norm"),
     "cat_lora": ("cat_tiny.py", ["2", "lora"], ["4", "lora"], "attack_delta_norm"),
     "capo_lora": ("capo_tiny.py", ["2"], ["4"], "attack_delta_norm"),
+    "capo": ("capo_tiny.py", ["2", "full"], ["4", "full"], "attack_delta_norm"),
     "sft_callback": ("sft_embedding_adversary.py", ["2"], ["4"], None),
+    "sft_callback_lora": ("sft_embedding_adversary.py", ["2", "lora"], ["4", "lora"], None),
     # FSDP2 synchronises SAM's first backward: its ascent follows all ranks' rows, as 1 process x 4 rows does.
     "npo_sam": ("unlearn_tiny.py", ["2", "1", "npo", "sam"], ["4", "1", "npo", "sam"], "sam_grad_norm"),
     "npo": ("unlearn_tiny.py", ["2", "1", "npo", "none"], ["4", "1", "npo", "none"], None),

@@ -1,6 +1,8 @@
 """CAPOTrainer with a LoRA adapter on a tiny Llama; reports the final parameters and the logged attack metrics.
 
-Usage: capo_tiny.py PER_DEVICE_BATCH_SIZE
+Usage: capo_tiny.py PER_DEVICE_BATCH_SIZE [full]
+
+With `full`, the whole model is trained against a frozen copy as trl's `ref_model` (trl prepares it for the engine).
 
 Runs under any engine of `run_distributed` (DDP, FSDP2, ZeRO-2/3); the final weights are gathered in full.
 
@@ -8,6 +10,7 @@ The attack works row by row and the IPO loss is a mean over rows, so 2 processes
 gradients) and 1 process × 4 rows see the same perturbations and take the same optimizer steps.
 """
 
+import copy
 import sys
 import tempfile
 
@@ -32,7 +35,7 @@ ROWS = [
 ]
 
 
-def main(per_device_batch_size: int) -> None:
+def main(per_device_batch_size: int, full: bool) -> None:
     model, tokenizer = tiny_causal_lm("llama")
     dataset = Dataset.from_list([
         {"prompt": [{"role": "user", "content": p}], "chosen": [{"role": "assistant", "content": c}],
@@ -62,20 +65,21 @@ def main(per_device_batch_size: int) -> None:
             attack_step_mode="relative",
             attack_optimizer="l2",
         )
+        adapter = None if full else LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
         trainer = CAPOTrainer(
-            model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-            peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False),
+            model=model, ref_model=copy.deepcopy(model).eval() if full else None, args=args, train_dataset=dataset,
+            processing_class=tokenizer, peft_config=adapter,
         )
         initial = {name: tensor.detach().clone() for name, tensor in trainer.model.named_parameters()
-                   if "lora_" in name}
+                   if full or "lora_" in name}
         trainer.train()
         report = trainer_report(trainer)
     report["initial"] = initial
-    report["final"] = {name: tensor for name, tensor in report["final"].items() if "lora_" in name}
+    report["final"] = {name: tensor for name, tensor in report["final"].items() if full or "lora_" in name}
     report["logs"] = [entry for entry in report["logs"] if "attack_loss" in entry]
     save_rank_result({**report, "world_size": trainer.accelerator.num_processes})
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]))
+    main(int(sys.argv[1]), sys.argv[2:] == ["full"])
     finish_distributed()

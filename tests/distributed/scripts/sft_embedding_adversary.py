@@ -1,6 +1,6 @@
 """A stock trl SFTTrainer with EmbeddingAdversaryCallback on a tiny Llama; reports the final parameters.
 
-Usage: sft_embedding_adversary.py PER_DEVICE_BATCH_SIZE
+Usage: sft_embedding_adversary.py PER_DEVICE_BATCH_SIZE [lora]
 
 Runs under any engine of `run_distributed` (DDP, FSDP2, ZeRO-2/3); the final weights are gathered in full.
 
@@ -11,6 +11,7 @@ normaliser counts tokens across processes (average_tokens_across_devices), so th
 import sys
 import tempfile
 
+import torch
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
@@ -31,8 +32,13 @@ PAIRS = [
 ]
 
 
-def main(per_device_batch_size: int) -> None:
+def main(per_device_batch_size: int, lora: bool) -> None:
     model, tokenizer = tiny_causal_lm("llama")
+    peft_config = None
+    if lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
     dataset = Dataset.from_list(
         [{"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": c}]} for p, c in PAIRS]
     )
@@ -57,8 +63,9 @@ def main(per_device_batch_size: int) -> None:
             disable_tqdm=True,
             max_length=64,
         )
+        torch.manual_seed(0)  # the LoRA initialisation (drawn in the trainer) is the same in every set-up
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                             callbacks=[callback])
+                             callbacks=[callback], peft_config=peft_config)
         trainer.train()
         report = trainer_report(trainer)
     attacked = callback.last_result is not None and float(callback.last_result.delta.norm()) > 0
@@ -66,5 +73,5 @@ def main(per_device_batch_size: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]))
+    main(int(sys.argv[1]), sys.argv[2:] == ["lora"])
     finish_distributed()

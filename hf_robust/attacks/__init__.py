@@ -7,6 +7,6 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
                     "perturbation_radius", "projected_gradient_descent", "user_turn_mask"],
     ".discrete": ["TokenFilter", "TokenObjective", "TokenSearchConfig", "TokenSearchResult", "allowed_token_mask",
                   "token_search", "tokenizer_round_trip"],
-    ".gcg": ["GCGConfig", "GCGResult", "gcg_attack"],
+    ".gcg": ["GCGConfig", "GCGResult", "UniversalGCGResult", "gcg_attack", "universal_gcg_attack"],
     "..modeling": ["eval_mode"],
 })

@@ -14,13 +14,18 @@ One iteration:
    (GASLITE); each (row, position) gradient is L2-normalised over the vocabulary (`normalize_gradient`) and the rows
    are averaged.
 2. **Candidates.** Disallowed tokens get -inf in the negated gradient; the `topk` best tokens per position are kept.
-3. **Greedy multi-coordinate step.** `n_flip` distinct random positions are visited in sorted order. At each, the
+3. **Step** (`config.step`). 'coordinate' (GASLITE), a greedy multi-coordinate step: `n_flip` distinct random positions are visited in sorted order. At each, the
    candidate tokens are the top `n_top_candidates` of the top-k list plus `n_candidates - n_top_candidates` tokens
    drawn with replacement from ranks `n_top_candidates..topk-1`, deduplicated, without the current token. Each
    candidate sequence differs from the current one at that position only; they are scored by `loss_from_ids` under
    `torch.no_grad()` in chunks of `batch_size`. The current (unflipped) sequence is always a candidate: candidates are
    taken in ascending-loss order and the first one with a strictly lower loss that passes the round-trip rule
    replaces the current sequence; if none does, the sequence is kept. So the loss never increases.
+   'batch' (GCG, Zou et al. 2023, as nanoGCG 0.3): `n_candidates` candidates, each with `n_replace` distinct random
+   positions set to tokens drawn uniformly from those positions' top-k lists (so a batch spreads over many
+   positions); duplicates and candidates failing the round-trip rule are dropped before scoring; the search moves to
+   the batch's best candidate even when it is worse (`buffer_size=0`) or keeps nanoGCG's buffer of the
+   `buffer_size` best sequences and continues from the best of them. The best sequence ever scored is returned.
 
 The model is never touched by the loop: gradients are taken with `torch.autograd.grad` with respect to the one-hot
 matrix only, so no parameter `.grad` is created. Train/eval mode is the objective's business (see
@@ -193,6 +198,21 @@ class TokenSearchConfig:
         metadata={"help": "Positions changed greedily per iteration. >= 1; above the number L of optimised positions, "
                   "max(1, int(0.67 * L)) is used."},
     )
+    step: str = field(
+        default="coordinate",
+        metadata={"help": "'coordinate' (GASLITE): greedy swaps at `n_flip` positions, a swap kept only if it lowers "
+                  "the loss. 'batch' (GCG): `n_candidates` candidates, each `n_replace` random positions set to "
+                  "random top-k tokens; move to the batch's best even when worse (`buffer_size`).",
+                  "choices": ["coordinate", "batch"]},
+    )
+    n_replace: int = field(
+        default=1, metadata={"help": "'batch' step: positions changed per candidate (GCG's n_replace). >= 1."}
+    )
+    buffer_size: int = field(
+        default=0,
+        metadata={"help": "'batch' step: 0 moves to the batch's best candidate every iteration (GCG); k >= 1 keeps "
+                  "the k best sequences seen and searches from the best of them (nanoGCG's buffer). >= 0."},
+    )
     n_grad: int = field(
         default=1,
         metadata={"help": "Gradient rows: 1 = the gradient at the current sequence; > 1 = GASLITE's average over the "
@@ -217,9 +237,11 @@ class TokenSearchConfig:
     def __post_init__(self):
         for name, minimum in (
             ("n_iters", 0), ("topk", 1), ("n_candidates", 1), ("n_top_candidates", 0), ("n_flip", 1),
-            ("n_grad", 1), ("batch_size", 1), ("seed", 0),
+            ("n_grad", 1), ("batch_size", 1), ("seed", 0), ("n_replace", 1), ("buffer_size", 0),
         ):
             check_integer(name, getattr(self, name), minimum)
+        if self.step not in ("coordinate", "batch"):
+            raise ValueError(f"`step` must be 'coordinate' or 'batch', got {self.step!r}.")
         if self.n_top_candidates > min(self.n_candidates, self.topk):
             raise ValueError(
                 f"`n_top_candidates` must be <= min(n_candidates, topk) = {min(self.n_candidates, self.topk)}, "
@@ -263,13 +285,15 @@ class TokenSearchResult:
     """Output of `token_search`.
 
     Attributes:
-        ids: LongTensor, shape (seq,), on `initial_ids.device`. The best sequence found; equal to `initial_ids`
-            outside `positions`.
-        loss: float. `loss_from_ids` of `ids` as scored during the search.
-        history: list of `iterations + 1` floats, non-increasing. `history[0]` is the initial loss, `history[t]` the
-            loss after iteration t.
-        iterations: int. Iterations run (fewer than `n_iters` after `time_limit` or `early_stop`).
+        ids: LongTensor, shape (seq,), on `initial_ids.device`. The best sequence found (lowest loss ever scored);
+            equal to `initial_ids` outside `positions`.
+        loss: float. `loss_from_ids` of `ids` as scored during the search: `min(history)`.
+        history: list of `iterations + 1` floats: `history[0]` is the initial loss, `history[t]` the loss of the
+            iterate after iteration t. Non-increasing for the 'coordinate' step and the 'batch' step with a buffer;
+            the GCG 'batch' step without buffer may move to a worse sequence.
+        iterations: int. Iterations run (fewer than `n_iters` after `time_limit`, `early_stop` or `stop`).
         seconds: float. Wall-clock time of the search.
+        stopped: bool. The `stop` callable ended the search.
     """
 
     ids: Tensor
@@ -277,6 +301,7 @@ class TokenSearchResult:
     history: list[float]
     iterations: int
     seconds: float
+    stopped: bool = False
 
 
 class _CallableObjective:
@@ -318,7 +343,8 @@ def _checked_loss(loss: Any, rows: int, method: str) -> Tensor:
     return loss
 
 
-def _validate(objective, initial_ids, positions, embedding_matrix, allowed, config, tokenizer, round_trip, callback):
+def _validate(objective, initial_ids, positions, embedding_matrix, allowed, config, tokenizer, round_trip, callback,
+              stop):
     config = TokenSearchConfig() if config is None else config
     if not isinstance(config, TokenSearchConfig):
         raise TypeError(f"`config` must be a TokenSearchConfig, got {type(config).__name__}.")
@@ -371,6 +397,8 @@ def _validate(objective, initial_ids, positions, embedding_matrix, allowed, conf
         raise TypeError(f"`tokenizer` must be a Hugging Face tokenizer, got {type(tokenizer).__name__}.")
     if callback is not None and not callable(callback):
         raise TypeError(f"`callback` must be a callable (iteration, loss) -> None, got {type(callback).__name__}.")
+    if stop is not None and not callable(stop):
+        raise TypeError(f"`stop` must be a callable ids (seq,) -> bool, got {type(stop).__name__}.")
     return objective, config
 
 
@@ -419,6 +447,78 @@ def _score(objective: TokenObjective, candidates: Tensor, batch_size: int) -> Te
     return torch.cat(losses)
 
 
+def _coordinate_step(objective, ids, loss, positions, top, n_flip, n_top, n_sampled, batch_size, round_trip,
+                     generator) -> tuple[Tensor, float]:
+    """GASLITE's greedy multi-coordinate step: keep a swap only if it lowers the loss and passes the round trip."""
+    length, topk = top.shape
+    flips = torch.randperm(length, generator=generator)[:n_flip].sort().values
+    for index in flips.tolist():
+        tokens = top[index, :n_top]
+        if n_sampled:
+            ranks = torch.randint(n_top, topk, (n_sampled,), generator=generator)
+            tokens = torch.cat([tokens, top[index, ranks]])
+        current = int(ids[positions[index]])
+        # Deduplicate in first-seen order; the current token is the unflipped sequence, scored already.
+        seen, unique = {current}, []
+        for token in tokens.tolist():
+            if token not in seen:
+                seen.add(token)
+                unique.append(token)
+        if not unique:
+            continue
+        candidates = ids.unsqueeze(0).repeat(len(unique), 1)
+        candidates[:, positions[index]] = torch.tensor(unique, device=ids.device)
+        losses = _score(objective, candidates, batch_size).cpu()
+        for row in torch.sort(losses, stable=True).indices.tolist():
+            if not float(losses[row]) < loss:
+                break  # the current sequence is next in ascending order: keep it
+            if round_trip is None or bool(round_trip(candidates[row])):
+                ids, loss = candidates[row].clone(), float(losses[row])
+                break
+    return ids, loss
+
+
+def _batch_step(objective, ids, loss, positions, top, config, round_trip, generator, buffer) -> tuple[Tensor, float]:
+    """GCG's step: `n_candidates` candidates spread over random positions, each `n_replace` positions set to tokens
+    drawn uniformly from their top-k lists; candidates failing the round trip are dropped before scoring."""
+    length, topk = top.shape
+    n_replace = min(config.n_replace, length)
+    at = torch.rand(config.n_candidates, length, generator=generator).argsort(dim=1)[:, :n_replace]  # (W, r)
+    ranks = torch.randint(topk, (config.n_candidates, n_replace), generator=generator)
+    candidates = ids.cpu().unsqueeze(0).repeat(config.n_candidates, 1)
+    candidates.scatter_(1, positions.cpu()[at], top[at, ranks])
+    candidates = candidates[_first_occurrences(candidates)]
+    candidates = candidates[(candidates != ids.cpu()).any(dim=1)]  # a candidate equal to the iterate is no move
+    if round_trip is not None and candidates.shape[0]:
+        candidates = candidates[torch.tensor([bool(round_trip(row)) for row in candidates], dtype=torch.bool)]
+    if not candidates.shape[0]:
+        logger.debug("token_search: no candidate survived the round trip; the iterate stays")
+        return ids, loss
+    candidates = candidates.to(ids.device)
+    losses = _score(objective, candidates, config.batch_size).cpu()
+    row = int(losses.argmin())
+    found, found_loss = candidates[row].clone(), float(losses[row])
+    if config.buffer_size == 0:
+        return found, found_loss  # GCG: the batch's best, even when worse than the iterate
+    if len(buffer) < config.buffer_size:
+        buffer.append((found_loss, found))
+    elif found_loss < buffer[-1][0]:
+        buffer[-1] = (found_loss, found)
+    buffer.sort(key=lambda item: item[0])
+    return buffer[0][1], buffer[0][0]
+
+
+def _first_occurrences(rows: Tensor) -> Tensor:
+    """Indices of the first occurrence of each distinct row, in first-seen order: LongTensor (n_unique,)."""
+    seen, keep = set(), []
+    for index, row in enumerate(rows.tolist()):
+        key = tuple(row)
+        if key not in seen:
+            seen.add(key)
+            keep.append(index)
+    return torch.tensor(keep, dtype=torch.long)
+
+
 def token_search(
     objective: TokenObjective | Callable[[Tensor], Tensor],
     initial_ids: Tensor,
@@ -430,6 +530,7 @@ def token_search(
     tokenizer: Any = None,
     round_trip: Callable[[Tensor], bool] | None = None,
     callback: Callable[[int, float], None] | None = None,
+    stop: Callable[[Tensor], bool] | None = None,
 ) -> TokenSearchResult:
     """Gradient-guided greedy token search minimising `objective` over the tokens at `positions` (module docstring).
 
@@ -452,6 +553,8 @@ def token_search(
             assumed valid. Neither given: no round-trip rule.
         callback: Called after every iteration as `callback(iteration, loss)` (iteration counted from 1), e.g. for a
             caller's own progress bar that shows its objective instead of the loss.
+        stop: Called after every iteration with the best sequence so far (seq,); True ends the search (e.g. GCG's
+            early stop once the target is the model's greedy output).
 
     Returns:
         `TokenSearchResult` with `ids` (seq,), `loss`, `history`, `iterations` and `seconds`.
@@ -463,7 +566,7 @@ def token_search(
             `round_trip`, or an objective output of the wrong shape.
     """
     objective, config = _validate(
-        objective, initial_ids, positions, embedding_matrix, allowed, config, tokenizer, round_trip, callback
+        objective, initial_ids, positions, embedding_matrix, allowed, config, tokenizer, round_trip, callback, stop
     )
     start = time.perf_counter()
     device = embedding_matrix.device
@@ -483,55 +586,43 @@ def token_search(
 
     loss = float(_score(objective, ids.unsqueeze(0), 1)[0])
     history = [loss]
+    best_ids, best_loss = ids, loss
+    buffer = [(loss, ids)]  # 'batch' step with buffer_size >= 1: the best sequences seen, ascending loss
     logger.debug("token_search: L=%d, V=%d, %d allowed, initial loss %.6g", length, allowed.numel(),
                  allowed_ids.numel(), loss)
-    iterations = 0
+    iterations, stopped = 0, False
     bar = tqdm(total=config.n_iters, desc="token search", disable=not config.progress)
     try:
         for _ in range(config.n_iters):
-            if config.early_stop is not None and loss <= config.early_stop:
+            if config.early_stop is not None and best_loss <= config.early_stop:
                 break
             if config.time_limit is not None and time.perf_counter() - start >= config.time_limit:
                 break
             scores = _token_scores(objective, ids, positions, embedding_matrix, allowed_ids, config, generator)
             scores = scores.masked_fill(~allowed, -math.inf)
             top = scores.topk(topk, dim=-1).indices.cpu()  # (L, topk)
-            flips = torch.randperm(length, generator=generator)[:n_flip].sort().values
-            for index in flips.tolist():
-                tokens = top[index, :n_top]
-                if n_sampled:
-                    ranks = torch.randint(n_top, topk, (n_sampled,), generator=generator)
-                    tokens = torch.cat([tokens, top[index, ranks]])
-                current = int(ids[positions[index]])
-                # Deduplicate in first-seen order; the current token is the unflipped sequence, scored already.
-                seen, unique = {current}, []
-                for token in tokens.tolist():
-                    if token not in seen:
-                        seen.add(token)
-                        unique.append(token)
-                if not unique:
-                    continue
-                candidates = ids.unsqueeze(0).repeat(len(unique), 1)
-                candidates[:, positions[index]] = torch.tensor(unique, device=device)
-                losses = _score(objective, candidates, config.batch_size).cpu()
-                order = torch.sort(losses, stable=True).indices.tolist()
-                for row in order:
-                    if not float(losses[row]) < loss:
-                        break  # the current sequence is next in ascending order: keep it
-                    if round_trip is None or bool(round_trip(candidates[row])):
-                        ids, loss = candidates[row].clone(), float(losses[row])
-                        break
+            if config.step == "coordinate":
+                ids, loss = _coordinate_step(objective, ids, loss, positions, top, n_flip, n_top, n_sampled,
+                                             config.batch_size, round_trip, generator)
+            else:
+                ids, loss = _batch_step(objective, ids, loss, positions, top, config, round_trip, generator, buffer)
+            if loss < best_loss:
+                best_ids, best_loss = ids, loss
             iterations += 1
             history.append(loss)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4g}")
+            bar.set_postfix(loss=f"{loss:.4g}", best=f"{best_loss:.4g}")
             logger.debug("token_search: iteration %d, loss %.6g", iterations, loss)
             if callback is not None:
                 callback(iterations, loss)
+            if stop is not None and bool(stop(best_ids)):
+                stopped = True
+                break
     finally:
         bar.close()
+    ids, loss = best_ids, best_loss
     seconds = time.perf_counter() - start
     logger.debug("token_search: %d iterations, loss %.6g -> %.6g in %.2fs", iterations, history[0], loss, seconds)
     return TokenSearchResult(
-        ids=ids.to(output_device), loss=loss, history=history, iterations=iterations, seconds=seconds
+        ids=ids.to(output_device), loss=loss, history=history, iterations=iterations, seconds=seconds, stopped=stopped
     )

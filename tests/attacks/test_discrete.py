@@ -358,3 +358,94 @@ def test_gradient_ranks_exactly_on_a_linear_objective():
     best = (weight @ directions[positions].T).masked_fill(~allowed.unsqueeze(1), float("inf")).argmin(0)
     assert torch.equal(result.ids[positions], best)
     assert result.loss == pytest.approx(objective(weight[result.ids].unsqueeze(0)).item(), abs=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The 'batch' step (GCG)
+# --------------------------------------------------------------------------------------------------------------------
+
+BATCH = dict(n_iters=3, topk=8, n_candidates=24, n_top_candidates=0, step="batch", batch_size=64, seed=0)
+
+
+class Recording:
+    """Wraps an objective and keeps every candidate batch scored by `loss_from_ids`."""
+
+    def __init__(self, objective):
+        self.objective = objective
+        self.batches = []
+
+    def loss_from_embeds(self, embeds):
+        return self.objective.loss_from_embeds(embeds)
+
+    def loss_from_ids(self, ids):
+        self.batches.append(ids.clone())
+        return self.objective.loss_from_ids(ids)
+
+
+class DistanceToStart:
+    """Squared distance of the embeddings to those of the start: the start is the unique minimum (loss 0)."""
+
+    def __init__(self, weight, start):
+        self.weight = weight.detach()
+        self.reference = self.weight[start]
+
+    def loss_from_embeds(self, embeds):
+        return ((embeds.float() - self.reference) ** 2).sum(dim=(1, 2))
+
+    def loss_from_ids(self, ids):
+        return self.loss_from_embeds(self.weight[ids])
+
+
+@pytest.mark.parametrize("n_replace", [1, 2])
+def test_batch_candidates_spread_over_positions_with_n_replace_changes(gcg, n_replace):
+    _, _, objective, ids, positions, weight, allowed = gcg
+    recording = Recording(objective)
+    config = TokenSearchConfig(**{**BATCH, "n_iters": 1, "n_replace": n_replace})
+    token_search(recording, ids, positions, weight, allowed, config)
+    candidates = torch.cat(recording.batches[1:])  # batch 0 is the initial sequence
+    changed = candidates != ids
+    assert (changed.sum(dim=1) <= n_replace).all() and (changed.sum(dim=1) >= 1).all()
+    assert changed.any(dim=0).nonzero().flatten().numel() >= 2  # one iteration's batch covers several positions
+    assert set(changed.any(dim=0).nonzero().flatten().tolist()) <= set(positions.tolist())
+    assert allowed[candidates[changed]].all()
+    assert candidates.unique(dim=0).shape[0] == candidates.shape[0]  # deduplicated
+
+
+def test_batch_step_moves_to_a_worse_candidate_and_returns_the_best_ever(gcg):
+    _, _, _, ids, positions, weight, allowed = gcg
+    objective = DistanceToStart(weight, ids)
+    result = token_search(objective, ids, positions, weight, allowed, TokenSearchConfig(**BATCH))
+    assert result.history[0] == 0.0 and result.history[1] > 0.0  # GCG moved to the batch's best, a worse sequence
+    assert torch.equal(result.ids, ids) and result.loss == 0.0  # the best ever is returned
+    buffered = token_search(objective, ids, positions, weight, allowed,
+                            TokenSearchConfig(**{**BATCH, "buffer_size": 1}))
+    assert buffered.history == [0.0] * (BATCH["n_iters"] + 1)  # a buffer of one only accepts improvements
+
+
+def test_batch_step_drops_candidates_failing_the_round_trip_before_scoring(gcg):
+    _, tokenizer, objective, ids, positions, weight, allowed = gcg
+    recording = Recording(objective)
+    rule = tokenizer_round_trip(tokenizer, positions)
+    token_search(recording, ids, positions, weight, allowed, TokenSearchConfig(**BATCH), round_trip=rule)
+    scored = torch.cat(recording.batches[1:])
+    assert all(rule(row) for row in scored)
+    recording.batches.clear()
+    result = token_search(recording, ids, positions, weight, allowed, TokenSearchConfig(**BATCH),
+                          round_trip=lambda row: False)
+    assert len(recording.batches) == 1 and torch.equal(result.ids, ids)  # nothing survives: nothing scored
+
+
+def test_stop_callable_ends_the_search(gcg):
+    _, _, objective, ids, positions, weight, allowed = gcg
+    seen = []
+    result = token_search(objective, ids, positions, weight, allowed, TokenSearchConfig(**BATCH),
+                          stop=lambda best: seen.append(best.clone()) or True)
+    assert result.stopped and result.iterations == 1 and len(seen) == 1
+    with pytest.raises(TypeError, match="`stop`"):
+        token_search(objective, ids, positions, weight, allowed, TokenSearchConfig(**BATCH), stop=3)
+    with pytest.raises(ValueError, match="`step`"):
+        TokenSearchConfig(step="greedy")
+    with pytest.raises(ValueError, match="`n_replace`"):
+        TokenSearchConfig(n_replace=0)
+    with pytest.raises(ValueError, match="`buffer_size`"):
+        TokenSearchConfig(buffer_size=-1)

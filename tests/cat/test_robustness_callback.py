@@ -12,7 +12,7 @@ from hf_robust.testing import tiny_causal_lm
 
 # A few steps keep the test fast; the checks compare with direct calls, so the attacks need not be strong.
 EMBEDDING = EmbeddingAttackConfig(eps=1.0, steps=3, step_size=0.1, step_mode="relative", optimizer="adam")
-GCG = GCGConfig(n_iters=2, topk=8, n_candidates=8, suffix_init="! ! !")
+GCG = GCGConfig(n_iters=2, topk=8, search_width=8, suffix_init="! ! !")
 
 
 def sft_trainer(tmp_path, max_steps=2):

@@ -5,7 +5,7 @@ their `hf-robust` subcommands."""
 
 __version__ = "0.1.0"
 
-from . import cat, erasure, retrieval, unlearning  # noqa: F401,E402 (registers the subcommands; cheap)
+from . import cat, erasure, evaluation, retrieval, unlearning  # noqa: F401,E402 (registers the subcommands; cheap)
 from .lazy import lazy_exports  # noqa: E402
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {

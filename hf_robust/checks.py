@@ -3,6 +3,7 @@ allowed, so that bad input fails early and says how to fix it."""
 
 import math
 import numbers
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -36,3 +37,25 @@ def check_texts(name: str, value: Any) -> None:
         raise TypeError(f"`{name}` must be a list of strings, got {type(value).__name__}.")
     if len(value) == 0:
         raise ValueError(f"`{name}` must not be empty.")
+
+
+def checked_behaviours(behaviours: Any) -> list[tuple[str, str]]:
+    """[(prompt, target)] from a list of {"prompt", "target"} mappings or a `datasets.Dataset` with those columns.
+
+    Raises:
+        TypeError: `behaviours` is a string, a mapping or has no length.
+        ValueError: it is empty, or a row lacks a non-empty string prompt or target (the message names the row).
+    """
+    if isinstance(behaviours, (str, bytes, Mapping)) or not hasattr(behaviours, "__len__"):
+        raise TypeError("`behaviours` must be a list of {'prompt', 'target'} mappings or a datasets.Dataset with those "
+                        f"columns, got {type(behaviours).__name__}.")
+    rows = [behaviours[index] for index in range(len(behaviours))]
+    if not rows:
+        raise ValueError("`behaviours` is empty: give at least one {'prompt': ..., 'target': ...}.")
+    pairs = []
+    for index, row in enumerate(rows):
+        if not isinstance(row, Mapping) or not all(isinstance(row.get(key), str) and row.get(key)
+                                                   for key in ("prompt", "target")):
+            raise ValueError(f"`behaviours[{index}]` must have non-empty string 'prompt' and 'target', got {row!r}.")
+        pairs.append((row["prompt"], row["target"]))
+    return pairs

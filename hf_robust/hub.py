@@ -13,6 +13,7 @@ like any other evaluation. One `RobustnessResult` becomes one `EvalResult`:
     value                ->   metric_value    (metrics[].value)
     attack               ->   metric_config   (metrics[].config), also in metric_name "<metric> under <attack>"
     attack_config        ->   metric_args     (metrics[].args)
+    attack_preset        ->   metric_args["preset"], also in metric_name "<metric> under <attack> (<preset>)"
 
 The attack and its settings sit on the metric, not on the dataset, because huggingface_hub groups results by
 (task, dataset type, config, split, revision) and keeps the dataset fields of the first result of each group only.
@@ -56,6 +57,7 @@ ACCEPTED_OBJECTS = (
 )
 AUTO_CLASS_FOR_TASK = {"text-generation": "AutoModelForCausalLM"}
 PEFT_AUTO_CLASS_FOR_TASK = {"text-generation": "AutoPeftModelForCausalLM"}
+PRESET_KEY = "preset"  # the metric args key holding `RobustnessResult.attack_preset`
 
 
 def _check_text(value: Any, name: str, *, optional: bool = False) -> None:
@@ -71,8 +73,9 @@ def _check_text(value: Any, name: str, *, optional: bool = False) -> None:
 def _plain_setting(value: Any, path: str) -> Any:
     """Return `value` as plain YAML data (str, int, float, bool, None, list, dict with str keys).
 
-    Tuples become lists and numpy-style scalars become Python numbers, so that the card's YAML (written with
-    `yaml.dump`, read with `yaml.safe_load`) gives the same value back.
+    Tuples become lists, numpy-style scalars become Python numbers and dict entries whose value is None are left
+    out (huggingface_hub drops them from `model-index`), so that the card's YAML (written with `yaml.dump`, read
+    with `yaml.safe_load`) gives the same value back.
     """
     if value is None or isinstance(value, (str, bool)):
         return value
@@ -87,7 +90,8 @@ def _plain_setting(value: Any, path: str) -> Any:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise TypeError(f"`{path}` keys must be strings, got {key!r}.")
-            plain[key] = _plain_setting(item, f"{path}[{key!r}]")
+            if item is not None:
+                plain[key] = _plain_setting(item, f"{path}[{key!r}]")
         return plain
     raise TypeError(
         f"`{path}` must hold only str, int, float, bool, None, lists and dicts, got {type(value).__name__}."
@@ -107,7 +111,10 @@ class RobustnessResult:
         task: Hub task identifier, e.g. "text-generation", "text-to-image", "sentence-similarity".
         split: Dataset split the attack was run on, if any.
         attack_config: The attack's settings (steps, epsilon, ...), so a reader knows how it was measured.
-            Plain YAML data only; tuples are stored as lists.
+            Plain YAML data only; tuples are stored as lists and None entries left out. The key "preset" is
+            reserved for `attack_preset`.
+        attack_preset: Name of the evaluation preset that produced the value (`hf_robust.evaluation.presets`, e.g.
+            "strong"), or None for a custom attack.
     """
 
     attack: str
@@ -118,12 +125,14 @@ class RobustnessResult:
     task: str = "text-generation"
     split: str | None = None
     attack_config: dict[str, Any] = field(default_factory=dict)
+    attack_preset: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("attack", "metric", "dataset", "task"):
             _check_text(getattr(self, name), name)
         _check_text(self.dataset_type, "dataset_type", optional=True)
         _check_text(self.split, "split", optional=True)
+        _check_text(self.attack_preset, "attack_preset", optional=True)
         if self.dataset_type is None:
             self.dataset_type = self.dataset
         if isinstance(self.value, bool) or not isinstance(self.value, numbers.Real):
@@ -133,10 +142,14 @@ class RobustnessResult:
             raise ValueError(f"`value` must be finite, got {self.value}.")
         if not isinstance(self.attack_config, Mapping):
             raise TypeError(f"`attack_config` must be a dict, got {type(self.attack_config).__name__}.")
+        if PRESET_KEY in self.attack_config:
+            raise ValueError(f"`attack_config` must not have the key {PRESET_KEY!r}: it is reserved for `attack_preset` "
+                             "on the card.")
         self.attack_config = _plain_setting(self.attack_config, "attack_config")
 
     def to_eval_result(self) -> EvalResult:
         """The huggingface_hub `EvalResult` that stores this result in a card's `model-index`."""
+        preset = {PRESET_KEY: self.attack_preset} if self.attack_preset else {}
         return EvalResult(
             task_type=self.task,
             dataset_type=self.dataset_type,
@@ -144,9 +157,9 @@ class RobustnessResult:
             dataset_split=self.split,
             metric_type=self.metric,
             metric_value=self.value,
-            metric_name=f"{self.metric} under {self.attack}",
+            metric_name=f"{self.metric} under {self.attack}" + (f" ({self.attack_preset})" if preset else ""),
             metric_config=self.attack,
-            metric_args=dict(self.attack_config) or None,
+            metric_args={**preset, **self.attack_config} or None,
         )
 
     @classmethod
@@ -157,6 +170,8 @@ class RobustnessResult:
                 f"`eval_result` for metric {eval_result.metric_type!r} has no metric config naming the attack, "
                 "so it is not a robustness result."
             )
+        settings = dict(eval_result.metric_args or {})
+        preset = settings.pop(PRESET_KEY, None)
         return cls(
             attack=eval_result.metric_config,
             metric=eval_result.metric_type,
@@ -165,7 +180,8 @@ class RobustnessResult:
             dataset_type=eval_result.dataset_type,
             task=eval_result.task_type,
             split=eval_result.dataset_split,
-            attack_config=eval_result.metric_args or {},
+            attack_config=settings,
+            attack_preset=preset,
         )
 
 
@@ -343,17 +359,19 @@ def build_robustness_card(
     sections.append(intro)
 
     rows = [
-        "| Attack | Metric | Value | Dataset | Split | Attack settings |",
-        "|---|---|---|---|---|---|",
+        "| Attack | Metric | Value | Dataset | Split | Preset | Attack settings |",
+        "|---|---|---|---|---|---|---|",
     ]
     for result in results:
-        cells = [result.attack, result.metric, f"{result.value:.4g}", result.dataset, result.split or "-"]
+        cells = [result.attack, result.metric, f"{result.value:.4g}", result.dataset, result.split or "-",
+                 result.attack_preset or "-"]
         cells = [_markdown_cell(cell) for cell in cells] + [_settings_cell(result.attack_config)]
         rows.append("| " + " | ".join(cells) + " |")
     sections.append(
         "## Robustness evaluation\n\n"
         "Each row is one attack run against this model. The same numbers are in the card metadata "
-        "(`model-index`): the attack is the metric `config`, its settings are the metric `args`.\n\n" + "\n".join(rows)
+        "(`model-index`): the attack is the metric `config`, its settings are the metric `args` (with the "
+        "evaluation preset, if any, under `preset`).\n\n" + "\n".join(rows)
     )
 
     code = usage if usage is not None else _usage_snippet(library_name, model_name, base_model, results[0].task)

@@ -55,6 +55,7 @@ def make_results():
         RobustnessResult(
             attack="embedding_attack", metric="attack_success_rate", value=1 / 3, dataset="AdvBench",
             dataset_type="walledai/AdvBench", split="test", attack_config={"epsilon": 0.05, "norm": "l2"},
+            attack_preset="strong",
         ),
         RobustnessResult(attack="relearning", metric="forget_nll", value=2, dataset="WMDP bio"),
     ]
@@ -165,10 +166,14 @@ def test_card_round_trips_results_through_model_index():
     assert found == expected
     gcg = next(e for e in parsed.data.eval_results if e.metric_config == "gcg")
     assert gcg.metric_args == {"steps": 250, "search_width": 512, "top_k": [256], "filter": {"ascii_only": True}}
+    embedding = next(e for e in parsed.data.eval_results if e.metric_config == "embedding_attack")
+    assert embedding.metric_args == {"preset": "strong", "epsilon": 0.05, "norm": "l2"}
+    assert embedding.metric_name == "attack_success_rate under embedding_attack (strong)"
     assert canonical(robustness_results_from_card(text)) == canonical(results)
 
     body = parsed.text
-    assert "| gcg | attack_success_rate | 0.125 | AdvBench | test |" in body
+    assert "| gcg | attack_success_rate | 0.125 | AdvBench | test | - |" in body
+    assert "| embedding_attack | attack_success_rate | 0.3333 | AdvBench | test | strong |" in body
     assert "`epsilon=0.05`" in body
     assert "AutoModelForCausalLM.from_pretrained(\"owner/robust-llama\")" in body
     assert "https://huggingface.co/papers/2405.15589" in body and "@article{xhonneux2024efficient" in body
@@ -208,11 +213,12 @@ def test_reading_results_rejects_bad_input():
 
 
 def test_robustness_result_normalizes_values():
-    settings = {"sizes": (1, numpy.int64(2)), "rate": numpy.float32(0.5), "inner": {"steps": numpy.int32(3)}}
+    settings = {"sizes": (1, numpy.int64(2)), "rate": numpy.float32(0.5), "inner": {"steps": numpy.int32(3)},
+                "seed": None}
     result = RobustnessResult("gcg", "asr", numpy.float64(1), "AdvBench", attack_config=settings)
     assert type(result.value) is float and result.value == 1.0
     assert result.dataset_type == "AdvBench"
-    assert result.attack_config == {"sizes": [1, 2], "rate": 0.5, "inner": {"steps": 3}}
+    assert result.attack_config == {"sizes": [1, 2], "rate": 0.5, "inner": {"steps": 3}}  # None: not on a card
     assert type(result.attack_config["sizes"][1]) is int and type(result.attack_config["rate"]) is float
     card = build_robustness_card([result], method="cat", model_name="m")
     assert robustness_results_from_card(str(card)) == [result]  # yaml.safe_load would refuse numpy objects
@@ -235,6 +241,9 @@ def test_robustness_result_normalizes_values():
         ({"attack_config": [("steps", 1)]}, TypeError, "attack_config"),
         ({"attack_config": {1: "a"}}, TypeError, "attack_config"),
         ({"attack_config": {"device": torch.device("cpu")}}, TypeError, "attack_config"),
+        ({"attack_config": {"preset": "strong"}}, ValueError, "attack_config"),
+        ({"attack_preset": ""}, ValueError, "attack_preset"),
+        ({"attack_preset": 3}, TypeError, "attack_preset"),
     ],
 )
 def test_robustness_result_rejects_bad_fields(changes, error, field_name):

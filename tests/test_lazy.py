@@ -27,7 +27,7 @@ def test_import_registers_every_method_command():
     code = "import json, hf_robust; from hf_robust import cli; print(json.dumps(sorted(cli._COMMANDS)))"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == ["advunlearn", "capo", "cat", "gaslite", "unlearn"]
+    assert json.loads(result.stdout) == ["advunlearn", "capo", "cat", "eval", "gaslite", "unlearn"]
 
 
 @pytest.mark.parametrize("package_name", PACKAGES)

@@ -178,6 +178,10 @@ class EmbeddingAttackResult:
         success: Tensor, shape (batch,), bool. Targeted: every label token of the row is the argmax of the model's
             prediction at the returned delta. Untargeted: at least one label token is not the argmax.
         radius: float. Absolute per-token L2 radius of the ball.
+        row_losses: Tensor, shape (steps + 1, batch), float32. Per-row objective at each iterate (same sign
+            convention as `losses`, of which it is the per-row form).
+        success_history: Tensor, shape (steps + 1, batch), bool. `success` at each iterate: an attacker who stops
+            at the first success breaks row i within t steps when `success_history[:t + 1, i].any()`.
     """
 
     delta: Tensor
@@ -185,6 +189,8 @@ class EmbeddingAttackResult:
     final_loss: Tensor
     success: Tensor
     radius: float
+    row_losses: Tensor | None = None
+    success_history: Tensor | None = None
 
 
 def perturbation_radius(embedding_weight: Tensor, eps: float, eps_mode: str = "relative") -> float:
@@ -471,7 +477,7 @@ def embedding_attack(
     target_rows = is_target.nonzero(as_tuple=True)[0]
     target_ids = target_labels[is_target]
     target_counts = is_target.sum(dim=1).clamp_min(1).float()
-    last_all_match = {}
+    all_matches, row_losses = [], []  # one entry per objective call: the steps, then the returned iterate
     # The LM head runs only where some row predicts a target token (`logits_to_keep` takes position indices): with a
     # large vocabulary, the head over every prompt position would cost more than the rest of the forward.
     forward_kwargs, kept_is_target = {}, is_target
@@ -493,21 +499,24 @@ def embedding_attack(
         row_loss = token_loss.new_zeros(batch_size).index_add(0, target_rows, token_loss) / target_counts
         with torch.no_grad():
             misses = (target_logits.argmax(dim=-1) != target_ids).float()
-            last_all_match["value"] = misses.new_zeros(batch_size).index_add(0, target_rows, misses) == 0
-        return row_loss if config.targeted else -row_loss
+            all_matches.append(misses.new_zeros(batch_size).index_add(0, target_rows, misses) == 0)
+        row_loss = row_loss if config.targeted else -row_loss
+        row_losses.append(row_loss.detach().float())
+        return row_loss
 
     with eval_mode(model):
         result = projected_gradient_descent(objective, mask, hidden_size, radius, config)
     # The last objective call is the final evaluation at the returned delta.
-    all_match = last_all_match["value"]
-    success = all_match if config.targeted else ~all_match
+    history = torch.stack(all_matches) if config.targeted else ~torch.stack(all_matches)
+    success = history[-1]
     if logger.isEnabledFor(logging.DEBUG):  # success.sum() would synchronise the device
         logger.debug(
             "embedding_attack: radius %.4g, loss %.4f -> %.4f, success %d/%d",
             radius, result.losses[0], result.losses[-1], int(success.sum()), batch_size,
         )
     return EmbeddingAttackResult(
-        delta=result.delta, losses=result.losses, final_loss=result.final_loss, success=success, radius=radius
+        delta=result.delta, losses=result.losses, final_loss=result.final_loss, success=success, radius=radius,
+        row_losses=torch.stack(row_losses), success_history=history,
     )
 
 

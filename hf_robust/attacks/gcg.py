@@ -25,14 +25,14 @@ suffix rather than every candidate.
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..checks import check_integer
+from ..checks import check_integer, checked_behaviours
 from ..modeling import eval_mode
 from ..sharding import has_sharded_weights
 from .discrete import TokenSearchConfig, allowed_token_mask, token_search
@@ -181,21 +181,6 @@ def _check_text(name: str, value: Any) -> str:
     return value
 
 
-def _checked_behaviours(behaviours: Any) -> list[tuple[str, str]]:
-    if isinstance(behaviours, (str, bytes, Mapping)) or not hasattr(behaviours, "__len__"):
-        raise TypeError("`behaviours` must be a list of {'prompt', 'target'} mappings or a datasets.Dataset.")
-    rows = [behaviours[index] for index in range(len(behaviours))]
-    if not rows:
-        raise ValueError("`behaviours` must hold at least one {'prompt': ..., 'target': ...}.")
-    pairs = []
-    for index, row in enumerate(rows):
-        if not isinstance(row, Mapping) or "prompt" not in row or "target" not in row:
-            raise ValueError(f"`behaviours[{index}]` must be a mapping with 'prompt' and 'target', got {row!r}.")
-        pairs.append((_check_text(f"behaviours[{index}]['prompt']", row["prompt"]),
-                      _check_text(f"behaviours[{index}]['target']", row["target"])))
-    return pairs
-
-
 def _greedy_success(model: nn.Module, tokenizer: Any, prompt_text: str, target_ids: list[int]) -> bool:
     device = model.get_input_embeddings().weight.device
     prompt_ids = torch.tensor([tokenizer(prompt_text, add_special_tokens=False)["input_ids"]], device=device)
@@ -204,7 +189,7 @@ def _greedy_success(model: nn.Module, tokenizer: Any, prompt_text: str, target_i
         generated = model.generate(
             input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids), max_new_tokens=len(target_ids),
             do_sample=False, pad_token_id=pad_token_id,
-            synced_gpus=has_sharded_weights(model),  # see hf_robust.cat.evaluation
+            synced_gpus=has_sharded_weights(model),  # see hf_robust.evaluation.behaviour_attacks
         )
     # An early end of sequence gives fewer tokens, hence no match.
     return generated[0, prompt_ids.shape[1] :].tolist() == target_ids
@@ -255,7 +240,10 @@ def universal_gcg_attack(model: nn.Module, tokenizer: Any, behaviours: Any,
     """
     start = time.perf_counter()
     config = _check_arguments(model, tokenizer, config)
-    pairs = _checked_behaviours(behaviours)
+    pairs = checked_behaviours(behaviours)
+    for index, (prompt, target) in enumerate(pairs):
+        _check_text(f"behaviours[{index}]['prompt']", prompt)
+        _check_text(f"behaviours[{index}]['target']", target)
     with eval_mode(model):
         layouts, best, search, objective, text = _run(model, tokenizer, pairs, config)
         best_tensor = torch.tensor(best, dtype=torch.long, device=model.get_input_embeddings().weight.device)

@@ -13,5 +13,5 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     ".cat_trainer": ["CATTrainer"],
     ".callback": ["EmbeddingAdversaryCallback"],
     ".robustness_callback": ["RobustnessEvalCallback"],
-    ".evaluation": ["behaviour_ids", "embedding_attack_success_rate"],
+    "..evaluation.behaviour_attacks": ["behaviour_ids", "embedding_attack_success_rate"],
 })

@@ -12,7 +12,7 @@ from trl import ModelConfig, TrlParser, get_peft_config
 from .capo_config import CAPOConfig
 from ..scripts import end_distributed, load_data, load_model
 from ..sharding import whole_parameters
-from .script import EvaluationArguments, attack_success, evaluation_behaviours, finish
+from .script import EvaluationArguments, attack_success, evaluation_behaviours, evaluation_preset, finish
 
 
 @dataclass
@@ -29,6 +29,8 @@ def make_parser(prog=None):
 
 def main(data_args: CAPODataArguments, evaluation: EvaluationArguments, training_args: CAPOConfig,
          model_args: ModelConfig) -> int:
+    # Before any work: a preset weaker than the training attack would measure the trained-on perturbation.
+    preset = evaluation_preset(evaluation, training_args)
     from .capo_trainer import CAPOTrainer
     from .toy import toy_preference_dataset
 
@@ -39,12 +41,12 @@ def main(data_args: CAPODataArguments, evaluation: EvaluationArguments, training
     ref_model = None if peft_config is not None else load_model(model_args, training_args.trust_remote_code)[0]
     behaviours = evaluation_behaviours(evaluation, training_args)
     with whole_parameters(model):  # a ZeRO-3 (zero3_init) model is loaded partitioned: measured whole, on every rank
-        before = attack_success(model, tokenizer, behaviours, training_args.attack_config())
+        before = attack_success(model, tokenizer, behaviours, preset)
     push, training_args.push_to_hub = training_args.push_to_hub, False
     trainer = CAPOTrainer(model=model, ref_model=ref_model, args=training_args, train_dataset=dataset,
                           processing_class=tokenizer, peft_config=peft_config)
     trainer.train()
-    finish(trainer, tokenizer, "CAPO", evaluation, before, behaviours, push)
+    finish(trainer, tokenizer, "CAPO", evaluation, before, behaviours, push, preset)
     end_distributed()
     return 0
 

@@ -12,7 +12,7 @@ from trl import ModelConfig, TrlParser, get_peft_config
 from .cat_config import CATConfig
 from ..scripts import end_distributed, load_data, load_model
 from ..sharding import whole_parameters
-from .script import EvaluationArguments, attack_success, evaluation_behaviours, finish
+from .script import EvaluationArguments, attack_success, evaluation_behaviours, evaluation_preset, finish
 
 
 @dataclass
@@ -33,6 +33,8 @@ def make_parser(prog=None):
 
 def main(data_args: CATDataArguments, evaluation: EvaluationArguments, training_args: CATConfig,
          model_args: ModelConfig) -> int:
+    # Before any work: a preset weaker than the training attack would measure the trained-on perturbation.
+    preset = evaluation_preset(evaluation, training_args)
     from .cat_trainer import CATTrainer
     from .toy import toy_adversarial_dataset, toy_utility_dataset
 
@@ -42,13 +44,13 @@ def main(data_args: CATDataArguments, evaluation: EvaluationArguments, training_
     model, tokenizer = load_model(model_args, training_args.trust_remote_code)
     behaviours = evaluation_behaviours(evaluation, training_args)
     with whole_parameters(model):  # a ZeRO-3 (zero3_init) model is loaded partitioned: measured whole, on every rank
-        before = attack_success(model, tokenizer, behaviours, training_args.attack_config())
+        before = attack_success(model, tokenizer, behaviours, preset)
     # The Trainer must not push checkpoints itself: the final push carries the robustness card.
     push, training_args.push_to_hub = training_args.push_to_hub, False
     trainer = CATTrainer(model=model, args=training_args, adversarial_dataset=adversarial, utility_dataset=utility,
                          processing_class=tokenizer, peft_config=get_peft_config(model_args))
     trainer.train()
-    finish(trainer, tokenizer, "CAT", evaluation, before, behaviours, push)
+    finish(trainer, tokenizer, "CAT", evaluation, before, behaviours, push, preset)
     end_distributed()
     return 0
 

@@ -8,7 +8,8 @@ import tempfile
 import time
 
 from ..attacks.continuous import EmbeddingAttackConfig
-from .evaluation import embedding_attack_success_rate
+from ..evaluation.presets import get_preset
+from ..evaluation.behaviour_attacks import embedding_attack_success_rate
 from .toy import (
     toy_adversarial_dataset,
     toy_behaviours,
@@ -18,10 +19,11 @@ from .toy import (
     toy_utility_loss,
 )
 
-# The evaluation attack: the undefended toy model must be broken by it (success >= 90%). The tiny model must copy
-# the request into "Sure, here is how to <request>" byte-level token by token, which a weak perturbation disturbs;
-# 100 Adam steps inside a ball of one mean embedding norm get there.
-EVALUATION_ATTACK = EmbeddingAttackConfig(eps=1.0, steps=100, step_size=0.03, step_mode="relative", optimizer="adam")
+# The evaluation attack is the "strong" preset: the undefended toy model must be broken by it (success >= 90%). The
+# tiny model must copy the request into "Sure, here is how to <request>" byte-level token by token, which a weak
+# perturbation disturbs; 100 Adam steps inside a ball of one mean embedding norm get there.
+EVALUATION_PRESET = get_preset("strong")
+EVALUATION_ATTACK = EVALUATION_PRESET.config
 
 # CAT's inner attack: the evaluation budget (eps), fewer steps as in the paper (10), a larger step to match.
 TRAINING_ATTACK = {"attack_eps": 1.0, "attack_eps_mode": "relative", "attack_steps": 10, "attack_step_size": 0.1,
@@ -124,8 +126,9 @@ def cat_demo_section() -> None:
     result = toy_cat_experiment(cat_steps=60)
     before, after = result["before"], result["after"]
     print(f"tiny llama safety-tuned on the toy refusal task ({result['seconds']['refusal_model']:.0f} s), then CAT "
-          f"for 60 steps ({result['seconds']['cat']:.0f} s); attack: eps {EVALUATION_ATTACK.eps} relative, "
-          f"{EVALUATION_ATTACK.steps} Adam steps, on {len(toy_behaviours('test'))} held-out forbidden requests")
+          f"for 60 steps ({result['seconds']['cat']:.0f} s); attack: the '{EVALUATION_PRESET.name}' preset (eps "
+          f"{EVALUATION_ATTACK.eps} relative, {EVALUATION_ATTACK.steps} Adam steps), on {len(toy_behaviours('test'))} "
+          "held-out forbidden requests")
     print(f"  embedding-attack success     {before['attack_success']:6.0%} -> {after['attack_success']:6.0%}")
     print(f"  utility loss, unseen allowed {before['utility_loss']:6.3f} -> {after['utility_loss']:6.3f}  nats/token")
     print(f"  clean refusal (held-out)     {before['clean_refusal']:6.0%} -> {after['clean_refusal']:6.0%}")

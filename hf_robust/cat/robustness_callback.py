@@ -9,9 +9,12 @@ from transformers import TrainerCallback
 
 from ..attacks.continuous import EmbeddingAttackConfig
 from ..attacks.gcg import GCGConfig, gcg_attack
+from ..evaluation.presets import AttackPreset, at_least_as_strong, resolve_attack
 from ..hub import RobustnessResult
 from ..sharding import has_sharded_weights, on_main_process
-from .evaluation import _checked_behaviours, embedding_attack_success_rate
+from .callback import EmbeddingAdversaryCallback
+from ..checks import checked_behaviours
+from ..evaluation.behaviour_attacks import embedding_attack_success_rate
 
 EMBEDDING_KEY = "robustness/embedding_attack_success_rate"
 GCG_KEY = "robustness/gcg_success_rate"
@@ -27,6 +30,11 @@ class RobustnessEvalCallback(TrainerCallback):
     DDP, not sharded parameters). The attacks leave parameters, their `.grad` and every module's train/eval flag as
     they were.
 
+    The embedding attack defaults to the "strong" evaluation preset (`hf_robust.evaluation.presets`). It must be at
+    least as strong as the training attack (`at_least_as_strong`) of a `CATTrainer` / `CAPOTrainer` or of an
+    `EmbeddingAdversaryCallback` on the trainer, checked at construction and again at `on_train_begin`, before any
+    step: a rate measured with a weaker attack would measure the perturbation the model was trained on.
+
         trainer = SFTTrainer(model=model, args=SFTConfig(..., eval_strategy="steps", eval_steps=50), ...)
         callback = RobustnessEvalCallback(trainer, toy_behaviours("test"))
         trainer.add_callback(callback)
@@ -37,15 +45,19 @@ class RobustnessEvalCallback(TrainerCallback):
         trainer: The `Trainer` (any subclass, e.g. trl's `SFTTrainer` or `CATTrainer`); its `processing_class` must
             be the tokenizer.
         behaviours: list of {"prompt", "target"} mappings, or a `datasets.Dataset` with those string columns.
-        embedding_config: Settings of the targeted embedding attack (`embedding_attack_success_rate`); None skips it.
-        gcg_config: Settings of GCG (`gcg_attack`; success = greedy decoding begins with the target); None skips it.
+        embedding_config: The targeted embedding attack (`embedding_attack_success_rate`): an embedding preset name
+            ("strong", "train"), an `AttackPreset` or an `EmbeddingAttackConfig`; None skips it.
+        gcg_config: GCG (`gcg_attack`; success = greedy decoding begins with the target): a GCG preset name ("gcg",
+            "gcg-fast"), an `AttackPreset` or a `GCGConfig`; None skips it.
         max_behaviours: Attack only the first `max_behaviours` behaviours (None: all).
         dataset_name: Name of the behaviours on the model card (`RobustnessResult.dataset`).
         split: Split name recorded on the model card, or None.
 
     Attributes:
+        embedding_config, gcg_config: The attacks' configs (None when skipped).
+        embedding_preset, gcg_preset: Their preset names (None for a custom config).
         results: The latest rates as `RobustnessResult`s (empty before the first evaluation), ready for
-            `push_robust_to_hub`.
+            `push_robust_to_hub`; each carries its preset name (`attack_preset`, None for a custom config).
         seconds: Wall time of the latest run of the attacks.
     """
 
@@ -53,8 +65,8 @@ class RobustnessEvalCallback(TrainerCallback):
         self,
         trainer,
         behaviours,
-        embedding_config: EmbeddingAttackConfig | None = EmbeddingAttackConfig(),  # noqa: B008 (copied in __init__)
-        gcg_config: GCGConfig | None = None,
+        embedding_config: EmbeddingAttackConfig | AttackPreset | str | None = "strong",
+        gcg_config: GCGConfig | AttackPreset | str | None = None,
         max_behaviours: int | None = None,
         dataset_name: str = "held-out behaviours",
         split: str | None = "test",
@@ -63,14 +75,16 @@ class RobustnessEvalCallback(TrainerCallback):
             raise TypeError(f"`trainer` must be a transformers Trainer, got {type(trainer).__name__}.")
         if embedding_config is None and gcg_config is None:
             raise ValueError("Set `embedding_config` or `gcg_config`: the callback needs at least one attack to run.")
+        # Each attack's preset name (None: custom) and a private config (the caller may change theirs).
+        self.embedding_preset = self.embedding_config = self.gcg_preset = self.gcg_config = None
         if embedding_config is not None:
-            if not isinstance(embedding_config, EmbeddingAttackConfig):
-                got = type(embedding_config).__name__
-                raise TypeError(f"`embedding_config` must be an EmbeddingAttackConfig, got {got}.")
-            if not embedding_config.targeted:
+            self.embedding_preset, config = resolve_attack(embedding_config, "embedding", "embedding_config")
+            if not config.targeted:
                 raise ValueError("`embedding_config.targeted` must be True: success means the model gives the target.")
-        if gcg_config is not None and not isinstance(gcg_config, GCGConfig):
-            raise TypeError(f"`gcg_config` must be a GCGConfig, got {type(gcg_config).__name__}.")
+            self.embedding_config = dataclasses.replace(config)
+        if gcg_config is not None:
+            self.gcg_preset, config = resolve_attack(gcg_config, "gcg", "gcg_config")
+            self.gcg_config = dataclasses.replace(config)
         if max_behaviours is not None and (
             not isinstance(max_behaviours, int) or isinstance(max_behaviours, bool) or max_behaviours < 1
         ):
@@ -79,16 +93,36 @@ class RobustnessEvalCallback(TrainerCallback):
             raise ValueError(f"`dataset_name` must be a non-empty string, got {dataset_name!r}.")
         if split is not None and (not isinstance(split, str) or not split.strip()):
             raise ValueError(f"`split` must be None or a non-empty string, got {split!r}.")
-        rows = _checked_behaviours(behaviours)  # raises naming `behaviours`
+        rows = checked_behaviours(behaviours)  # raises naming `behaviours`
         self.trainer = trainer
         self.behaviours = [{"prompt": prompt, "target": target} for prompt, target in rows[:max_behaviours]]
-        # A private copy: the default instance is shared by every callback.
-        self.embedding_config = None if embedding_config is None else dataclasses.replace(embedding_config)
-        self.gcg_config = gcg_config
         self.dataset_name = dataset_name
         self.split = split
         self.results: list[RobustnessResult] = []
         self.seconds = 0.0
+        self._check_strength()
+
+    def _check_strength(self):
+        """Refuse an embedding attack weaker than the trainer's training attack (see the class docstring)."""
+        if self.embedding_config is None:
+            return
+        training = [getattr(self.trainer, "attack", None)] + [
+            callback.config for callback in getattr(getattr(self.trainer, "callback_handler", None), "callbacks", [])
+            if isinstance(callback, EmbeddingAdversaryCallback)
+        ]
+        for config in training:
+            if isinstance(config, EmbeddingAttackConfig) and not at_least_as_strong(self.embedding_config, config):
+                evaluation = self.embedding_config
+                raise ValueError(
+                    f"`embedding_config` ({self.embedding_preset or 'custom'}: eps {evaluation.eps} "
+                    f"{evaluation.eps_mode}, {evaluation.steps} steps) is weaker than the training attack (eps "
+                    f"{config.eps} {config.eps_mode}, {config.steps} steps): its rates would measure the perturbation "
+                    "the model is trained on. Use a preset at least as strong (same eps_mode, eps and steps >=), "
+                    "e.g. the default 'strong'."
+                )
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._check_strength()  # callbacks added after this one are known now; still before any step
 
     def _outcomes(self, model, tokenizer, behaviours) -> dict[str, list[float]]:
         """Per-behaviour success (0.0 or 1.0) of each chosen attack, for this process's share of the behaviours."""
@@ -121,15 +155,17 @@ class RobustnessEvalCallback(TrainerCallback):
             outcomes = {key: gather_object(values) for key, values in outcomes.items()}  # as is in one process
         rates = {key: sum(values) / len(values) for key, values in outcomes.items()}
         self.seconds = time.perf_counter() - start
-        configs = {EMBEDDING_KEY: ("embedding_attack", self.embedding_config), GCG_KEY: ("gcg", self.gcg_config)}
+        attacks = {EMBEDDING_KEY: ("embedding_attack", self.embedding_preset, self.embedding_config),
+                   GCG_KEY: ("gcg", self.gcg_preset, self.gcg_config)}
         self.results = [
             RobustnessResult(
-                attack=configs[key][0],
+                attack=attacks[key][0],
                 metric="attack_success_rate",
                 value=rate,
                 dataset=self.dataset_name,
                 split=self.split,
-                attack_config={**dataclasses.asdict(configs[key][1]), "behaviours": len(self.behaviours)},
+                attack_config={**dataclasses.asdict(attacks[key][2]), "behaviours": len(self.behaviours)},
+                attack_preset=attacks[key][1],
             )
             for key, rate in rates.items()
         ]

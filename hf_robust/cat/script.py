@@ -1,16 +1,20 @@
 """What `hf-robust cat` and `hf-robust capo` share: the attack evaluation before and after training, and saving (or
 pushing) the result with a robustness card. Loading models and data is `hf_robust.scripts`'s.
+
+Before and after are measured with one evaluation preset (`--eval_preset`, default "strong"), never with the training
+attack: a preset weaker than the training attack is refused before any work (`evaluation_preset`).
 """
 
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
+from ..evaluation.presets import EVALUATION_PRESETS, AttackPreset, get_preset, require_at_least_as_strong
 from ..hub import RobustnessResult, build_robustness_card, push_robust_to_hub
 from ..scripts import load_data
 from ..sharding import has_sharded_weights, unsharded_model
-from .evaluation import embedding_attack_success_rate
+from ..evaluation.runner import evaluate_robustness
 
 logger = logging.getLogger("hf_robust")
 
@@ -26,18 +30,44 @@ class EvaluationArguments:
     )
     eval_behaviours_split: str = field(default="test", metadata={"help": "Split of `eval_behaviours`."})
     eval_max_behaviours: int = field(default=50, metadata={"help": "At most this many behaviours are attacked. > 0."})
+    eval_preset: str = field(
+        default="strong",
+        metadata={"help": "Evaluation attack preset of the before and after numbers (hf_robust.evaluation.presets): "
+                  f"one of {', '.join(name for name, preset in EVALUATION_PRESETS.items() if preset.kind == 'embedding')}"
+                  "; it must be at least as strong as the training attack (same eps_mode, eps and steps >=)."},
+    )
 
     def __post_init__(self):
         if not isinstance(self.eval_max_behaviours, int) or self.eval_max_behaviours <= 0:
             raise ValueError(f"`eval_max_behaviours` must be an integer > 0, got {self.eval_max_behaviours!r}.")
+        try:
+            get_preset(self.eval_preset, "embedding")  # the commands measure embedding-attack success
+        except ValueError as error:
+            raise ValueError(str(error).replace("`name`", "`--eval_preset`", 1)) from None
 
 
-def attack_success(model, tokenizer, behaviours: list[dict] | None, attack) -> float | None:
-    """Embedding-attack success rate on the behaviours (None when evaluation is off)."""
-    if behaviours is None:
+def evaluation_preset(evaluation: EvaluationArguments, training_args) -> AttackPreset | None:
+    """The preset of the before/after numbers (None when evaluation is off); called first, before any work.
+
+    Raises:
+        ValueError: naming `--eval_preset`, when the preset is weaker than the training attack.
+    """
+    if evaluation.eval_behaviours == "none":
+        return None
+    return require_at_least_as_strong(evaluation.eval_preset, training_args.attack_config(), "--eval_preset")
+
+
+def attack_success(model, tokenizer, behaviours: list[dict] | None, preset: AttackPreset | None,
+                   every_process: bool = True) -> float | None:
+    """Embedding-attack success rate on the behaviours with `preset` (None when evaluation is off), measured by the
+    evaluation's one code path (`evaluate_robustness`, as `hf-robust eval`). `every_process`: all processes call it
+    and share the behaviours; False: this process alone measures (the others do not call it)."""
+    if behaviours is None or preset is None:
         return None
     model.eval()
-    return embedding_attack_success_rate(model, tokenizer, behaviours, attack)
+    outcomes = evaluate_robustness(model, tokenizer, behaviours, [preset], progress=False,
+                                   split_between_processes=every_process)
+    return outcomes[preset.name].success_rate
 
 
 def evaluation_behaviours(evaluation: EvaluationArguments, training_args) -> list[dict] | None:
@@ -57,10 +87,12 @@ def evaluation_behaviours(evaluation: EvaluationArguments, training_args) -> lis
 
 
 def finish(trainer, tokenizer, method: str, evaluation: EvaluationArguments, before: float | None,
-           behaviours: list[dict] | None, push: bool) -> dict:
-    """Measure after training, then save the model with its card (README.md), or push both to the Hub.
+           behaviours: list[dict] | None, push: bool, preset: AttackPreset | None) -> dict:
+    """Measure after training with `preset` (as before), then save the model with its card (README.md), or push both.
 
-    The measurements also go to `output_dir/robustness.json`: {"attack_success_before", "attack_success_after"}.
+    The measurements also go to `output_dir/robustness.json`: {"attack_success_before", "attack_success_after",
+    "attack_preset" (the preset's name), "attack_settings" (every field of its config)}; the preset is None when
+    evaluation is off.
     """
     args = trainer.args
     model = trainer.accelerator.unwrap_model(trainer.model)
@@ -70,23 +102,27 @@ def finish(trainer, tokenizer, method: str, evaluation: EvaluationArguments, bef
         # Measured on the main process alone, on a plain model with the gathered weights (the other ranks go on to
         # the command's closing barrier), never one rank inside the engine's collectives.
         model = unsharded_model(trainer.accelerator, trainer.model_wrapped)
+    described = preset.describe() if preset is not None else {"name": None, "settings": None}
+    summary = {"attack_success_before": before, "attack_success_after": None, "attack_preset": described["name"],
+               "attack_settings": described["settings"]}
     if not trainer.accelerator.is_main_process:
-        return {"attack_success_before": before, "attack_success_after": None}
-    after = attack_success(model, tokenizer, behaviours, trainer.attack)
-    summary = {"attack_success_before": before, "attack_success_after": after}
+        return summary
+    after = attack_success(model, tokenizer, behaviours, preset, every_process=False)
+    summary["attack_success_after"] = after
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "robustness.json"), "w") as handle:
         json.dump(summary, handle)
     results = []
     if after is not None:
-        attack_settings = {key: value for key, value in asdict(trainer.attack).items() if key != "seed"}
         results.append(RobustnessResult(
             attack="embedding_attack", metric="attack_success_rate", value=after,
-            dataset=evaluation.eval_behaviours, split=evaluation.eval_behaviours_split, attack_config=attack_settings,
+            dataset=evaluation.eval_behaviours, split=evaluation.eval_behaviours_split,
+            attack_config=described["settings"], attack_preset=preset.name,
         ))
     description = (
         f"Trained with {method} by hf-robust. Embedding-attack success rate on {len(behaviours)} held-out "
-        f"behaviours: {before:.1%} before training, {after:.1%} after." if after is not None else
+        f"behaviours, both measured with the evaluation preset '{preset.name}' (its settings are in the table): "
+        f"{before:.1%} before training, {after:.1%} after." if after is not None else
         f"Trained with {method} by hf-robust."
     )
     tags = [tag for tag in trainer._tag_names if tag != "trl"]
@@ -104,5 +140,6 @@ def finish(trainer, tokenizer, method: str, evaluation: EvaluationArguments, bef
                                      tags=tags, paper=trainer._paper, description=description)
         card.save(os.path.join(args.output_dir, "README.md"))
     logger.info("%s: attack success %s -> %s", method, before, after)
-    print(f"{method}: embedding-attack success before {before}, after {after}; saved to {args.output_dir}")
+    print(f"{method}: embedding-attack success ({described['name']} preset) before {before}, after {after}; saved "
+          f"to {args.output_dir}")
     return summary

@@ -212,7 +212,7 @@ def toy_utility_loss(model, tokenizer, split: str = "test") -> float:
 
     Each answer is scored after its chat-formatted request (`behaviour_ids`); the mean is over all answer tokens.
     """
-    from .evaluation import behaviour_ids
+    from ..evaluation.behaviour_attacks import behaviour_ids
 
     total, count = 0.0, 0
     was_training = model.training

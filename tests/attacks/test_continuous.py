@@ -282,6 +282,11 @@ def test_attack_lowers_the_targeted_objective(lm):
             initial.append(result.losses[0])
             final.append(result.losses[-1])
             assert result.final_loss.mean().item() == pytest.approx(result.losses[-1], rel=1e-5)
+            # The per-row record: one row per iterate, whose batch mean is `losses`, ending at `success`.
+            assert result.row_losses.shape == result.success_history.shape == (6, input_ids.shape[0])
+            assert result.row_losses.mean(dim=1).tolist() == pytest.approx(result.losses, rel=1e-5)
+            torch.testing.assert_close(result.row_losses[-1], result.final_loss)
+            assert torch.equal(result.success_history[-1], result.success)
     assert sum(final) / len(final) < sum(initial) / len(initial)
 
 
@@ -318,6 +323,8 @@ def test_success_is_the_argmax_match(lm, padding_side):
         unmatched = embedding_attack(model, input_ids, attention_mask, wrong_labels, config).success
         assert matched.dtype == torch.bool and matched.shape == (input_ids.shape[0],)
         assert matched.all() == targeted and (~unmatched).all() == targeted
+        history = embedding_attack(model, input_ids, attention_mask, greedy_labels, config).success_history
+        assert history.shape == (1, input_ids.shape[0]) and torch.equal(history[0], matched)
 
 
 # --- model state -------------------------------------------------------------------------------------------------

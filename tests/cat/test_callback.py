@@ -1,3 +1,5 @@
+from unittest import mock
+
 import pytest
 import torch
 from datasets import Dataset
@@ -15,27 +17,23 @@ PAIRS = [
 ]
 
 
-def train(tmp_path, callbacks=(), bf16=False):
+def train(tmp_path, callbacks=(), bf16=False, trainer_kwargs=None, **overrides):
     model, tokenizer = tiny_causal_lm("llama")
     dataset = Dataset.from_list(
         [{"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": c}]} for p, c in PAIRS]
     )
-    args = SFTConfig(
-        output_dir=str(tmp_path),
-        max_steps=2,
-        per_device_train_batch_size=2,
-        learning_rate=1e-2,
-        use_cpu=True,
-        bf16=bf16,
-        gradient_checkpointing=False,
-        report_to="none",
-        save_strategy="no",
-        disable_tqdm=True,
-        seed=0,
-        max_length=64,
-    )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=list(callbacks))
+    settings = {"max_steps": 2, "per_device_train_batch_size": 2, "learning_rate": 1e-2, "use_cpu": True, "bf16": bf16,
+                "gradient_checkpointing": False, "report_to": "none", "save_strategy": "no", "disable_tqdm": True,
+                "seed": 0, "max_length": 64}
+    args = SFTConfig(output_dir=str(tmp_path), **{**settings, **overrides})
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         callbacks=list(callbacks), **(trainer_kwargs or {}))
     return trainer
+
+
+def hooks(model):
+    """Every module's forward hooks and pre-hooks, by module name."""
+    return {name: (list(module._forward_hooks), list(module._forward_pre_hooks)) for name, module in model.named_modules()}
 
 
 def final_parameters(trainer):
@@ -95,7 +93,9 @@ def test_stock_sft_trainer_trains_on_prompt_plus_delta(tmp_path):
 def test_evaluation_forwards_and_full_label_batches_are_untouched():
     model, tokenizer = tiny_causal_lm("llama")
     callback = EmbeddingAdversaryCallback()
+    clean = hooks(model)
     callback.on_train_begin(None, None, None, model=model)
+    callback.on_step_begin(None, None, None)  # as the Trainer does before each micro-batch
     ids = tokenizer(["Name a colour. Blue."], return_tensors="pt")["input_ids"]
     labels = ids.clone()
     labels[:, :4] = -100
@@ -106,10 +106,13 @@ def test_evaluation_forwards_and_full_label_batches_are_untouched():
     with pytest.warns(UserWarning, match="no prompt positions"):
         model(input_ids=ids, labels=ids)
     assert callback.last_result is None
+    assert hooks(model) == clean  # the hooks live for one training forward
+    callback.on_substep_end(None, None, None)
     model(input_ids=ids, labels=labels)
     assert callback.last_result is not None and callback.last_result.delta.shape[:2] == ids.shape
+    assert callback.attack_count == 1
     callback.on_train_end(None, None, None)
-    assert not model._forward_pre_hooks
+    assert hooks(model) == clean
 
 
 def test_bad_configuration_is_rejected():
@@ -135,3 +138,74 @@ def test_bf16_autocast_training_keeps_delta_in_float32(tmp_path):
     assert torch.bfloat16 in seen_dtypes  # the training forwards really ran under bf16 autocast
     assert callback.last_result.delta.dtype == torch.float32
     assert torch.isfinite(torch.tensor(output.training_loss))
+
+
+def loss_without_labels(outputs, labels, num_items_in_batch=None):
+    return outputs.logits.float().pow(2).mean()
+
+
+def test_a_training_forward_without_labels_is_a_clear_error_and_leaves_no_hook(tmp_path):
+    callback = EmbeddingAdversaryCallback(EmbeddingAttackConfig(steps=1, targeted=False))
+    # A `compute_loss_func` makes the Trainer take `labels` out of the batch before the forward.
+    trainer = train(tmp_path, [callback], trainer_kwargs={"compute_loss_func": loss_without_labels})
+    clean = hooks(trainer.model)
+    with pytest.raises(ValueError, match=r"without `labels`.*compute_loss_func.*label_smoothing_factor"):
+        trainer.train()
+    assert callback.attack_count == 0
+    assert hooks(trainer.model) == clean
+
+
+def raise_on_call(number):
+    """A forward replacement for the first decoder layer that raises on its `number`-th call."""
+    calls = []
+
+    def wrap(original):
+        def forward(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == number:
+                raise RuntimeError("boom")
+            return original(*args, **kwargs)
+        return forward
+    return wrap
+
+
+@pytest.mark.parametrize("where", ["attack", "training_forward", "loss"])
+def test_an_exception_inside_training_leaves_no_hook(tmp_path, where):
+    callback = EmbeddingAdversaryCallback(EmbeddingAttackConfig(steps=1, targeted=False))
+    trainer = train(tmp_path, [callback])
+    model = trainer.model
+    clean = hooks(model)
+    layer = model.model.layers[0]
+    if where == "loss":
+        original = trainer.compute_loss
+
+        def compute_loss(*args, **kwargs):
+            original(*args, **kwargs)
+            raise RuntimeError("boom")
+        patch = mock.patch.object(trainer, "compute_loss", compute_loss)
+    else:
+        # A one-step attack makes two forwards (one step, one final evaluation); the third is the training forward.
+        patch = mock.patch.object(layer, "forward", raise_on_call(1 if where == "attack" else 3)(layer.forward))
+    with patch, pytest.raises(RuntimeError, match="boom"):
+        trainer.train()
+    assert callback.attack_count == (0 if where == "attack" else 1)
+    assert hooks(model) == clean
+
+
+def test_every_micro_batch_of_gradient_accumulation_is_attacked(tmp_path):
+    callback = EmbeddingAdversaryCallback(EmbeddingAttackConfig(steps=1, targeted=False))
+    trainer = train(tmp_path, [callback], per_device_train_batch_size=1, gradient_accumulation_steps=2)
+    clean = hooks(trainer.model)
+    trainer.train()
+    assert callback.attack_count == 4  # 2 optimizer steps x 2 micro-batches
+    assert hooks(trainer.model) == clean
+
+
+def test_a_training_without_any_attack_is_an_error_at_train_end(tmp_path):
+    callback = EmbeddingAdversaryCallback(EmbeddingAttackConfig(steps=1, targeted=False))
+    # The loss on the whole sequence: every attended token is a label, so no batch has a position to perturb.
+    trainer = train(tmp_path, [callback], completion_only_loss=False)
+    clean = hooks(trainer.model)
+    with pytest.warns(UserWarning, match="no prompt positions"), pytest.raises(RuntimeError, match="no training forward was attacked"):
+        trainer.train()
+    assert hooks(trainer.model) == clean

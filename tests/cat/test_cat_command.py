@@ -9,7 +9,9 @@ import pytest
 from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl
 
 from hf_robust import cli, robustness_results_from_card
+from hf_robust.cat import cat_command
 from hf_robust.cat.cat_command import make_parser
+from hf_robust.evaluation.presets import get_preset
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = ["--max_steps", "2", "--per_device_train_batch_size", "4", "--bf16", "false", "--gradient_checkpointing",
@@ -27,6 +29,7 @@ def test_recipe_parses_with_the_paper_defaults():
     attack = training.attack_config()
     assert (attack.eps, attack.eps_mode, attack.steps, attack.step_size, attack.optimizer) == (0.05, "relative", 10, 1e-4, "sign")
     assert data.adversarial_dataset == "toy" and evaluation.eval_behaviours == "toy"
+    assert evaluation.eval_preset == "strong"
 
 
 def test_cat_command_trains_measures_and_saves_a_card(tmp_path, model_folder):
@@ -37,9 +40,35 @@ def test_cat_command_trains_measures_and_saves_a_card(tmp_path, model_folder):
     assert (output / "adapter_model.safetensors").is_file()
     measured = json.loads((output / "robustness.json").read_text())
     assert 0.0 <= measured["attack_success_before"] <= 1.0 and 0.0 <= measured["attack_success_after"] <= 1.0
-    (result,) = robustness_results_from_card(ModelCard((output / "README.md").read_text()))
+    # Before and after come from the "strong" preset, not from the training attack (2 steps here).
+    strong = get_preset("strong").describe()
+    assert measured["attack_preset"] == "strong" and measured["attack_settings"] == strong["settings"]
+    assert measured["attack_settings"]["steps"] == 100 and measured["attack_settings"]["eps"] == 1.0
+    text = (output / "README.md").read_text()
+    (result,) = robustness_results_from_card(ModelCard(text))
     assert result.attack == "embedding_attack" and result.value == measured["attack_success_after"]
-    assert result.attack_config["steps"] == 2
+    # The card leaves out the settings that are None (model-index cannot hold them).
+    assert result.attack_preset == "strong"
+    assert result.attack_config == {key: value for key, value in strong["settings"].items() if value is not None}
+    assert "| strong | `eps=1.0`, `eps_mode=relative`, `steps=100`" in text and "preset 'strong'" in text
+
+
+def test_weaker_or_unknown_preset_is_refused_before_any_work(tmp_path, model_folder):
+    output = tmp_path / "out"
+    loaded = []
+    with mock.patch.object(cat_command, "load_model", side_effect=lambda *args: loaded.append(args)):
+        with pytest.raises(ValueError, match=r"`--eval_preset` 'train' \(eps 0.05 relative, 10 steps\) is weaker than "
+                           r"the training attack \(eps 0.1 relative, 2 steps\).*Allowed presets: 'strong'"):
+            cli.main(["cat", "--model_name_or_path", model_folder, "--output_dir", str(output), *FAST,
+                      "--attack_eps", "0.1", "--eval_preset", "train"])
+        with pytest.raises(ValueError, match=r"`--eval_preset` must be one of the embedding evaluation presets "
+                           r"'train', 'strong', got 'gcg'"):
+            cli.main(["cat", "--model_name_or_path", model_folder, "--output_dir", str(output), *FAST,
+                      "--eval_preset", "gcg"])
+        with pytest.raises(ValueError, match=r"`--eval_preset` must be one of .*'strong'.*got 'huge'"):
+            cli.main(["cat", "--model_name_or_path", model_folder, "--output_dir", str(output), *FAST,
+                      "--eval_preset", "huge"])
+    assert loaded == [] and not output.exists()  # no model loaded, nothing trained or written
 
 
 def test_push_to_hub_uploads_the_model_with_its_card(tmp_path, model_folder):
@@ -82,7 +111,8 @@ def test_local_data_files_are_read(tmp_path, model_folder):
     output = tmp_path / "out"
     cli.main(["cat", "--model_name_or_path", model_folder, "--output_dir", str(output), "--adversarial_dataset",
               str(rows), "--eval_behaviours", "none", *FAST])
-    assert json.loads((output / "robustness.json").read_text()) == {"attack_success_before": None, "attack_success_after": None}
+    assert json.loads((output / "robustness.json").read_text()) == {
+        "attack_success_before": None, "attack_success_after": None, "attack_preset": None, "attack_settings": None}
 
 
 @pytest.mark.distributed

@@ -4,9 +4,13 @@ from trl import SFTConfig, SFTTrainer
 
 from hf_robust.attacks.continuous import EmbeddingAttackConfig
 from hf_robust.attacks.gcg import GCGConfig
-from hf_robust.cat.evaluation import embedding_attack_success_rate
+from hf_robust.cat import EmbeddingAdversaryCallback
+from hf_robust.cat.cat_config import CATConfig
+from hf_robust.cat.cat_trainer import CATTrainer
+from hf_robust.evaluation.behaviour_attacks import embedding_attack_success_rate
 from hf_robust.cat.robustness_callback import EMBEDDING_KEY, GCG_KEY, RobustnessEvalCallback
-from hf_robust.cat.toy import toy_behaviours, toy_utility_dataset
+from hf_robust.cat.toy import toy_adversarial_dataset, toy_behaviours, toy_utility_dataset
+from hf_robust.evaluation.presets import get_preset
 from hf_robust.hub import RobustnessResult
 from hf_robust.testing import tiny_causal_lm
 
@@ -62,6 +66,47 @@ def test_stock_sft_trainer_logs_the_rates_at_every_evaluation(tmp_path):
     assert callback.results[0].value == direct
     assert callback.results[0].attack_config["eps"] == EMBEDDING.eps
     assert callback.results[0].attack_config["behaviours"] == 3
+    assert [result.attack_preset for result in callback.results] == [None, None]  # custom configs
+
+
+def test_the_default_embedding_attack_is_the_strong_preset_and_results_carry_it(tmp_path):
+    trainer = sft_trainer(tmp_path)
+    callback = RobustnessEvalCallback(trainer, toy_behaviours("test")[:1])
+    assert callback.embedding_preset == "strong" and callback.embedding_config == get_preset("strong").config
+    assert callback.gcg_config is None
+    callback.on_evaluate(trainer.args, trainer.state, trainer.control)
+    (result,) = callback.results
+    assert result.attack_preset == "strong"
+    settings = {key: value for key, value in get_preset("strong").describe()["settings"].items() if value is not None}
+    assert result.attack_config == {**settings, "behaviours": 1}
+    named = RobustnessEvalCallback(trainer, toy_behaviours("test")[:1], embedding_config=get_preset("train"))
+    assert named.embedding_preset == "train" and named.embedding_config == EmbeddingAttackConfig()
+
+
+def test_gcg_presets_are_accepted_by_name(tmp_path):
+    callback = RobustnessEvalCallback(sft_trainer(tmp_path), toy_behaviours("test"), None, "gcg-fast")
+    assert callback.gcg_preset == "gcg-fast" and callback.gcg_config == get_preset("gcg-fast").config
+    assert callback.embedding_config is None
+
+
+def test_an_attack_weaker_than_the_training_attack_is_refused_before_any_step(tmp_path):
+    behaviours = toy_behaviours("test")
+    model, tokenizer = tiny_causal_lm("llama")
+    args = CATConfig(output_dir=str(tmp_path / "cat"), attack_eps=2.0, use_cpu=True, bf16=False, report_to="none",
+                     max_steps=1, per_device_train_batch_size=4, max_length=64)
+    cat = CATTrainer(model=model, args=args, adversarial_dataset=toy_adversarial_dataset("train"),
+                     utility_dataset=toy_utility_dataset("train"), processing_class=tokenizer)
+    with pytest.raises(ValueError, match=r"`embedding_config` \(strong: eps 1.0 relative, 100 steps\) is weaker than "
+                       r"the training attack \(eps 2.0 relative, 10 steps\)"):
+        RobustnessEvalCallback(cat, behaviours)
+    RobustnessEvalCallback(cat, behaviours, embedding_config=None, gcg_config="gcg")  # another threat model: allowed
+    # An adversary callback added after this one is checked at on_train_begin, before the first step.
+    trainer = sft_trainer(tmp_path / "sft")
+    trainer.add_callback(RobustnessEvalCallback(trainer, behaviours, "train"))
+    trainer.add_callback(EmbeddingAdversaryCallback(EmbeddingAttackConfig(eps=0.5, targeted=False)))
+    with pytest.raises(ValueError, match=r"`embedding_config` \(train: eps 0.05 relative, 10 steps\) is weaker"):
+        trainer.train()
+    assert trainer.state.global_step == 0
 
 
 def test_the_callback_leaves_parameters_gradients_and_modes_alone(tmp_path):
@@ -99,6 +144,12 @@ def test_bad_input_names_the_argument(tmp_path):
         RobustnessEvalCallback(trainer, behaviours, embedding_config=EmbeddingAttackConfig(targeted=False))
     with pytest.raises(TypeError, match="gcg_config"):
         RobustnessEvalCallback(trainer, behaviours, gcg_config=EMBEDDING)
+    with pytest.raises(ValueError, match=r"`embedding_config` must be one of the embedding evaluation presets 'train', 'strong'"):
+        RobustnessEvalCallback(trainer, behaviours, embedding_config="gcg")
+    with pytest.raises(ValueError, match=r"`gcg_config` must be one of the gcg evaluation presets 'gcg', 'gcg-fast'"):
+        RobustnessEvalCallback(trainer, behaviours, gcg_config="strong")
+    with pytest.raises(TypeError, match="embedding_config.*kind 'gcg'"):
+        RobustnessEvalCallback(trainer, behaviours, embedding_config=get_preset("gcg"))
     with pytest.raises(ValueError, match="max_behaviours"):
         RobustnessEvalCallback(trainer, behaviours, max_behaviours=0)
     with pytest.raises(ValueError, match="dataset_name"):

@@ -3,7 +3,7 @@ import torch
 from datasets import Dataset
 
 from hf_robust.attacks import EmbeddingAttackConfig, embedding_attack
-from hf_robust.cat import behaviour_ids, embedding_attack_success_rate
+from hf_robust.evaluation.behaviour_attacks import behaviour_ids, embedding_attack_success_rate
 from hf_robust.testing import tiny_causal_lm
 
 PROMPTS = ["Tell me a secret.", "Write something rude.", "Explain how to pick a lock."]
@@ -36,7 +36,7 @@ def test_own_greedy_answer_counts_as_success_and_random_target_does_not():
     assert embedding_attack_success_rate(model, tokenizer, unlikely, clean) == 0.0
 
 
-def test_greedy_success_agrees_with_the_attack_argmax_match_and_leaves_the_model_alone():
+def test_success_is_the_attack_argmax_match_at_some_iterate_and_leaves_the_model_alone():
     model, tokenizer = tiny_causal_lm("qwen2")
     model.train()
     before = {name: parameter.clone() for name, parameter in model.named_parameters()}
@@ -45,7 +45,8 @@ def test_greedy_success_agrees_with_the_attack_argmax_match_and_leaves_the_model
     expected = []
     for row in rows:
         input_ids, labels, _ = behaviour_ids(tokenizer, row["prompt"], row["target"])
-        expected.append(bool(embedding_attack(model, input_ids, torch.ones_like(input_ids), labels, config).success))
+        result = embedding_attack(model, input_ids, torch.ones_like(input_ids), labels, config)
+        expected.append(bool(result.success_history.any()))  # broken at some iterate: the attacker stops there
     rate = embedding_attack_success_rate(model, tokenizer, Dataset.from_list(rows), config)
     assert rate == pytest.approx(sum(expected) / len(rows))
     assert 0 < sum(expected)  # the check compares something that happens

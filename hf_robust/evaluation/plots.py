@@ -1,0 +1,59 @@
+"""Figures of evaluation results, written as PNG files with matplotlib's Agg canvas (no display, no pyplot state)."""
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from numbers import Real
+from pathlib import Path
+
+
+def _checked_rows(rows) -> list[dict]:
+    if isinstance(rows, (str, bytes, Mapping)) or not isinstance(rows, Sequence) or len(rows) == 0:
+        raise ValueError("`rows` must be a non-empty list of {'eps', 'steps', 'asr'} mappings "
+                         "(what attack_budget_sweep returns).")
+    for index, row in enumerate(rows):
+        if not isinstance(row, Mapping) or not all(
+            isinstance(row.get(key), Real) and not isinstance(row.get(key), bool) and math.isfinite(row[key])
+            for key in ("eps", "steps", "asr")
+        ):
+            raise ValueError(f"`rows[{index}]` must have finite numbers 'eps', 'steps' and 'asr', got {row!r}.")
+    return list(rows)
+
+
+def plot_budget_sweep(rows: Sequence[Mapping], path: str | os.PathLike, title: str | None = None) -> Path:
+    """Attack success rate against attack steps, one line per eps, written to `path` as a PNG.
+
+    Args:
+        rows: {"eps", "steps", "asr"} mappings, as `attack_budget_sweep` returns.
+        path: The PNG file to write (its folder is created); the format is PNG whatever the suffix.
+        title: Figure title; none by default.
+
+    Returns:
+        `path` as a `Path`.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = _checked_rows(rows)
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise TypeError(f"`path` must be a file path, got {path!r}.")
+    if title is not None and not isinstance(title, str):
+        raise TypeError(f"`title` must be a string or None, got {type(title).__name__}.")
+    path = Path(path)
+    figure = Figure(figsize=(6, 4), dpi=100)
+    FigureCanvasAgg(figure)  # attaches the Agg canvas: no GUI backend is ever touched
+    axes = figure.add_subplot()
+    for eps in sorted({row["eps"] for row in rows}):
+        points = sorted((row["steps"], row["asr"]) for row in rows if row["eps"] == eps)
+        axes.plot([steps for steps, _ in points], [asr for _, asr in points], marker="o", label=f"eps {eps:g}")
+    axes.set_xlabel("attack steps")
+    axes.set_ylabel("attack success rate")
+    axes.set_ylim(-0.02, 1.02)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    if title:
+        axes.set_title(title)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png")
+    return path

@@ -12,7 +12,6 @@ import torch
 
 from ..attacks.continuous import EmbeddingAttackConfig, EmbeddingAttackResult
 
-
 PAPER = {
     "title": "Efficient Adversarial Training in LLMs with Continuous Attacks",
     "id": "2405.15589",

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 
 from trl import ModelConfig, TrlParser, get_peft_config
 
-from .cat_config import CATConfig
 from ..scripts import end_distributed, load_data, load_model
 from ..sharding import whole_parameters
+from .cat_config import CATConfig
 from .script import EvaluationArguments, attack_success, evaluation_behaviours, evaluation_preset, finish
 
 

@@ -8,8 +8,8 @@ import tempfile
 import time
 
 from ..attacks.continuous import EmbeddingAttackConfig
-from ..evaluation.presets import get_preset
 from ..evaluation.behaviour_attacks import embedding_attack_success_rate
+from ..evaluation.presets import get_preset
 from .toy import (
     toy_adversarial_dataset,
     toy_behaviours,

@@ -9,12 +9,12 @@ from transformers import TrainerCallback
 
 from ..attacks.continuous import EmbeddingAttackConfig
 from ..attacks.gcg import GCGConfig, gcg_attack
+from ..checks import checked_behaviours
+from ..evaluation.behaviour_attacks import embedding_attack_success_rate
 from ..evaluation.presets import AttackPreset, at_least_as_strong, resolve_attack
 from ..hub import RobustnessResult
 from ..sharding import has_sharded_weights, on_main_process
 from .callback import EmbeddingAdversaryCallback
-from ..checks import checked_behaviours
-from ..evaluation.behaviour_attacks import embedding_attack_success_rate
 
 EMBEDDING_KEY = "robustness/embedding_attack_success_rate"
 GCG_KEY = "robustness/gcg_success_rate"

@@ -11,10 +11,10 @@ import os
 from dataclasses import dataclass, field
 
 from ..evaluation.presets import EVALUATION_PRESETS, AttackPreset, get_preset, require_at_least_as_strong
+from ..evaluation.runner import evaluate_robustness
 from ..hub import RobustnessResult, build_robustness_card, push_robust_to_hub
 from ..scripts import load_data
 from ..sharding import has_sharded_weights, unsharded_model
-from ..evaluation.runner import evaluate_robustness
 
 logger = logging.getLogger("hf_robust")
 

@@ -12,7 +12,12 @@ from .benign import BENIGN_REQUESTS, HARMFUL_WORDS, load_benign
 from .judges import REFUSAL_SUBSTRINGS_GCG_V1, RefusalJudge, judge_refusals
 from .plots import plot_budget_sweep
 from .presets import (
-    EVALUATION_PRESETS, AttackPreset, at_least_as_strong, get_preset, require_at_least_as_strong, resolve_attack,
+                 EVALUATION_PRESETS,
+                 AttackPreset,
+                 at_least_as_strong,
+                 get_preset,
+                 require_at_least_as_strong,
+                 resolve_attack,
 )
 from .sweep import attack_budget_sweep
 

@@ -56,6 +56,21 @@ def embedding_attack_success_rate(model, tokenizer, behaviours, config: Embeddin
     return sum(outcome["success"] for outcome in outcomes) / len(outcomes)
 
 
+def refusal_rate(model, tokenizer, prompts: list[str], judge=None, max_new_tokens: int = 64,
+                 batch_size: int = 8) -> tuple[float, list[dict]]:
+    """(fraction refused, one row per prompt) of greedy answers to plain requests: over-refusal on benign requests,
+    or clean refusal on harmful ones. `judge` as in `clean_rows` (`RefusalJudge()` by default)."""
+    from .judges import RefusalJudge
+
+    if isinstance(prompts, str) or not prompts or not all(isinstance(prompt, str) and prompt for prompt in prompts):
+        raise ValueError("`prompts` must be a non-empty list of non-empty strings.")
+    rows = [{"index": index, "prompt": prompt} for index, prompt in enumerate(prompts)]
+    with eval_mode(model):
+        outcomes = clean_rows(model, tokenizer, rows, judge or RefusalJudge(), max_new_tokens, batch_size,
+                              tqdm(disable=True))
+    return sum(row["refused"] for row in outcomes) / len(outcomes), outcomes
+
+
 def _chunks(items: list, size: int):
     for start in range(0, len(items), size):
         yield items[start : start + size]

@@ -90,6 +90,11 @@ EVALUATION_PRESETS: Mapping[str, AttackPreset] = MappingProxyType({preset.name: 
         "GCG with nanoGCG's defaults (250 iterations, search width 512, top-k 256, 20-token '!' suffix).",
     ),
     AttackPreset(
+        "gcg-cpu", "gcg", {"n_iters": 20, "search_width": 64, "topk": 64},
+        "GCG small enough for a 135M model on 2 CPU cores (20 iterations, search width 64, top-k 64, about 80 s a "
+        "behaviour); a weak lower bound on GCG's success, for CPU benchmarks only.",
+    ),
+    AttackPreset(
         "gcg-fast", "gcg", {"n_iters": 50, "search_width": 128, "topk": 256},
         "GCG cut down for CPU runs (50 iterations, search width 128, top-k 256); a lower bound on GCG's success.",
     ),

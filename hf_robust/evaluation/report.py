@@ -6,11 +6,11 @@ import os
 from pathlib import Path
 
 from ..hub import RobustnessResult
+from .plots import plot_budget_curves, plot_loss_curves
 from .runner import AttackOutcome, outcome_to_json
 
 JSON_NAME, MARKDOWN_NAME = "robustness.json", "report.md"
 BUDGET_FIGURE, LOSS_FIGURE = "asr_vs_budget.png", "loss_curves.png"
-BUDGET_UNITS = {"embedding": "attack steps", "gcg": "GCG iterations", "universal-gcg": "GCG iterations"}
 
 
 def robustness_results(outcomes: dict[str, AttackOutcome], dataset: str, split: str | None) -> list[RobustnessResult]:
@@ -29,67 +29,6 @@ def robustness_results(outcomes: dict[str, AttackOutcome], dataset: str, split: 
             metric="attack_success_rate", value=outcome.success_rate, dataset=dataset, split=split,
             attack_config=settings, attack_preset=outcome.name.removeprefix("universal-")))
     return results
-
-
-def _figure(rows: int, columns: int, width: float = 5.0, height: float = 3.6):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width * columns, height * rows), dpi=100)
-    FigureCanvasAgg(figure)  # Agg only: no display, no pyplot state
-    return figure
-
-
-def plot_budget_curves(outcomes: dict[str, AttackOutcome], path: str | os.PathLike) -> Path:
-    """Attack success rate against the attack's budget (steps or iterations), one panel per attack."""
-    attacked = [outcome for outcome in outcomes.values() if outcome.budget]
-    figure = _figure(1, max(1, len(attacked)))
-    for column, outcome in enumerate(attacked):
-        axes = figure.add_subplot(1, len(attacked), column + 1)
-        axes.step(outcome.budget, outcome.budget_success_rate, where="post")
-        axes.set_xlabel(BUDGET_UNITS[outcome.kind])
-        axes.set_ylabel("attack success rate")
-        axes.set_ylim(-0.02, 1.02)
-        axes.set_title(outcome.name)
-        axes.grid(alpha=0.3)
-    if not attacked:
-        axes = figure.add_subplot()
-        axes.text(0.5, 0.5, "no attack with a budget was run", ha="center", va="center")
-        axes.set_axis_off()
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png")
-    return path
-
-
-def plot_loss_curves(outcomes: dict[str, AttackOutcome], path: str | os.PathLike) -> Path:
-    """Each behaviour's attack loss (target cross-entropy) against steps/iterations, one panel per attack."""
-    attacked = [outcome for outcome in outcomes.values() if outcome.kind != "clean"]
-    figure = _figure(1, max(1, len(attacked)))
-    for column, outcome in enumerate(attacked):
-        axes = figure.add_subplot(1, len(attacked), column + 1)
-        seen = set()
-        for row in outcome.rows:
-            history = row["loss_history"]
-            if id(history) in seen:  # a universal attack shares one curve
-                continue
-            seen.add(id(history))
-            axes.plot(range(len(history)), history, color="tab:red" if row["success"] else "tab:blue", alpha=0.5,
-                      linewidth=1)
-        axes.set_xlabel(BUDGET_UNITS[outcome.kind])
-        axes.set_ylabel("target cross-entropy")
-        axes.set_title(f"{outcome.name} (red: broken)")
-        axes.grid(alpha=0.3)
-    if not attacked:
-        axes = figure.add_subplot()
-        axes.text(0.5, 0.5, "only the clean attack was run", ha="center", va="center")
-        axes.set_axis_off()
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png")
-    return path
 
 
 def _cell(text) -> str:

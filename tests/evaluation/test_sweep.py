@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from hf_robust.attacks.continuous import EmbeddingAttackConfig
-from hf_robust.evaluation.behaviour_attacks import embedding_attack_success_rate
 from hf_robust.cat.toy import toy_behaviours
 from hf_robust.evaluation import attack_budget_sweep, get_preset, plot_budget_sweep
+from hf_robust.evaluation.behaviour_attacks import embedding_attack_success_rate
 from hf_robust.testing import tiny_causal_lm
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -10,6 +10,7 @@ model loaded with the gathered weights, while the other ranks wait): it fine-tun
 on the held-out part. Those numbers go into the card (`robustness.json` too).
 """
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -42,12 +43,27 @@ class RelearnArguments:
     relearn_batch_size: int = field(default=4, metadata={"help": "Attack batch size."})
     relearn_holdout_fraction: float = field(
         default=0.5, metadata={"help": "Fraction of the forget rows held out from the attacker and measured. In (0, 1)."})
+    relearn_parameters: str = field(
+        default="all", metadata={"help": "What the attacker fine-tunes: 'all' weights (the paper's attacker; a LoRA "
+                                 "model merged first) or only the 'trainable' ones (a weaker threat model)."})
+    relearn_curve: list[int] | None = field(
+        default=None, metadata={"help": "Step counts to measure after, e.g. 0 25 50 100 150: a relearning curve in "
+                                "robustness.json and the card (replaces `relearn_steps`)."})
 
     def __post_init__(self):
         if not isinstance(self.relearn_samples, int) or self.relearn_samples < 0:
             raise ValueError(f"`relearn_samples` must be an integer >= 0, got {self.relearn_samples!r}.")
         if not 0 < self.relearn_holdout_fraction < 1:
             raise ValueError(f"`relearn_holdout_fraction` must be in (0, 1), got {self.relearn_holdout_fraction!r}.")
+        from .relearn import PARAMETER_CHOICES, RelearnConfig
+
+        if self.relearn_parameters not in PARAMETER_CHOICES:
+            raise ValueError(f"`relearn_parameters` must be one of {PARAMETER_CHOICES}, got {self.relearn_parameters!r}.")
+        if self.relearn_curve is not None:
+            try:
+                RelearnConfig(steps=list(self.relearn_curve))
+            except ValueError as error:
+                raise ValueError(str(error).replace("`steps`", "`relearn_curve`", 1)) from None
 
 
 def make_parser(prog=None):
@@ -81,9 +97,9 @@ def relearn(trainer, model, tokenizer, forget, retain, relearn_args: RelearnArgu
     attacker, measured = forget.select(range(len(forget) - held_out)), forget.select(range(len(forget) - held_out,
                                                                                            len(forget)))
     config = RelearnConfig(
-        n_samples=relearn_args.relearn_samples, steps=relearn_args.relearn_steps,
+        n_samples=relearn_args.relearn_samples, steps=relearn_args.relearn_curve or relearn_args.relearn_steps,
         learning_rate=relearn_args.relearn_learning_rate, batch_size=relearn_args.relearn_batch_size,
-        seed=trainer.args.seed, max_length=trainer.args.max_length or 512,
+        seed=trainer.args.seed, max_length=trainer.args.max_length or 512, parameters=relearn_args.relearn_parameters,
     )
     rouge_tokens = "model" if "input_ids" in forget.column_names else "words"
     return relearning_attack(model, tokenizer, attacker, config, retain_dataset=retain, eval_forget=measured,
@@ -132,7 +148,9 @@ def _finish(trainer, model, tokenizer, forget, retain, relearn_args: RelearnArgu
     result = relearn(trainer, model, tokenizer, forget, retain, relearn_args)
     with open(os.path.join(args.output_dir, "robustness.json"), "w") as handle:
         json.dump({"before_relearning": result.before.as_dict(), "after_relearning": result.after.as_dict(),
-                   "recovery": result.recovery, "samples": len(result.samples), "steps": result.steps}, handle)
+                   "recovery": result.recovery, "samples": len(result.samples), "steps": result.steps,
+                   "attacker": dataclasses.asdict(result.config),
+                   "curve": [{"steps": step, **metrics.as_dict()} for step, metrics in result.curve]}, handle)
     results = result.robustness_results(dataset="forget set (held out from the attacker)")
     description = (
         f"Unlearned with {method} by hf-robust. A relearning attack ({len(result.samples)} forget samples, "

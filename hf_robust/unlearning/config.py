@@ -1,5 +1,6 @@
 """`UnlearnConfig`: `TrainingArguments` plus the unlearning objective and the smoothing of its forget loss."""
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -42,6 +43,11 @@ class UnlearnConfig(TrainingArguments):
     beta: float | None = field(
         default=None,
         metadata={"help": "Inverse temperature of NPO/SimNPO; None: the method's default (npo 0.1, simnpo 4.5). > 0."},
+    )
+    simnpo_delta: float = field(
+        default=0.0,
+        metadata={"help": "SimNPO's reward margin delta in -(2/beta) log sigmoid(beta (NLL/|y| - delta)); 0 as in "
+                  "Fan et al.'s main runs. A finite number."},
     )
     retain_weight: float = field(
         default=1.0, metadata={"help": "Weight gamma of the retain loss (graddiff, npo, simnpo). >= 0; 0 drops it."}
@@ -115,6 +121,7 @@ class UnlearnConfig(TrainingArguments):
             self.beta = DEFAULT_BETA.get(self.method)
         else:
             check_number("beta", self.beta, 0.0, strict=True)
+        check_number("simnpo_delta", self.simnpo_delta, -math.inf)
         for name in ("retain_weight", "rho", "rs_sigma", "gp_coeff", "cr_coeff", "rmu_alpha"):
             check_number(name, getattr(self, name), 0.0)
         check_number("rmu_steering_coeff", self.rmu_steering_coeff, 0.0, strict=True)

@@ -27,7 +27,7 @@ from .metrics import UnlearningMetrics, right_padded, encode_rows, evaluate_unle
 __all__ = ["RelearnConfig", "RelearnResult", "relearning_attack", "RelearningEvalCallback"]
 
 OPTIMIZERS = ("adamw", "sgd")
-PARAMETER_CHOICES = ("trainable", "all")
+PARAMETER_CHOICES = ("all", "trainable")
 IGNORE_INDEX = -100
 LOG_PREFIX = "relearn/"
 
@@ -43,7 +43,9 @@ class RelearnConfig:
     Args:
         n_samples: Forget rows the attacker fine-tunes on, drawn without replacement (`random.Random(seed).sample`).
         steps: Optimizer steps; None makes one pass over the samples (ceil(n_samples / batch_size) steps). Longer
-            runs go through the samples again, reshuffled each pass; a pass may end with a smaller batch.
+            runs go through the samples again, reshuffled each pass; a pass may end with a smaller batch. A list of
+            step counts (increasing, e.g. [0, 25, 50, 100, 150]) makes one run to the largest and measures after
+            each: the relearning curve (`RelearnResult.curve`).
         learning_rate: Constant learning rate.
         batch_size: Sequences per step (loss: mean token NLL over the batch, as `outputs.loss`).
         optimizer: "adamw" (torch AdamW, betas (0.9, 0.999), eps 1e-8) or "sgd" (plain SGD).
@@ -51,13 +53,14 @@ class RelearnConfig:
         max_grad_norm: Clip the gradient's global L2 norm to this (None: no clipping).
         seed: Seeds the sample choice, their order and any dropout (in a forked RNG: the global seed is untouched).
         max_length: Tokens kept per sequence, in training and in the measurements.
-        parameters: What the attacker trains: "trainable", the parameters that require grad in the given model
-            (the adapters of a `PeftModel`, the chosen layers of a partly frozen model), or "all" floating-point
-            parameters of the copy (an attacker holding the full weights).
+        parameters: What the attacker trains. "all" (the paper's attacker, who holds the weights): every
+            floating-point parameter of the copy, a `PeftModel` merged into its base model first, whatever the
+            unlearning trained (RMU's few layers, LoRA adapters). "trainable": only the parameters that require
+            grad in the given model (the adapters of a `PeftModel`, RMU's layers): a weaker threat model.
     """
 
     n_samples: int = 20
-    steps: int | None = None
+    steps: int | list[int] | None = None
     learning_rate: float = 1e-5
     batch_size: int = 4
     optimizer: str = "adamw"
@@ -65,13 +68,20 @@ class RelearnConfig:
     max_grad_norm: float | None = 1.0
     seed: int = 0
     max_length: int = 512
-    parameters: str = "trainable"
+    parameters: str = "all"
 
     def __post_init__(self):
         if not is_integer(self.n_samples) or self.n_samples < 1:
             raise ValueError(f"`n_samples` must be an integer >= 1, got {self.n_samples!r}.")
-        if self.steps is not None and (not is_integer(self.steps) or self.steps < 1):
-            raise ValueError(f"`steps` must be None or an integer >= 1, got {self.steps!r}.")
+        if isinstance(self.steps, (list, tuple)):
+            if not self.steps or not all(is_integer(step) and step >= 0 for step in self.steps) or any(
+                    later <= earlier for earlier, later in zip(self.steps, self.steps[1:])) or self.steps[-1] < 1:
+                raise ValueError("`steps` as a curve must be a non-empty increasing list of integers >= 0 ending >= 1, "
+                                 f"got {self.steps!r}.")
+            self.steps = [int(step) for step in self.steps]
+        elif self.steps is not None and (not is_integer(self.steps) or self.steps < 1):
+            raise ValueError(f"`steps` must be None, an integer >= 1 or an increasing list of step counts, got "
+                             f"{self.steps!r}.")
         if not _is_number(self.learning_rate) or self.learning_rate <= 0:
             raise ValueError(f"`learning_rate` must be a finite number > 0, got {self.learning_rate!r}.")
         if not is_integer(self.batch_size) or self.batch_size < 1:
@@ -91,8 +101,15 @@ class RelearnConfig:
 
     @property
     def total_steps(self) -> int:
-        """`steps`, or one pass over the samples when it is None."""
+        """`steps` (its largest count for a curve), or one pass over the samples when it is None."""
+        if isinstance(self.steps, list):
+            return self.steps[-1]
         return self.steps if self.steps is not None else math.ceil(self.n_samples / self.batch_size)
+
+    @property
+    def measured_steps(self) -> list[int]:
+        """The step counts after which the metrics are measured: the curve's, else only the last."""
+        return list(self.steps) if isinstance(self.steps, list) else [self.total_steps]
 
 
 @dataclass
@@ -106,6 +123,8 @@ class RelearnResult:
         losses: Training loss (mean token NLL of the batch) at each step, before that step's update.
         config: The settings used.
         model: The fine-tuned copy when `return_model=True`, else None.
+        curve: One (step count, metrics) per entry of `config.measured_steps`: the relearning curve (a single point,
+            the last step, unless `config.steps` is a list); step 0 is `before`.
     """
 
     before: UnlearningMetrics
@@ -116,6 +135,7 @@ class RelearnResult:
     losses: list[float] = field(default_factory=list)
     config: RelearnConfig = field(default_factory=RelearnConfig)
     model: Any = field(default=None, repr=False, compare=False)
+    curve: list[tuple[int, UnlearningMetrics]] = field(default_factory=list)
 
     @property
     def recovery(self) -> float:
@@ -131,6 +151,9 @@ class RelearnResult:
                     values[f"{LOG_PREFIX}{name}_{stage}"] = float(value)
         values[f"{LOG_PREFIX}recovery"] = self.recovery
         values[f"{LOG_PREFIX}seconds"] = self.seconds
+        if len(self.curve) > 1:
+            for step, metrics in self.curve:
+                values[f"{LOG_PREFIX}forget_nll_step_{step}"] = float(metrics.forget_nll)
         return values
 
     def robustness_results(self, dataset: str = "forget set", split: str | None = None) -> list[RobustnessResult]:
@@ -145,6 +168,10 @@ class RelearnResult:
                 if value is not None:
                     results.append(self._result(f"{name}_{stage}", value, dataset, split, attack_config))
         results.append(self._result("forget_nll_recovery", self.recovery, dataset, split, attack_config))
+        if len(self.curve) > 1:  # the relearning curve: the forget NLL after each measured step count
+            for step, metrics in self.curve:
+                results.append(self._result(f"forget_nll_after_{step}_steps", metrics.forget_nll, dataset, split,
+                                            attack_config))
         return results
 
     @staticmethod
@@ -164,8 +191,10 @@ def _batches(samples: list[int], batch_size: int, steps: int, rng: random.Random
     return batches[:steps]
 
 
-def _fine_tune(model, sequences: list[list[int]], batches: list[list[int]], config: RelearnConfig) -> list[float]:
-    """Fine-tune `model` in place on `batches` of `sequences` with plain NLL; returns the loss of each step."""
+def _fine_tune(model, sequences: list[list[int]], batches: list[list[int]], config: RelearnConfig,
+               after_step=None) -> list[float]:
+    """Fine-tune `model` in place on `batches` of `sequences` with plain NLL; returns the loss of each step.
+    `after_step(step_count)` is called after every step (the model in eval mode during the call)."""
     if config.parameters == "all":
         for parameter in model.parameters():
             parameter.requires_grad_(parameter.is_floating_point())
@@ -193,8 +222,20 @@ def _fine_tune(model, sequences: list[list[int]], batches: list[list[int]], conf
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
+        if after_step is not None:
+            model.eval()
+            after_step(len(losses))
+            model.train()
     model.eval()
     return losses
+
+
+def attacker_copy(model, parameters: str):
+    """The copy the attacker fine-tunes: with "all", a `PeftModel` is merged into a plain copy of its base model
+    (the original and its adapters untouched); otherwise a deep copy."""
+    if parameters == "all" and callable(getattr(model, "merge_and_unload", None)):
+        return copy.deepcopy(model).merge_and_unload()
+    return copy.deepcopy(model)
 
 
 def relearning_attack(
@@ -210,9 +251,9 @@ def relearning_attack(
 ) -> RelearnResult:
     """Fine-tune a deep copy of `model` on `config.n_samples` forget rows and measure the metrics before and after.
 
-    The given model is never changed (parameters, `.grad`, train/eval flags): the attack trains `copy.deepcopy(model)`
-    (for a `PeftModel` the copy's trainable parameters are its adapters; the copy needs as much memory as the
-    model). Measurements (`evaluate_unlearning`) run on `eval_forget` when given, e.g. held-out forget rows so that
+    The given model is never changed (parameters, `.grad`, train/eval flags): the attack trains a copy
+    (`attacker_copy`: by default every weight, a `PeftModel` merged first; the copy needs as much memory as the
+    model). With a list of `config.steps` it measures after each of those step counts (`RelearnResult.curve`). Measurements (`evaluate_unlearning`) run on `eval_forget` when given, e.g. held-out forget rows so that
     recovery on forget data the attacker never saw is measured, else on the whole `forget_dataset`; retain metrics
     on `retain_dataset` when given.
 
@@ -221,7 +262,8 @@ def relearning_attack(
         tokenizer: Its tokenizer.
         forget_dataset: The attacker's pool: list of strings / token-id lists, or a `Dataset` with `text` or
             `input_ids`; must hold at least `config.n_samples` rows.
-        config: Attack settings; `RelearnConfig()` by default (20 samples, 5 AdamW steps, lr 1e-5, batch 4).
+        config: Attack settings; `RelearnConfig()` by default (the paper's attacker: every weight, 20 samples, 5 AdamW
+            steps, lr 1e-5, batch 4).
         retain_dataset, eval_forget: Optional rows of the same forms.
         return_model: Keep the fine-tuned copy in `RelearnResult.model`.
         **evaluation: Keyword arguments of `evaluate_unlearning` (mc_questions, prefix_fraction, max_new_tokens, k,
@@ -249,22 +291,29 @@ def relearning_attack(
     rng = random.Random(config.seed)
     samples = rng.sample(range(len(pool)), config.n_samples)
     batches = _batches(samples, config.batch_size, config.total_steps, rng)
-    attacked = copy.deepcopy(model)
+    attacked = attacker_copy(model, config.parameters)
     attacked.zero_grad(set_to_none=True)  # the copy starts without the original's gradients
     device = next(attacked.parameters()).device
+    measured_steps = config.measured_steps
+    curve = [(0, before)] if measured_steps[0] == 0 else []
+
+    def after_step(step: int) -> None:
+        if step in measured_steps:
+            curve.append((step, measure(attacked)))
+
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.enable_grad():
         torch.manual_seed(config.seed)
-        losses = _fine_tune(attacked, pool, batches, config)
-    after = measure(attacked)
+        losses = _fine_tune(attacked, pool, batches, config, after_step)
     return RelearnResult(
         before=before,
-        after=after,
+        after=curve[-1][1],
         samples=samples,
         steps=len(batches),
         seconds=time.perf_counter() - start,
         losses=losses,
         config=config,
         model=attacked if return_model else None,
+        curve=curve,
     )
 
 

@@ -333,7 +333,7 @@ class UnlearnTrainer(Trainer):
         if args.method == "npo":
             return npo_loss(nll, reference["forget_nll"], args.beta).sum(), tokens.new_tensor(nll.shape[0])
         if args.method == "simnpo":
-            return simnpo_loss(nll, tokens, args.beta).sum(), tokens.new_tensor(nll.shape[0])
+            return simnpo_loss(nll, tokens, args.beta, args.simnpo_delta).sum(), tokens.new_tensor(nll.shape[0])
         return gradient_ascent_loss(nll).sum(), tokens.sum()
 
     def _retain_terms(self, model, batch, reference, parameters=None) -> tuple[torch.Tensor, torch.Tensor]:

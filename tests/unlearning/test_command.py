@@ -58,7 +58,25 @@ def test_unlearn_command_trains_relearns_and_saves_a_card(tmp_path, files, smoot
     assert all(result.attack == "relearning" for result in results)
 
 
+def test_relearning_curve_and_the_attacker_settings_are_recorded(tmp_path, files):
+    output = tmp_path / "out"
+    assert cli.main(arguments(files, output, "--smoothing", "none", "--relearn_curve", "0", "1", "2")) == 0
+    measured = json.loads((output / "robustness.json").read_text())
+    assert [point["steps"] for point in measured["curve"]] == [0, 1, 2] and measured["steps"] == 2
+    assert measured["curve"][0]["forget_nll"] == pytest.approx(measured["before_relearning"]["forget_nll"])
+    assert measured["curve"][-1]["forget_nll"] == pytest.approx(measured["after_relearning"]["forget_nll"])
+    assert measured["attacker"]["parameters"] == "all" and measured["attacker"]["learning_rate"] == 1e-5
+    results = robustness_results_from_card(ModelCard((output / "README.md").read_text()))
+    curve = {r.metric: r.value for r in results if r.metric.startswith("forget_nll_after_")}
+    assert set(curve) == {"forget_nll_after_0_steps", "forget_nll_after_1_steps", "forget_nll_after_2_steps"}
+    assert all(r.attack_config["parameters"] == "all" for r in results)  # the card records the attacker
+
+
 def test_bad_arguments_are_named(tmp_path, files, capsys):
+    with pytest.raises(ValueError, match="relearn_curve"):
+        cli.main(arguments(files, tmp_path, "--relearn_curve", "3", "1"))
+    with pytest.raises(ValueError, match="relearn_parameters"):
+        cli.main(arguments(files, tmp_path, "--relearn_parameters", "adapters"))
     with pytest.raises(ValueError, match="relearn_holdout_fraction"):
         cli.main(arguments(files, tmp_path, "--relearn_holdout_fraction", "1.5"))
     with pytest.raises(ValueError, match="relearn_samples"):

@@ -22,12 +22,15 @@ def test_defaults_follow_the_papers(tmp_path):
     assert make(tmp_path, method="simnpo").beta == 4.5
     assert make(tmp_path, method="ga").beta is None
     assert make(tmp_path, method="simnpo", beta=2.0).beta == 2.0
+    assert make(tmp_path).simnpo_delta == 0.0
+    with pytest.raises(ValueError, match="`simnpo_delta`"):
+        make(tmp_path, method="simnpo", simnpo_delta=float("nan"))
 
 
 def test_every_unlearning_field_has_help():
     own = {field.name for field in dataclasses.fields(UnlearnConfig)} - {
         field.name for field in dataclasses.fields(UnlearnConfig.__mro__[1])}
-    expected = {"method", "smoothing", "beta", "retain_weight", "retain_loss", "rho", "sam_target", "rs_sigma",
+    expected = {"method", "smoothing", "beta", "simnpo_delta", "retain_weight", "retain_loss", "rho", "sam_target", "rs_sigma",
                 "rs_samples", "gp_coeff", "cr_coeff", "wa_start", "wa_every", "rmu_layer", "rmu_steering_coeff",
                 "rmu_alpha", "rmu_param_regex", "max_length"}
     assert expected <= own

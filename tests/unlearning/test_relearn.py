@@ -1,3 +1,4 @@
+import copy
 import dataclasses
 
 import pytest
@@ -45,6 +46,7 @@ def assert_unchanged(model, before, modes):
 def test_config_defaults_follow_the_paper_and_bad_values_name_the_field():
     config = RelearnConfig()
     assert (config.learning_rate, config.batch_size, config.optimizer, config.n_samples) == (1e-5, 4, "adamw", 20)
+    assert config.parameters == "all"  # the paper's attacker fine-tunes the whole model
     assert config.total_steps == 5 and RelearnConfig(n_samples=60).total_steps == 15
     assert RelearnConfig(n_samples=5, batch_size=4).total_steps == 2 and RelearnConfig(steps=7).total_steps == 7
     for field, value in [
@@ -105,20 +107,73 @@ def test_sgd_and_several_passes(tiny):
     assert result.recovery > 0
 
 
-def test_peft_model_trains_only_its_adapter_copy(tiny):
-    base, tokenizer = tiny
+def lora_model(base):
     model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
     with torch.no_grad():  # non-zero B so the adapter is active
         for name, parameter in model.named_parameters():
             if "lora_B" in name:
                 parameter.normal_(0, 0.02, generator=torch.Generator().manual_seed(0))
-    before = snapshot(model)
-    modes = [module.training for module in model.modules()]
+    return model
+
+
+def test_default_attacker_merges_a_lora_model_and_trains_every_weight(tiny):
+    base, tokenizer = tiny
+    model = lora_model(base)
+    before, modes = snapshot(model), [module.training for module in model.modules()]
+    merged = {name: p.detach().clone() for name, p in copy.deepcopy(model).merge_and_unload().named_parameters()}
     result = relearning_attack(model, tokenizer, FORGET, FAST, return_model=True, **QUICK_EVALUATION)
+    assert_unchanged(model, before, modes)
+    assert not hasattr(result.model, "peft_config")  # a plain merged copy
+    changed = {name for name, parameter in result.model.named_parameters() if not torch.equal(parameter, merged[name])}
+    assert "model.embed_tokens.weight" in changed and any("mlp" in name for name in changed)  # outside the adapters
+    assert result.recovery > 0 and result.config.parameters == "all"
+
+
+def test_trainable_attacker_trains_only_the_adapter_copy(tiny):
+    base, tokenizer = tiny
+    model = lora_model(base)
+    before, modes = snapshot(model), [module.training for module in model.modules()]
+    config = dataclasses.replace(FAST, parameters="trainable")
+    result = relearning_attack(model, tokenizer, FORGET, config, return_model=True, **QUICK_EVALUATION)
     assert_unchanged(model, before, modes)
     changed = {name for name, parameter in result.model.named_parameters() if not torch.equal(parameter, before[name])}
     assert changed and all("lora_" in name for name in changed)
-    assert result.recovery > 0
+
+
+def test_after_rmu_the_default_attacker_changes_weights_outside_the_trained_layers(tiny):
+    model, tokenizer = tiny
+    for name, parameter in model.named_parameters():  # RMU trains a few down_proj layers and freezes the rest
+        parameter.requires_grad_("layers.0.mlp.down_proj" in name)
+    before = snapshot(model)
+    result = relearning_attack(model, tokenizer, FORGET, FAST, return_model=True, **QUICK_EVALUATION)
+    changed = {name for name, parameter in result.model.named_parameters() if not torch.equal(parameter, before[name])}
+    assert any("down_proj" not in name for name in changed)
+    weak = relearning_attack(model, tokenizer, FORGET, dataclasses.replace(FAST, parameters="trainable"),
+                             return_model=True, **QUICK_EVALUATION)
+    changed = {name for name, parameter in weak.model.named_parameters() if not torch.equal(parameter, before[name])}
+    assert changed == {"model.layers.0.mlp.down_proj.weight"}
+    assert [p.requires_grad for p in model.parameters()].count(True) == 1  # the given model's flags are kept
+    for name, parameter in model.named_parameters():
+        assert torch.equal(parameter, before[name]), name
+
+
+def test_curve_measures_after_each_requested_step_count(tiny):
+    model, tokenizer = tiny
+    before, modes = snapshot(model), [module.training for module in model.modules()]
+    config = dataclasses.replace(FAST, steps=[0, 1, 3])
+    result = relearning_attack(model, tokenizer, FORGET, config, **QUICK_EVALUATION)
+    assert_unchanged(model, before, modes)
+    assert [step for step, _ in result.curve] == [0, 1, 3] and result.steps == 3
+    assert result.curve[0][1] == result.before and result.curve[-1][1] == result.after
+    # The curve's last point is the plain 3-step attack (same seed, same batches).
+    plain = relearning_attack(model, tokenizer, FORGET, FAST, **QUICK_EVALUATION)
+    assert plain.after.forget_nll == pytest.approx(result.after.forget_nll, abs=1e-5)
+    assert result.curve[1][1].forget_nll != result.before.forget_nll
+    assert {"relearn/forget_nll_step_0", "relearn/forget_nll_step_3"} <= set(result.log_values())
+    assert sum(r.metric.startswith("forget_nll_after_") for r in result.robustness_results()) == 3
+    for steps in ([], [3, 1], [0], [1, 1], [-1, 2]):
+        with pytest.raises(ValueError, match="`steps`"):
+            RelearnConfig(steps=steps)
 
 
 def test_callback_logs_recovery_in_a_stock_trainer(tiny, tmp_path):
@@ -174,8 +229,9 @@ def test_bad_inputs_name_the_argument(tiny, tmp_path):
         relearning_attack(model, tokenizer, FORGET, {"n_samples": 4})
     frozen, frozen_tokenizer = tiny_causal_lm("llama", seed=0)
     frozen.requires_grad_(False)
-    with pytest.raises(ValueError, match="requires_grad"):
-        relearning_attack(frozen, frozen_tokenizer, FORGET, FAST, **QUICK_EVALUATION)
+    with pytest.raises(ValueError, match="requires_grad"):  # the weaker attacker has nothing to train
+        relearning_attack(frozen, frozen_tokenizer, FORGET, dataclasses.replace(FAST, parameters="trainable"),
+                          **QUICK_EVALUATION)
     # An attacker holding the weights trains them all; the frozen original stays frozen and unchanged.
     before = snapshot(frozen)
     everything = dataclasses.replace(FAST, parameters="all")

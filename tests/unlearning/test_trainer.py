@@ -188,10 +188,13 @@ def test_npo_at_the_reference_is_2_ln2_over_beta_and_its_gradient_is_the_ga_grad
         torch.testing.assert_close(npo_gradient, (LENGTH - 1) * ga_gradient, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["graddiff", "simnpo"])
+@pytest.mark.parametrize("method", ["graddiff", "simnpo", "simnpo-delta"])
 @pytest.mark.parametrize("retain_loss", ["nll", "kl"])
 def test_objective_matches_its_formula(tmp_path, method, retain_loss):
-    trainer = make_trainer(tmp_path, method=method, retain_loss=retain_loss, retain_weight=0.5)
+    delta = 0.7 if method == "simnpo-delta" else 0.0
+    extra = {"simnpo_delta": delta} if delta else {}
+    method = method.removesuffix("-delta")
+    trainer = make_trainer(tmp_path, method=method, retain_loss=retain_loss, retain_weight=0.5, **extra)
     batch = trainer.data_collator(list(trainer.train_dataset))
     model = trainer.model
     theta = dict(model.named_parameters())
@@ -199,7 +202,7 @@ def test_objective_matches_its_formula(tmp_path, method, retain_loss):
     if method == "graddiff":
         forget = -forget_nll.sum() / (forget_nll.numel() * (LENGTH - 1))
     else:
-        forget = (-(2 / 4.5) * F.logsigmoid(4.5 * forget_nll / (LENGTH - 1))).mean()
+        forget = (-(2 / 4.5) * F.logsigmoid(4.5 * (forget_nll / (LENGTH - 1) - delta))).mean()
     # At initialisation the reference is the model: KL is 0.
     retain = retain_nll(model, theta, batch) if retain_loss == "nll" else torch.tensor(0.0)
     torch.testing.assert_close(trainer.compute_loss(model, batch), forget + 0.5 * retain, rtol=1e-5, atol=1e-6)

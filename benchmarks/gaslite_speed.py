@@ -3,6 +3,7 @@
     python benchmarks/gaslite_speed.py                      # 2 timed iterations per path, then nothing else
     python benchmarks/gaslite_speed.py --full               # also one whole default passage (L=30, 100 iterations)
     python benchmarks/gaslite_speed.py --device cuda --full
+    python benchmarks/gaslite_speed.py --gradient           # only the averaged gradient: one-hot form vs Gram form
 
 Both paths run the same shared token search (`hf_robust.attacks.token_search`) with `GasliteConfig()` settings
 (L = 30, n_grad 50, top-k 256, 128 candidates at each of 20 flipped positions) on the shipped concept's attack queries
@@ -13,6 +14,12 @@ and the default info; only the objective differs:
 - naive (the reference implementation's way): every sequence padded to 512 tokens (gradient rows and candidates),
   one batched forward per flipped position, and the decode/re-encode round trip checked eagerly on every candidate
   before scoring (failures are dropped).
+
+`--gradient` times the averaged GASLITE gradient alone (n_grad 50 rows, L = 30) in two forms, alternately: the
+one-hot form of the reference (X (rows, L, V) with grad, embeds = X @ E, backward to X, each (row, position) row of
+dloss/dX normalised over V, averaged) and the library's Gram form (backward to the embeddings only, norms from
+G M G^T with M = E^T E (hidden x hidden), one (L, hidden) x (hidden, V) product); it reports seconds per gradient and
+whether the top-256 tokens per position agree.
 
 Reported per path: candidate rows scored per second (rows given to the scoring forward / time spent in it) and
 seconds per iteration (gradient + candidates). Target (issue 6): >= 5x the naive path's rows per second; one L=30,
@@ -105,7 +112,7 @@ def search(model, queries, info, config, iterations, naive: bool):
     """Run `iterations` of the GASLITE search on one path; returns (seconds, rows scored, seconds scoring, similarity)."""
     from hf_robust.attacks import eval_mode
     from hf_robust.attacks.discrete import allowed_token_mask, token_search
-    from hf_robust.retrieval.gaslite import document_prompt, check_model, target_embeddings
+    from hf_robust.retrieval.gaslite import check_model, document_prompt, target_embeddings
     from hf_robust.retrieval.objective import CentroidObjective, passage_layout, query_centroid
 
     similarity = check_model(model)
@@ -119,12 +126,79 @@ def search(model, queries, info, config, iterations, naive: bool):
         objective = NaiveObjective(objective, layout, model.tokenizer, weight)
     counted = Counted(objective)
     settings = config.search_config()
-    settings.n_iters = iterations
+    settings.n_iters, settings.patience = iterations, 0  # exactly `iterations` timed iterations
     started = time.perf_counter()
     with eval_mode(model):
         result = token_search(counted, layout.ids, layout.positions, weight, allowed, settings,
                               round_trip=None if naive else layout.round_trip)
     return time.perf_counter() - started, counted.rows, counted.seconds, -result.loss
+
+
+def one_hot_scores(objective, ids, positions, weight, allowed_ids, n_grad, batch_size, generator):
+    """The reference implementation's averaged gradient: Tensor (L, V), float32 (higher = better token)."""
+    import torch
+
+    weight = weight.detach()
+    length, vocab = positions.shape[0], weight.shape[0]
+    rows = ids.unsqueeze(0).repeat(n_grad, 1)
+    at = torch.randint(length, (n_grad - 1,), generator=generator)
+    token = allowed_ids[torch.randint(allowed_ids.numel(), (n_grad - 1,), generator=generator)]
+    rows[torch.arange(1, n_grad), positions[at]] = token
+    total = torch.zeros(length, vocab)
+    for chunk in rows.split(batch_size):
+        one_hot = torch.zeros(chunk.shape[0], length, vocab, dtype=weight.dtype)
+        one_hot.scatter_(2, chunk[:, positions].unsqueeze(-1), 1.0)
+        one_hot.requires_grad_(True)
+        embeds = weight[chunk].clone()
+        embeds[:, positions] = one_hot @ weight
+        (grad,) = torch.autograd.grad(objective.loss_from_embeds(embeds).sum(), one_hot)
+        grad = grad.float()
+        total += (grad / grad.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)).sum(0)
+    return -total / n_grad
+
+
+def gradient_forms(model, queries, info, repeats):
+    """Seconds per averaged gradient, one-hot form and Gram form alternately, and top-256 agreement."""
+    import torch
+
+    from hf_robust.attacks import eval_mode
+    from hf_robust.attacks.discrete import _token_scores, allowed_token_mask, gram_matrix
+    from hf_robust.retrieval.gaslite import GasliteConfig, check_model, document_prompt, target_embeddings
+    from hf_robust.retrieval.objective import CentroidObjective, passage_layout, query_centroid
+
+    config = GasliteConfig()
+    layout, features = passage_layout(model, info, document_prompt(model), config.trigger_len,
+                                      config.trigger_position, config.trigger_init)
+    objective = CentroidObjective(model, features, query_centroid(target_embeddings(model, queries)),
+                                  check_model(model))
+    weight = model[0].auto_model.get_input_embeddings().weight
+    allowed = allowed_token_mask(model.tokenizer, num_embeddings=weight.shape[0])
+    allowed_ids = allowed.nonzero().flatten()
+    settings = config.search_config()
+    ids, positions = layout.ids.to(weight.device), layout.positions.to(weight.device)
+    times = {"one-hot": [], "Gram": []}
+    started = time.perf_counter()
+    gram = gram_matrix(weight)
+    gram_seconds = time.perf_counter() - started
+    agree, max_difference = [], 0.0
+    with eval_mode(model):
+        for repeat in range(repeats):
+            started = time.perf_counter()
+            reference = one_hot_scores(objective, ids, positions, weight, allowed_ids.to(weight.device),
+                                       settings.n_grad, settings.batch_size, torch.Generator().manual_seed(repeat))
+            times["one-hot"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            scores = _token_scores(objective, ids, positions, weight, allowed_ids, settings,
+                                   torch.Generator().manual_seed(repeat), gram)
+            times["Gram"].append(time.perf_counter() - started)
+            top = [value.masked_fill(~allowed.to(value.device), -float("inf")).topk(settings.topk, dim=-1).indices
+                   for value in (reference, scores)]
+            cut = settings.n_top_candidates
+            same_sets = [set(a[:cut].tolist()) == set(b[:cut].tolist()) and set(a.tolist()) == set(b.tolist())
+                         for a, b in zip(*top)]
+            agree.append((bool(torch.equal(top[0], top[1])), sum(same_sets), len(same_sets)))
+            max_difference = max(max_difference, float((reference - scores).abs().max()))
+    return times, gram_seconds, agree, max_difference
 
 
 def main(argv=None):
@@ -135,6 +209,9 @@ def main(argv=None):
     parser.add_argument("--n_flip", type=int, default=20,
                         help="flipped positions per timed iteration, both paths (fewer keeps the naive path short)")
     parser.add_argument("--full", action="store_true", help="also time one whole default passage (100 iterations)")
+    parser.add_argument("--gradient", action="store_true",
+                        help="only time the averaged gradient, one-hot form against Gram form")
+    parser.add_argument("--repeats", type=int, default=3, help="--gradient: gradients timed per form")
     options = parser.parse_args(argv)
     import torch
 
@@ -145,6 +222,24 @@ def main(argv=None):
     torch.set_num_threads(options.threads)
     model = load_minilm(device=options.device)
     queries = concept_queries("attack")
+    if options.gradient:
+        import os
+        import statistics
+
+        times, gram_seconds, agree, difference = gradient_forms(model, queries, DEFAULT_INFO, options.repeats)
+        print(f"all-MiniLM-L6-v2 on {options.device}, {options.threads} thread(s), load average "
+              f"{os.getloadavg()[0]:.1f}; averaged gradient of GasliteConfig() (n_grad 50, L = 30, V = "
+              f"{model.tokenizer.vocab_size}), {options.repeats} per form, alternating")
+        print("| form | s / gradient (median) | all |")
+        print("|---|---|---|")
+        for form, values in times.items():
+            print(f"| {form} | {statistics.median(values):.2f} | {', '.join(f'{v:.2f}' for v in values)} |")
+        print(f"\nspeed-up {statistics.median(times['one-hot']) / statistics.median(times['Gram']):.2f}x; Gram matrix "
+              f"E^T E built once per search in {gram_seconds:.2f} s; max |score difference| {difference:.1e}; "
+              f"top-256 per position identical in order in {sum(a[0] for a in agree)}/{len(agree)} gradients; "
+              f"positions with the same top-64 set and the same top-256 set (the candidate pools): "
+              f"{sum(a[1] for a in agree)}/{sum(a[2] for a in agree)}")
+        return
     config = GasliteConfig(progress=False)
     timed_config = GasliteConfig(progress=False, n_flip=options.n_flip)
     search(model, queries, DEFAULT_INFO, config, 1, naive=False)  # warm-up
@@ -164,8 +259,8 @@ def main(argv=None):
           f"{rows[1][2] / rows[0][2]:.1f}x")
     if options.full:
         result = gaslite_attack(model, queries, DEFAULT_INFO, config)
-        print(f"\none default passage: {result.iterations} iterations in {result.seconds:.0f} s "
-              f"({result.seconds / 60:.1f} min; target < 10 min on 2 CPU cores), similarity "
+        print(f"\none default passage: {result.iterations} iterations ({result.stop_reason}) in "
+              f"{result.seconds:.0f} s ({result.seconds / 60:.1f} min; target < 10 min on 2 CPU cores), similarity "
               f"{result.objective_history[0]:.4f} -> {result.objective:.4f}")
     else:
         print("(run --full to time a whole default passage)")

@@ -5,8 +5,8 @@ from ..lazy import lazy_exports
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     ".continuous": ["EmbeddingAttackConfig", "EmbeddingAttackResult", "PGDConfig", "PGDResult", "embedding_attack",
                     "perturbation_radius", "projected_gradient_descent", "user_turn_mask"],
-    ".discrete": ["TokenFilter", "TokenObjective", "TokenSearchConfig", "TokenSearchResult", "allowed_token_mask",
-                  "token_search", "tokenizer_round_trip"],
+    ".discrete": ["STOP_REASONS", "TokenFilter", "TokenObjective", "TokenSearchConfig", "TokenSearchResult",
+                  "allowed_token_mask", "token_search", "tokenizer_round_trip"],
     ".gcg": ["GCGConfig", "GCGResult", "UniversalGCGResult", "gcg_attack", "universal_gcg_attack"],
     "..modeling": ["eval_mode"],
 })

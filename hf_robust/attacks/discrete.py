@@ -7,28 +7,39 @@ plugged into this loop; the loop itself knows nothing about the model.
 
 One iteration:
 
-1. **Gradient.** A one-hot matrix X of shape (rows, L, V) (L = len(positions), V = vocabulary rows of the embedding
-   matrix E) with `requires_grad`; the input embeddings are the detached `E[ids]` outside `positions` and `X @ E`
-   inside. `torch.autograd.grad(loss.sum(), X)` gives the token gradient (cast to float32). With `n_grad > 1`, row 0
-   is the current sequence and each other row changes one random optimised position to a random allowed token
-   (GASLITE); each (row, position) gradient is L2-normalised over the vocabulary (`normalize_gradient`) and the rows
-   are averaged.
+1. **Gradient.** The token gradient is the gradient of the loss with respect to a one-hot matrix X of shape
+   (rows, L, V) (L = len(positions), V = vocabulary rows of the embedding matrix E) whose product `X @ E` gives the
+   input embeddings at `positions` (the detached `E[ids]` elsewhere). With G = d loss / d embeds, shape
+   (rows, L, hidden), it is exactly `G @ E.T`, so X is never built: the loop differentiates `E[ids]` directly
+   (`torch.autograd.grad` of `loss.sum()`, cast to float32). With `n_grad > 1`, row 0 is the current sequence and each
+   other row changes one random optimised position to a random allowed token (GASLITE); each (row, position)
+   gradient is L2-normalised over the vocabulary (`normalize_gradient`) and the rows are averaged. The Gram form
+   computes this without any (rows, L, V) tensor: the norm is `||G[r, p] @ E.T|| = sqrt(G[r, p] @ M @ G[r, p])` with
+   M = E.T @ E, shape (hidden, hidden), built once per search, and the average is
+   `(mean_r G[r, p] / ||G[r, p] @ E.T||) @ E.T`: one (L, hidden) x (hidden, V) product per iteration instead of the
+   (rows, L, V) x (V, hidden) one-hot product and its backward. With `n_grad = 1` the normalisation is skipped (it
+   would rescale each position's scores by a positive number, leaving every ranking unchanged).
 2. **Candidates.** Disallowed tokens get -inf in the negated gradient; the `topk` best tokens per position are kept.
-3. **Step** (`config.step`). 'coordinate' (GASLITE), a greedy multi-coordinate step: `n_flip` distinct random positions are visited in sorted order. At each, the
-   candidate tokens are the top `n_top_candidates` of the top-k list plus `n_candidates - n_top_candidates` tokens
-   drawn with replacement from ranks `n_top_candidates..topk-1`, deduplicated, without the current token. Each
-   candidate sequence differs from the current one at that position only; they are scored by `loss_from_ids` under
-   `torch.no_grad()` in chunks of `batch_size`. The current (unflipped) sequence is always a candidate: candidates are
-   taken in ascending-loss order and the first one with a strictly lower loss that passes the round-trip rule
-   replaces the current sequence; if none does, the sequence is kept. So the loss never increases.
+3. **Step** (`config.step`). 'coordinate' (GASLITE), a greedy multi-coordinate step: `n_flip` distinct random
+   positions are visited in sorted order. At each, the candidate tokens are the top `n_top_candidates` of the top-k
+   list plus `n_candidates - n_top_candidates` tokens drawn with replacement from ranks `n_top_candidates..topk-1`,
+   deduplicated, without the current token. Each candidate sequence differs from the current one at that position
+   only; they are scored by `loss_from_ids` under `torch.no_grad()` in chunks of `batch_size`. The current
+   (unflipped) sequence is always a candidate: candidates are taken in ascending-loss order and the first one with a
+   strictly lower loss that passes the round-trip rule replaces the current sequence; if none does, the sequence is
+   kept. So the loss never increases.
    'batch' (GCG, Zou et al. 2023, as nanoGCG 0.3): `n_candidates` candidates, each with `n_replace` distinct random
    positions set to tokens drawn uniformly from those positions' top-k lists (so a batch spreads over many
    positions); duplicates and candidates failing the round-trip rule are dropped before scoring; the search moves to
    the batch's best candidate even when it is worse (`buffer_size=0`) or keeps nanoGCG's buffer of the
    `buffer_size` best sequences and continues from the best of them. The best sequence ever scored is returned.
 
-The model is never touched by the loop: gradients are taken with `torch.autograd.grad` with respect to the one-hot
-matrix only, so no parameter `.grad` is created. Train/eval mode is the objective's business (see
+4. **Stopping.** `n_iters`, `time_limit`, `early_stop`, the `stop` callable, and the patience rule (`patience`,
+   `min_delta`: stop once the best loss fell by at most `min_delta` over the last `patience` iterations); the result
+   says which one ended the search (`stop_reason`) and how long every iteration took (`iteration_seconds`).
+
+The model is never touched by the loop: gradients are taken with `torch.autograd.grad` with respect to the input
+embeddings only, so no parameter `.grad` is created. Train/eval mode is the objective's business (see
 `hf_robust.attacks.eval_mode`). Randomness comes from a local CPU `torch.Generator` seeded with `config.seed` (the
 global RNG is untouched), so a seed gives the same search on every device up to floating-point ties.
 
@@ -43,265 +54,25 @@ Example (GCG-like, `model` a causal LM, the suffix at `positions`, the target af
 
 import logging
 import math
-import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from numbers import Real
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..checks import check_integer, is_integer
+from .search_config import STOP_REASONS, TokenObjective, TokenSearchConfig, TokenSearchResult
+from .token_filter import TokenFilter, allowed_token_mask
+
+__all__ = ["STOP_REASONS", "TokenFilter", "TokenObjective", "TokenSearchConfig", "TokenSearchResult",
+           "allowed_token_mask", "token_search", "tokenizer_round_trip"]
 
 logger = logging.getLogger("hf_robust")
-
-_UNUSED_TOKEN = re.compile(r"\[unused\d+\]")
 
 
 def _is_integer_dtype(dtype: torch.dtype) -> bool:
     return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
-
-
-def _is_bool(value: Any) -> bool:
-    return isinstance(value, bool)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Token filter
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def allowed_token_mask(
-    tokenizer: Any,
-    *,
-    num_embeddings: int | None = None,
-    ascii_only: bool = True,
-    printable_only: bool = True,
-    exclude_special: bool = True,
-    exclude_unused: bool = True,
-) -> Tensor:
-    """Tokens a discrete attack may place: a bool mask over the rows of the input embedding matrix.
-
-    A token id i < len(tokenizer) is disallowed when `tokenizer.decode([i])` is empty, or (each switchable)
-    - `exclude_special`: i is in `tokenizer.all_special_ids` or is an added token marked special;
-    - `ascii_only`: the decoded text is not ASCII (this includes the U+FFFD of partial UTF-8 byte tokens);
-    - `printable_only`: the decoded text is not `str.isprintable()` (control characters, newlines, tabs);
-    - `exclude_unused`: the token string or its decoding is a BERT placeholder `[unusedN]`.
-    Rows of the embedding matrix beyond the tokenizer (`i >= len(tokenizer)`, padding rows) are always disallowed.
-
-    Args:
-        tokenizer: A Hugging Face tokenizer.
-        num_embeddings: Number of rows of the input embedding matrix, i.e. the mask length. None: `len(tokenizer)`.
-        ascii_only, printable_only, exclude_special, exclude_unused: The filters above.
-
-    Returns:
-        Tensor, shape (num_embeddings,), bool, on CPU. True where the token is allowed.
-
-    Raises:
-        TypeError: `tokenizer` lacks `decode`/`__len__`, or a flag is not a bool.
-        ValueError: `num_embeddings` is not a positive integer.
-    """
-    if not callable(getattr(tokenizer, "decode", None)) or not hasattr(tokenizer, "__len__"):
-        raise TypeError(
-            f"`tokenizer` must be a Hugging Face tokenizer (decode, __len__), got {type(tokenizer).__name__}."
-        )
-    for name, value in (
-        ("ascii_only", ascii_only),
-        ("printable_only", printable_only),
-        ("exclude_special", exclude_special),
-        ("exclude_unused", exclude_unused),
-    ):
-        if not _is_bool(value):
-            raise TypeError(f"`{name}` must be True or False, got {value!r}.")
-    vocab = len(tokenizer)
-    if num_embeddings is None:
-        num_embeddings = vocab
-    if not is_integer(num_embeddings) or num_embeddings <= 0:
-        raise ValueError(f"`num_embeddings` must be None or an integer > 0, got {num_embeddings!r}.")
-    mask = torch.zeros(num_embeddings, dtype=torch.bool)
-    special = set()
-    if exclude_special:
-        special.update(int(i) for i in getattr(tokenizer, "all_special_ids", []) or [])
-        for i, token in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items():
-            if getattr(token, "special", False):
-                special.add(int(i))
-    for i in range(min(vocab, num_embeddings)):
-        if i in special:
-            continue
-        text = tokenizer.decode([i])
-        if not text:
-            continue
-        if ascii_only and not text.isascii():
-            continue
-        if printable_only and not text.isprintable():
-            continue
-        if exclude_unused:
-            token = tokenizer.convert_ids_to_tokens(i) if hasattr(tokenizer, "convert_ids_to_tokens") else None
-            if _UNUSED_TOKEN.fullmatch(text.strip()) or (isinstance(token, str) and _UNUSED_TOKEN.fullmatch(token)):
-                continue
-        mask[i] = True
-    return mask
-
-
-@dataclass
-class TokenFilter:
-    """Which tokens a discrete attack may place; `mask(tokenizer, num_embeddings)` calls `allowed_token_mask`."""
-
-    ascii_only: bool = field(default=True, metadata={"help": "Disallow tokens whose decoding is not ASCII."})
-    printable_only: bool = field(
-        default=True, metadata={"help": "Disallow tokens whose decoding is not printable (str.isprintable)."}
-    )
-    exclude_special: bool = field(default=True, metadata={"help": "Disallow the tokenizer's special tokens."})
-    exclude_unused: bool = field(default=True, metadata={"help": "Disallow BERT placeholder tokens [unusedN]."})
-
-    def __post_init__(self):
-        for name in ("ascii_only", "printable_only", "exclude_special", "exclude_unused"):
-            if not _is_bool(getattr(self, name)):
-                raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
-
-    def mask(self, tokenizer: Any, num_embeddings: int | None = None) -> Tensor:
-        """Tensor, shape (num_embeddings,), bool: see `allowed_token_mask`."""
-        return allowed_token_mask(
-            tokenizer,
-            num_embeddings=num_embeddings,
-            ascii_only=self.ascii_only,
-            printable_only=self.printable_only,
-            exclude_special=self.exclude_special,
-            exclude_unused=self.exclude_unused,
-        )
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Config, objective protocol, result
-# --------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class TokenSearchConfig:
-    """Settings of `token_search`. Defaults follow GASLITE's `ours.yaml` except `n_grad` (1: plain GCG gradient)."""
-
-    n_iters: int = field(default=100, metadata={"help": "Maximum number of iterations. >= 0; 0 returns the input."})
-    topk: int = field(default=256, metadata={"help": "Candidate tokens per position kept from the gradient. >= 1."})
-    n_candidates: int = field(
-        default=128, metadata={"help": "Candidate tokens tried per flipped position (before deduplication). >= 1."}
-    )
-    n_top_candidates: int = field(
-        default=64,
-        metadata={"help": "Of `n_candidates`, how many are the best-ranked; the rest are drawn with replacement from "
-                  "ranks n_top_candidates..topk-1. 0 <= n_top_candidates <= min(n_candidates, topk)."},
-    )
-    n_flip: int = field(
-        default=20,
-        metadata={"help": "Positions changed greedily per iteration. >= 1; above the number L of optimised positions, "
-                  "max(1, int(0.67 * L)) is used."},
-    )
-    step: str = field(
-        default="coordinate",
-        metadata={"help": "'coordinate' (GASLITE): greedy swaps at `n_flip` positions, a swap kept only if it lowers "
-                  "the loss. 'batch' (GCG): `n_candidates` candidates, each `n_replace` random positions set to "
-                  "random top-k tokens; move to the batch's best even when worse (`buffer_size`).",
-                  "choices": ["coordinate", "batch"]},
-    )
-    n_replace: int = field(
-        default=1, metadata={"help": "'batch' step: positions changed per candidate (GCG's n_replace). >= 1."}
-    )
-    buffer_size: int = field(
-        default=0,
-        metadata={"help": "'batch' step: 0 moves to the batch's best candidate every iteration (GCG); k >= 1 keeps "
-                  "the k best sequences seen and searches from the best of them (nanoGCG's buffer). >= 0."},
-    )
-    n_grad: int = field(
-        default=1,
-        metadata={"help": "Gradient rows: 1 = the gradient at the current sequence; > 1 = GASLITE's average over the "
-                  "current sequence and n_grad - 1 random single-token perturbations of it. >= 1."},
-    )
-    normalize_gradient: bool = field(
-        default=True,
-        metadata={"help": "L2-normalise each (row, position) gradient over the vocabulary before averaging rows."},
-    )
-    time_limit: float | None = field(
-        default=None, metadata={"help": "Stop before an iteration starts once this many seconds passed. > 0 or None."}
-    )
-    batch_size: int = field(
-        default=128, metadata={"help": "Rows per forward when scoring candidates and per gradient chunk. >= 1."}
-    )
-    seed: int = field(default=0, metadata={"help": "Seed of the local generator (global RNG untouched). >= 0."})
-    early_stop: float | None = field(
-        default=None, metadata={"help": "Stop once the loss is <= this value. A finite number or None."}
-    )
-    progress: bool = field(default=False, metadata={"help": "Show a tqdm progress bar over iterations."})
-
-    def __post_init__(self):
-        for name, minimum in (
-            ("n_iters", 0), ("topk", 1), ("n_candidates", 1), ("n_top_candidates", 0), ("n_flip", 1),
-            ("n_grad", 1), ("batch_size", 1), ("seed", 0), ("n_replace", 1), ("buffer_size", 0),
-        ):
-            check_integer(name, getattr(self, name), minimum)
-        if self.step not in ("coordinate", "batch"):
-            raise ValueError(f"`step` must be 'coordinate' or 'batch', got {self.step!r}.")
-        if self.n_top_candidates > min(self.n_candidates, self.topk):
-            raise ValueError(
-                f"`n_top_candidates` must be <= min(n_candidates, topk) = {min(self.n_candidates, self.topk)}, "
-                f"got {self.n_top_candidates!r}."
-            )
-        if not _is_bool(self.normalize_gradient):
-            raise ValueError(f"`normalize_gradient` must be True or False, got {self.normalize_gradient!r}.")
-        if not _is_bool(self.progress):
-            raise ValueError(f"`progress` must be True or False, got {self.progress!r}.")
-        if self.time_limit is not None and (
-            not isinstance(self.time_limit, Real) or _is_bool(self.time_limit)
-            or not math.isfinite(self.time_limit) or self.time_limit <= 0
-        ):
-            raise ValueError(f"`time_limit` must be None or a finite number > 0, got {self.time_limit!r}.")
-        if self.early_stop is not None and (
-            not isinstance(self.early_stop, Real) or _is_bool(self.early_stop) or not math.isfinite(self.early_stop)
-        ):
-            raise ValueError(f"`early_stop` must be None or a finite number, got {self.early_stop!r}.")
-
-
-@runtime_checkable
-class TokenObjective(Protocol):
-    """What `token_search` minimises. Both methods return the per-row loss to MINIMISE, Tensor of shape (batch,).
-
-    - `loss_from_embeds(inputs_embeds)`: inputs_embeds is Tensor, shape (batch, seq, hidden), in the embedding
-      matrix's dtype and device; differentiable (called with grad enabled for the token gradient).
-    - `loss_from_ids(input_ids)`: input_ids is LongTensor, shape (batch, seq), on the embedding matrix's device; called
-      under `torch.no_grad()` to score candidates. It must agree with `loss_from_embeds(E[input_ids])`.
-
-    Anything else the model needs (attention mask, targets, pooling, the query centroid) lives in the object. A plain
-    callable `inputs_embeds -> (batch,)` is also accepted; its `loss_from_ids` is then `f(E[input_ids])`.
-    """
-
-    def loss_from_embeds(self, inputs_embeds: Tensor) -> Tensor: ...
-
-    def loss_from_ids(self, input_ids: Tensor) -> Tensor: ...
-
-
-@dataclass
-class TokenSearchResult:
-    """Output of `token_search`.
-
-    Attributes:
-        ids: LongTensor, shape (seq,), on `initial_ids.device`. The best sequence found (lowest loss ever scored);
-            equal to `initial_ids` outside `positions`.
-        loss: float. `loss_from_ids` of `ids` as scored during the search: `min(history)`.
-        history: list of `iterations + 1` floats: `history[0]` is the initial loss, `history[t]` the loss of the
-            iterate after iteration t. Non-increasing for the 'coordinate' step and the 'batch' step with a buffer;
-            the GCG 'batch' step without buffer may move to a worse sequence.
-        iterations: int. Iterations run (fewer than `n_iters` after `time_limit`, `early_stop` or `stop`).
-        seconds: float. Wall-clock time of the search.
-        stopped: bool. The `stop` callable ended the search.
-    """
-
-    ids: Tensor
-    loss: float
-    history: list[float]
-    iterations: int
-    seconds: float
-    stopped: bool = False
 
 
 class _CallableObjective:
@@ -402,6 +173,12 @@ def _validate(objective, initial_ids, positions, embedding_matrix, allowed, conf
     return objective, config
 
 
+def gram_matrix(embedding_matrix: Tensor) -> Tensor:
+    """M = E.T @ E of the embedding matrix E (V, hidden): Tensor (hidden, hidden), float32 (computed in E's dtype)."""
+    weight = embedding_matrix.detach()
+    return (weight.T @ weight).float()
+
+
 def _token_scores(
     objective: TokenObjective,
     ids: Tensor,
@@ -410,10 +187,22 @@ def _token_scores(
     allowed_ids: Tensor,
     config: TokenSearchConfig,
     generator: torch.Generator,
+    gram: Tensor | None = None,
 ) -> Tensor:
-    """Averaged, per-position normalised NEGATIVE token gradient: Tensor (L, V), float32; higher = better token."""
+    """Averaged, per-(row, position) normalised NEGATIVE one-hot token gradient (module docstring, step 1).
+
+    Args:
+        ids: LongTensor (seq,), the current sequence; positions: LongTensor (L,); embedding_matrix: E, (V, hidden);
+        allowed_ids: LongTensor (n_allowed,) on CPU, the tokens the perturbed gradient rows may use;
+        gram: `gram_matrix(E)`, (hidden, hidden), needed when `config.normalize_gradient` and `config.n_grad > 1`.
+
+    Returns:
+        Tensor (L, V), float32: `-(1 / n_grad) sum_r normalise_V(dloss/dX[r])` (normalise_V = identity when
+        `n_grad == 1` or not `normalize_gradient`); higher = better token. The Gram form gives the one-hot form's
+        scores up to float rounding (tests/attacks/test_discrete.py: 1e-6 on a tiny BERT).
+    """
     weight = embedding_matrix.detach()
-    length, vocab = positions.shape[0], weight.shape[0]
+    length = positions.shape[0]
     rows = ids.unsqueeze(0).repeat(config.n_grad, 1)
     if config.n_grad > 1:
         # Row 0 is the current sequence; each other row changes one random optimised position to a random allowed
@@ -421,21 +210,23 @@ def _token_scores(
         at = torch.randint(length, (config.n_grad - 1,), generator=generator)
         token = allowed_ids[torch.randint(allowed_ids.numel(), (config.n_grad - 1,), generator=generator)]
         rows[torch.arange(1, config.n_grad), positions.cpu()[at].to(ids.device)] = token.to(ids.device)
-    total = torch.zeros(length, vocab, dtype=torch.float32, device=weight.device)
+    normalize = config.normalize_gradient and config.n_grad > 1
+    if normalize and gram is None:
+        gram = gram_matrix(weight)
+    total = torch.zeros(length, weight.shape[1], dtype=torch.float32, device=weight.device)
     for chunk in rows.split(config.batch_size):
-        one_hot = torch.zeros(chunk.shape[0], length, vocab, dtype=weight.dtype, device=weight.device)
-        one_hot.scatter_(2, chunk[:, positions].unsqueeze(-1), 1.0)
-        one_hot.requires_grad_(True)
         with torch.enable_grad():
-            embeds = weight[chunk].clone()
-            embeds[:, positions] = one_hot @ weight
+            embeds = weight[chunk].requires_grad_(True)  # == (one-hot @ E) at `positions`, bit for bit
             loss = _checked_loss(objective.loss_from_embeds(embeds), chunk.shape[0], "loss_from_embeds")
-            (grad,) = torch.autograd.grad(loss.sum(), one_hot)
-        grad = grad.float()
-        if config.normalize_gradient:
-            grad = grad / grad.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+            (grad,) = torch.autograd.grad(loss.sum(), embeds)
+        grad = grad[:, positions].float()  # G, (chunk, L, hidden)
+        if normalize:
+            # ||G[r, p] @ E.T||^2 = G[r, p] @ M @ G[r, p]: the one-hot gradient's norm over the vocabulary.
+            norm = ((grad @ gram) * grad).sum(dim=-1).clamp_min(0).sqrt()
+            grad = grad / norm.clamp_min(torch.finfo(torch.float32).tiny).unsqueeze(-1)
         total += grad.sum(dim=0)
-    return -total / config.n_grad
+    mean = -total / config.n_grad  # (L, hidden)
+    return (mean.to(weight.dtype) @ weight.T).float()  # (L, V)
 
 
 @torch.no_grad()
@@ -557,7 +348,9 @@ def token_search(
             early stop once the target is the model's greedy output).
 
     Returns:
-        `TokenSearchResult` with `ids` (seq,), `loss`, `history`, `iterations` and `seconds`.
+        `TokenSearchResult` with `ids` (seq,), `loss`, `history`, `iterations`, `seconds`, `iteration_seconds`,
+        `stop_reason` (see `hf_robust.attacks.search_config` for the stopping rules, `patience` among them) and
+        `trajectory` (iterations + 1, L).
 
     Raises:
         TypeError: `objective`, `config`, `tokenizer`, `round_trip` or `callback` of the wrong kind, or an input not a
@@ -584,21 +377,28 @@ def token_search(
     n_flip = config.n_flip if config.n_flip <= length else max(1, int(0.67 * length))
     generator = torch.Generator().manual_seed(config.seed)
 
+    gram = gram_matrix(embedding_matrix) if config.normalize_gradient and config.n_grad > 1 else None
+
     loss = float(_score(objective, ids.unsqueeze(0), 1)[0])
     history = [loss]
     best_ids, best_loss = ids, loss
+    best_losses = [loss]  # the lowest loss up to each iteration: the patience rule's series
+    trajectory = [ids[positions].cpu()]
     buffer = [(loss, ids)]  # 'batch' step with buffer_size >= 1: the best sequences seen, ascending loss
     logger.debug("token_search: L=%d, V=%d, %d allowed, initial loss %.6g", length, allowed.numel(),
                  allowed_ids.numel(), loss)
-    iterations, stopped = 0, False
+    iterations, reason, iteration_seconds = 0, "n_iters", []
     bar = tqdm(total=config.n_iters, desc="token search", disable=not config.progress)
     try:
         for _ in range(config.n_iters):
             if config.early_stop is not None and best_loss <= config.early_stop:
+                reason = "early_stop"
                 break
             if config.time_limit is not None and time.perf_counter() - start >= config.time_limit:
+                reason = "time_limit"
                 break
-            scores = _token_scores(objective, ids, positions, embedding_matrix, allowed_ids, config, generator)
+            began = time.perf_counter()
+            scores = _token_scores(objective, ids, positions, embedding_matrix, allowed_ids, config, generator, gram)
             scores = scores.masked_fill(~allowed, -math.inf)
             top = scores.topk(topk, dim=-1).indices.cpu()  # (L, topk)
             if config.step == "coordinate":
@@ -610,19 +410,29 @@ def token_search(
                 best_ids, best_loss = ids, loss
             iterations += 1
             history.append(loss)
+            best_losses.append(best_loss)
+            trajectory.append(ids[positions].cpu())
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4g}", best=f"{best_loss:.4g}")
             logger.debug("token_search: iteration %d, loss %.6g", iterations, loss)
             if callback is not None:
                 callback(iterations, loss)
-            if stop is not None and bool(stop(best_ids)):
-                stopped = True
+            stop_now = stop is not None and bool(stop(best_ids))
+            iteration_seconds.append(time.perf_counter() - began)
+            if stop_now:
+                reason = "stop"
+                break
+            if config.plateaued(best_losses):
+                reason = "patience"
                 break
     finally:
         bar.close()
     ids, loss = best_ids, best_loss
     seconds = time.perf_counter() - start
-    logger.debug("token_search: %d iterations, loss %.6g -> %.6g in %.2fs", iterations, history[0], loss, seconds)
+    logger.debug("token_search: %d iterations (%s), loss %.6g -> %.6g in %.2fs", iterations, reason, history[0], loss,
+                 seconds)
     return TokenSearchResult(
-        ids=ids.to(output_device), loss=loss, history=history, iterations=iterations, seconds=seconds, stopped=stopped
+        ids=ids.to(output_device), loss=loss, history=history, iterations=iterations, seconds=seconds,
+        stopped=reason == "stop", iteration_seconds=iteration_seconds, stop_reason=reason,
+        trajectory=torch.stack(trajectory),
     )

@@ -7,8 +7,8 @@ register_command("gaslite", "hf_robust.retrieval.command", "GASLITE adversarial 
                  "evaluated on held-out queries")
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
-    ".gaslite": ["GasliteConfig", "GasliteResult", "craft_poison_passages", "document_prompt_name", "gaslite_attack",
-                 "query_prompt_name"],
+    ".gaslite": ["GasliteConfig", "GasliteResult", "craft_poison_passages", "document_prompt", "document_prompt_name",
+                 "gaslite_attack", "query_prompt", "query_prompt_name"],
     ".baselines": ["HotflipConfig", "hotflip_poison", "info_only", "query_stuffing"],
     ".data": ["DEFAULT_INFO", "concept_queries", "default_corpus"],
     ".evaluate": ["PoisoningReport", "encode_corpus", "encode_queries", "evaluate_poisoning",

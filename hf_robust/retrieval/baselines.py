@@ -30,8 +30,8 @@ from .gaslite import (
     GasliteConfig,
     GasliteResult,
     _check_info,
-    document_prompt,
     check_model,
+    document_prompt,
     encoded_similarity,
     run_trigger_search,
     target_embeddings,
@@ -70,9 +70,19 @@ class HotflipConfig:
     )
     seed: int = field(default=0, metadata={"help": "Seed of the search. >= 0."})
     batch_size: int = field(default=128, metadata={"help": "Rows per forward when scoring candidates. >= 1."})
+    document_prompt: str | None = field(
+        default=None, metadata={"help": "Prompt prepended to passages, as `GasliteConfig.document_prompt`."}
+    )
+    query_prompt: str | None = field(
+        default=None, metadata={"help": "Prompt prepended to queries, as `GasliteConfig.query_prompt`."}
+    )
     progress: bool = field(default=True, metadata={"help": "Show a tqdm progress bar with the current similarity."})
 
     def __post_init__(self):
+        for name in ("document_prompt", "query_prompt"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise ValueError(f"`{name}` must be None (the model's own prompt) or a str, got "
+                                 f"{getattr(self, name)!r}.")
         for name, minimum in (("passage_len", 1), ("n_iters", 0), ("n_candidates", 1), ("seed", 0),
                               ("batch_size", 1)):
             check_integer(name, getattr(self, name), minimum)
@@ -124,30 +134,33 @@ def hotflip_poison(model: Any, queries: list[str] | Tensor, info: str = "",
         if trigger_len < 1:
             raise ValueError(f"`info` has {config.passage_len - trigger_len} tokens, no room for a trigger in the "
                              f"`passage_len`={config.passage_len}-token passage: shorten it or raise passage_len.")
-    centroid = query_centroid(target_embeddings(model, queries))
-    layout = GasliteConfig(trigger_len=trigger_len, trigger_position=position,
-                           trigger_init=config.trigger_init, progress=config.progress)
+    centroid = query_centroid(target_embeddings(model, queries, config.query_prompt))
+    layout = GasliteConfig(trigger_len=trigger_len, trigger_position=position, trigger_init=config.trigger_init,
+                           document_prompt=config.document_prompt, progress=config.progress)
     result = run_trigger_search(model, centroid, info, layout, config.search_config(), "HotFlip",
                                 text_tokens=config.text_tokens)
     result.seconds = time.perf_counter() - start
     return result
 
 
-def _fixed_passage(model: Any, queries: list[str] | Tensor, passage: str, trigger_ids: list[int],
-                   start: float) -> GasliteResult:
-    """A passage that is not searched: its similarity, ids and the position of its appended tokens."""
+def _fixed_passage(model: Any, queries: list[str] | Tensor, passage: str, trigger_ids: list[int], start: float,
+                   prompts: tuple[str | None, str | None]) -> GasliteResult:
+    """A passage that is not searched: its similarity, ids and the position of its appended tokens. `prompts`:
+    (document_prompt, query_prompt) overrides, None for the model's own."""
     tokenizer = model.tokenizer
-    objective = float(encoded_similarity(model, [passage], queries)[0])
-    ids = torch.tensor(tokenizer(document_prompt(model) + passage).input_ids, dtype=torch.long)
+    objective = float(encoded_similarity(model, [passage], queries, document_prompt=prompts[0],
+                                         query_prompt=prompts[1])[0])
+    ids = torch.tensor(tokenizer(document_prompt(model, prompts[0]) + passage).input_ids, dtype=torch.long)
     trigger = torch.tensor(trigger_ids, dtype=torch.long)
     return GasliteResult(
         passage=passage, trigger=tokenizer.decode(trigger_ids).strip(), trigger_ids=trigger, ids=ids,
         trigger_positions=torch.empty(0, dtype=torch.long), objective=objective, objective_history=[objective],
-        iterations=0, seconds=time.perf_counter() - start,
+        iterations=0, seconds=time.perf_counter() - start, passage_history=[passage],
     )
 
 
-def query_stuffing(model: Any, queries: list[str], info: str, trigger_len: int = 30) -> GasliteResult:
+def query_stuffing(model: Any, queries: list[str], info: str, trigger_len: int = 30, *,
+                   document_prompt: str | None = None, query_prompt: str | None = None) -> GasliteResult:
     """The info followed by the target queries joined by spaces, cut to `trigger_len` tokens (GASLITE's budget).
 
     Args:
@@ -155,6 +168,7 @@ def query_stuffing(model: Any, queries: list[str], info: str, trigger_len: int =
         queries: The target queries, a non-empty list of strings (their text is needed).
         info: The attacker's text (non-blank; a "." is appended if it lacks final punctuation).
         trigger_len: Token budget of the stuffed queries, >= 1. Queries shorter in total are used whole.
+        document_prompt, query_prompt: Prompt overrides for `objective`, as in `GasliteConfig` (None: the model's).
 
     Returns:
         `GasliteResult`; `trigger_ids` are the (at most `trigger_len`) stuffed query tokens, `iterations` 0.
@@ -170,21 +184,23 @@ def query_stuffing(model: Any, queries: list[str], info: str, trigger_len: int =
         raise TypeError("`queries` must be a list of str for query_stuffing (their text is stuffed), got a Tensor.")
     if not is_integer(trigger_len) or trigger_len < 1:
         raise ValueError(f"`trigger_len` must be an integer >= 1, got {trigger_len!r}.")
-    target_embeddings(model, queries)  # validates the queries
+    target_embeddings(model, queries, query_prompt)  # validates the queries and the prompt
     # verbose=False: the joined queries may exceed the model's length; only their first `trigger_len` tokens are kept.
     joined = " ".join(query.strip() for query in queries)
     stuffed = model.tokenizer(joined, add_special_tokens=False, verbose=False).input_ids
     stuffed = stuffed[:trigger_len]
     passage = f"{with_full_stop(info)} {model.tokenizer.decode(stuffed).strip()}"
-    return _fixed_passage(model, queries, passage, stuffed, start)
+    return _fixed_passage(model, queries, passage, stuffed, start, (document_prompt, query_prompt))
 
 
-def info_only(model: Any, queries: list[str] | Tensor, info: str) -> GasliteResult:
+def info_only(model: Any, queries: list[str] | Tensor, info: str, *, document_prompt: str | None = None,
+              query_prompt: str | None = None) -> GasliteResult:
     """The info alone (a "." appended if it lacks final punctuation): the attacker's passage without any attack.
 
     Args:
         model, queries: As in `gaslite_attack` (the queries only give `objective`).
         info: The attacker's text, non-blank.
+        document_prompt, query_prompt: Prompt overrides for `objective`, as in `GasliteConfig` (None: the model's).
 
     Returns:
         `GasliteResult` with an empty trigger and `iterations` 0.
@@ -195,4 +211,4 @@ def info_only(model: Any, queries: list[str] | Tensor, info: str) -> GasliteResu
     start = time.perf_counter()
     check_model(model)
     _check_info(info, "suffix")
-    return _fixed_passage(model, queries, with_full_stop(info), [], start)
+    return _fixed_passage(model, queries, with_full_stop(info), [], start, (document_prompt, query_prompt))

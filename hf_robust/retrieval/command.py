@@ -7,7 +7,9 @@
 The queries are split into the attacker's half and a held-out half; `craft_poison_passages` writes `n_passages`
 passages for the attacker's half (k-means clusters, split across processes under accelerate), and the main process
 measures appeared@k / MRR@10 of the passages and of the info text alone on both halves, after each defense asked for.
-`output_dir/gaslite.json` holds the passages, their objectives and the reports.
+`output_dir/gaslite.json` holds the passages, their objectives (with the per-iteration history and seconds, and why
+each search stopped: `--patience`/`--min_delta` early stop, or `--n_iters`) and the reports. `--document_prompt
+"passage: " --query_prompt "query: "` give E5-style prompts to a checkpoint that defines none (attack and evaluation).
 """
 
 import json
@@ -126,18 +128,21 @@ def _defenses(args: GasliteScriptArguments) -> list:
 
 
 def evaluate(model, corpus: list[str], attack: list[str], held_out: list[str], passages: dict[str, list[str]],
-             defenses: list) -> dict:
-    """Reports {name: {split: PoisoningReport dict}} for each passage set, clean and after each defense."""
+             defenses: list, config: GasliteConfig | None = None) -> dict:
+    """Reports {name: {split: PoisoningReport dict}} for each passage set, clean and after each defense; texts are
+    encoded with the prompts the attack used (`config.document_prompt` / `query_prompt`)."""
     from .evaluate import encode_corpus, evaluate_poisoning
 
-    corpus_embeddings = encode_corpus(model, corpus)
+    config = config or GasliteConfig()
+    prompts = {"document_prompt": config.document_prompt, "query_prompt": config.query_prompt}
+    corpus_embeddings = encode_corpus(model, corpus, prompt=config.document_prompt)
     reports = {}
     for name, texts in passages.items():
         for defense in [None, *defenses]:
             key = name if defense is None else f"{name} + {defense.name}"
             reports[key] = {
                 split: evaluate_poisoning(model, corpus, queries, texts, corpus_embeddings=corpus_embeddings,
-                                          defense=defense).to_dict()
+                                          defense=defense, **prompts).to_dict()
                 for split, queries in (("held_out", held_out), ("attack", attack))
             }
     return reports
@@ -156,13 +161,15 @@ def main(args: GasliteScriptArguments, config: GasliteConfig) -> int:
         raise ValueError(f"`n_passages`={args.n_passages} exceeds the {len(attack)} attack queries.")
     results = craft_poison_passages(model, attack, info, args.n_passages, config)
     if state.is_main_process:
-        passages = {"gaslite": [result.passage for result in results],
-                    "info_only": [info_only(model, attack, info).passage]}
-        reports = evaluate(model, corpus, attack, held_out, passages, _defenses(args))
+        only = info_only(model, attack, info, document_prompt=config.document_prompt, query_prompt=config.query_prompt)
+        passages = {"gaslite": [result.passage for result in results], "info_only": [only.passage]}
+        reports = evaluate(model, corpus, attack, held_out, passages, _defenses(args), config)
         output = {
             "info": info, "n_passages": args.n_passages, "config": asdict(config),
             "passages": [{"passage": result.passage, "objective": result.objective, "seconds": result.seconds,
-                          "iterations": result.iterations, "query_indices": result.query_indices}
+                          "iterations": result.iterations, "stop_reason": result.stop_reason,
+                          "objective_history": result.objective_history,
+                          "iteration_seconds": result.iteration_seconds, "query_indices": result.query_indices}
                          for result in results],
             "reports": reports,
         }

@@ -50,8 +50,9 @@ def gaslite_demo_section(config: GasliteConfig = DEMO_CONFIG) -> dict[str, float
 
     print(f"all-MiniLM-L6-v2, {len(corpus)} passages of the Python Language Reference; concept 'exceptions': "
           f"{len(attack)} queries known to the attacker, {len(held_out)} held out")
-    print(f"GASLITE ({config.n_iters} iterations, L = {config.trigger_len}, {result.seconds:.0f} s): similarity to "
-          f"the query centroid {result.objective_history[0]:.3f} -> {result.objective:.3f}")
+    print(f"GASLITE ({result.iterations} iterations, {result.stop_reason}; L = {config.trigger_len}, "
+          f"{result.seconds:.0f} s): similarity to the query centroid {result.objective_history[0]:.3f} -> "
+          f"{result.objective:.3f}")
     print(f"adversarial passage: {result.passage!r}")
     shown = held_out[:SHOWN_QUERIES]
     query_embeddings = encode_queries(model, shown)

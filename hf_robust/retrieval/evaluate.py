@@ -3,9 +3,12 @@
 Conventions (shared with `gaslite_attack` and the baselines):
 
 - Adversarial passages are plain passage texts, like corpus passages: no prompt inside the string.
-- Corpus and adversarial passages are encoded the same way, with the model's document prompt
-  (`document_prompt_name`: "document" if non-blank, else "passage" if non-blank, else none); queries with its query
-  prompt (`query_prompt_name`). Scores are the model's own `model.similarity` (cosine or dot).
+- Corpus and adversarial passages are encoded the same way, with the explicit prompt string
+  `document_prompt(model, document_prompt)`: by default what `model.encode` prepends (the model's "document" or
+  "passage" prompt, else its `default_prompt_name` prompt, else none), or the override (e.g. "passage: " for an E5
+  checkpoint without prompts); queries with `query_prompt(model, query_prompt)`. These are the strings the attacks
+  optimise with (`GasliteConfig.document_prompt` / `query_prompt`: pass the same overrides here). Scores are the
+  model's own `model.similarity` (cosine or dot).
 - Rank of an adversarial passage for a query = the number of clean corpus passages whose score is >= its score, so
   ties count against the attacker and 0 is the top. A query's rank is the minimum over the adversarial passages;
   appeared@k = mean(rank < k), MRR@10 = mean(1 / (rank + 1) if rank < 10 else 0).
@@ -30,7 +33,7 @@ import torch
 from torch import Tensor
 
 from ..checks import check_integer, check_texts
-from .gaslite import document_prompt_name, query_prompt_name
+from .prompts import resolve_prompt
 
 __all__ = ["PoisoningReport", "encode_corpus", "encode_queries", "evaluate_poisoning", "report_from_scores"]
 
@@ -73,34 +76,35 @@ class PoisoningReport:
 
 
 
-def encode_corpus(model: Any, corpus: list[str], batch_size: int = 64) -> Tensor:
-    """Encode passages as a retriever indexes them: with the model's document prompt.
+def encode_corpus(model: Any, corpus: list[str], batch_size: int = 64, *, prompt: str | None = None) -> Tensor:
+    """Encode passages as a retriever indexes them: with the document prompt `document_prompt(model, prompt)`.
 
     Args:
         model: a `SentenceTransformer`.
         corpus: passage texts (no prompt inside), e.g. `default_corpus()` or adversarial passages.
         batch_size: passages per forward.
+        prompt: the document prompt override (None: the model's own; "" : no prompt).
 
     Returns:
         Tensor, shape (len(corpus), dim), on the model's device; L2-normalised if the model normalises.
 
     Raises:
-        TypeError / ValueError: `corpus` is not a non-empty list of strings; `batch_size` is not a positive int.
+        TypeError / ValueError: `corpus` is not a non-empty list of strings; `batch_size` is not a positive int;
+            `prompt` is neither None nor a str.
     """
     check_texts("corpus", corpus)
     check_integer("batch_size", batch_size, 1)
-    return model.encode(
-        list(corpus), prompt_name=document_prompt_name(model), batch_size=batch_size, convert_to_tensor=True
-    )
+    return model.encode(list(corpus), prompt=resolve_prompt(model, "document", prompt, "prompt"),
+                        batch_size=batch_size, convert_to_tensor=True)
 
 
-def encode_queries(model: Any, queries: list[str], batch_size: int = 64) -> Tensor:
-    """Encode queries with the model's query prompt. Returns Tensor, shape (len(queries), dim)."""
+def encode_queries(model: Any, queries: list[str], batch_size: int = 64, *, prompt: str | None = None) -> Tensor:
+    """Encode queries with the query prompt `query_prompt(model, prompt)` (None: the model's own). Returns Tensor,
+    shape (len(queries), dim)."""
     check_texts("queries", queries)
     check_integer("batch_size", batch_size, 1)
-    return model.encode(
-        list(queries), prompt_name=query_prompt_name(model), batch_size=batch_size, convert_to_tensor=True
-    )
+    return model.encode(list(queries), prompt=resolve_prompt(model, "query", prompt, "prompt"),
+                        batch_size=batch_size, convert_to_tensor=True)
 
 
 def _check_ks(ks: Any) -> tuple[int, ...]:
@@ -184,6 +188,8 @@ def evaluate_poisoning(
     corpus_embeddings: Tensor | None = None,
     defense: Any = None,
     batch_size: int = 64,
+    document_prompt: str | None = None,
+    query_prompt: str | None = None,
 ) -> PoisoningReport:
     """Rank adversarial passages among a clean corpus for every query (exact search, the model's similarity).
 
@@ -197,12 +203,15 @@ def evaluate_poisoning(
         defense: optional filter with `name` and `keep(passages, embeddings) -> BoolTensor (len,)`; if it has a
             `fit` method and its `threshold` is None, it is first fitted on the clean corpus.
         batch_size: texts per encoding forward.
+        document_prompt, query_prompt: prompt overrides (None: the model's own), as given to the attack
+            (`GasliteConfig.document_prompt` / `query_prompt`); `corpus_embeddings` must use the same document prompt.
 
     Returns:
         PoisoningReport.
 
     Raises:
-        TypeError / ValueError: empty or non-string corpus, queries or adv_passages; ks not positive integers;
+        TypeError / ValueError: empty or non-string corpus, queries or adv_passages; ks not positive integers; a
+            prompt override that is neither None nor a str;
             corpus_embeddings not of shape (len(corpus), dim) with the queries' dim; a defense without `keep`.
     """
     check_texts("corpus", corpus)
@@ -212,9 +221,12 @@ def evaluate_poisoning(
     check_integer("batch_size", batch_size, 1)
     if defense is not None and not callable(getattr(defense, "keep", None)):
         raise TypeError(f"`defense` must have a keep(passages, embeddings) method, got {type(defense).__name__}")
-    query_embeddings = encode_queries(model, queries, batch_size)
+    for name, value in (("document_prompt", document_prompt), ("query_prompt", query_prompt)):
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"`{name}` must be None (the model's own prompt) or a str, got {type(value).__name__}.")
+    query_embeddings = encode_queries(model, queries, batch_size, prompt=query_prompt)
     if corpus_embeddings is None:
-        corpus_embeddings = encode_corpus(model, corpus, batch_size)
+        corpus_embeddings = encode_corpus(model, corpus, batch_size, prompt=document_prompt)
     elif not isinstance(corpus_embeddings, Tensor) or corpus_embeddings.shape != (
         len(corpus),
         query_embeddings.shape[-1],
@@ -225,7 +237,7 @@ def evaluate_poisoning(
             f"({len(corpus)}, {query_embeddings.shape[-1]}), got {shape}"
         )
     corpus_embeddings = corpus_embeddings.to(query_embeddings.device, query_embeddings.dtype)
-    adv_embeddings = encode_corpus(model, adv_passages, batch_size)
+    adv_embeddings = encode_corpus(model, adv_passages, batch_size, prompt=document_prompt)
 
     keep_corpus = torch.ones(len(corpus), dtype=torch.bool, device=corpus_embeddings.device)
     keep_adv = torch.ones(len(adv_passages), dtype=torch.bool, device=corpus_embeddings.device)

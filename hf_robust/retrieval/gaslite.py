@@ -17,11 +17,19 @@ Mapping of GASLITE (`config/attack/ours.yaml` of the reference code) onto `token
 - Differences from the reference code: sequences are never padded to 512 and respect `max_seq_length`, the unflipped
   passage is always kept (monotone objective), and the trigger starts from "!" tokens (the reference code's default is
   a GPT-2 continuation of the info; its `!`-initialisation is the one kept here).
+- Early stop (not in the reference, which runs 100 iterations): the search ends once the similarity gained at most
+  `min_delta=0.001` over the last `patience=3` iterations (`PATIENCE`/`MIN_DELTA` below say how they were chosen);
+  `patience=0` runs all `n_iters`. `GasliteResult` keeps the similarity, the passage and the seconds of every
+  iteration, and why the search stopped.
 
-Prompts: the passage is encoded with the model's document prompt (`document_prompt_name`) and the queries with its
-query prompt (`query_prompt_name`). `GasliteResult.passage` is the passage WITHOUT the prompt; a retriever adds the
-prompt when it indexes it, i.e. `model.encode(result.passage, prompt_name=document_prompt_name(model))` reproduces the
-optimised embedding.
+Prompts: the passage is encoded with the document prompt string `document_prompt(model, config.document_prompt)` and
+the queries with `query_prompt(model, config.query_prompt)`: by default exactly what `model.encode` prepends with
+`prompt_name=document_prompt_name(model)` / `query_prompt_name(model)` (the model's "document"/"passage" or "query"
+prompt, else its `default_prompt_name` prompt); `document_prompt="passage: "`, `query_prompt="query: "` give E5-style
+prompts to a checkpoint that defines none. Every encoding passes the resolved string as an explicit `prompt=`.
+`GasliteResult.passage` is the passage WITHOUT the prompt; a retriever adds the prompt when it indexes it, i.e.
+`model.encode(result.passage, prompt=document_prompt(model, config.document_prompt))` reproduces the optimised
+embedding (`hf_robust.retrieval.evaluate` encodes that way, given the same overrides).
 
 Example:
 
@@ -31,9 +39,7 @@ Example:
 """
 
 import logging
-import os
 import time
-import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -41,32 +47,38 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..modeling import eval_mode
 from ..attacks.discrete import TokenSearchConfig, allowed_token_mask, token_search
 from ..checks import check_integer, check_number, is_integer
+from ..modeling import eval_mode
+from .clusters import _process_state, cluster_queries
 from .objective import (
-    SIMILARITIES,
     TRIGGER_POSITIONS,
     CentroidObjective,
-    centroid_similarity,
+    check_model,
+    encoded_similarity,
     passage_layout,
     query_centroid,
+    target_embeddings,
 )
+from .prompts import document_prompt, document_prompt_name, query_prompt, query_prompt_name, resolve_prompt
+
+__all__ = ["GasliteConfig", "GasliteResult", "check_model", "cluster_queries", "craft_poison_passages",
+           "document_prompt", "document_prompt_name", "encoded_similarity", "gaslite_attack", "query_prompt",
+           "query_prompt_name", "resolve_prompt", "run_trigger_search", "target_embeddings"]
 
 logger = logging.getLogger("hf_robust")
 
-
-def document_prompt_name(model: Any) -> str | None:
-    """The name of the prompt the model prepends to documents: "document" if non-blank in `model.prompts`, else
-    "passage" if non-blank, else None (no prompt)."""
-    prompts = getattr(model, "prompts", None) or {}
-    return next((name for name in ("document", "passage") if (prompts.get(name) or "").strip()), None)
-
-
-def query_prompt_name(model: Any) -> str | None:
-    """The name of the prompt the model prepends to queries: "query" if non-blank in `model.prompts`, else None."""
-    prompts = getattr(model, "prompts", None) or {}
-    return "query" if (prompts.get("query") or "").strip() else None
+# Early-stop defaults of GasliteConfig: stop once the similarity gained <= 0.001 over 3 iterations. Chosen from one
+# measured trajectory (all-MiniLM-L6-v2, shipped concept, 1 passage, GasliteConfig() otherwise; 2 shared CPU cores;
+# benchmarks/results/gaslite_early_stop_cpu.md): similarity .289 -> .814, .865, .893, .906, .914, .925, .925, .925,
+# .925 (iteration 9, where this rule stops) ... .930 at iteration 13, while held-out appeared@10 stayed within 77-83%
+# from iteration 2 on (83% at 9 and at 13). Every (patience, min_delta) of 3 and 0.0005-0.005 stops at iteration 9
+# there; patience 1-2 would stop at 7-8 on a single flat iteration, which also happens by chance mid-search. The
+# trade-off: a stopped passage gives up the last ~0.01 of similarity (the 100-iteration passage recorded in
+# benchmarks/results/gaslite_effect_1passage_cpu.json re-encodes to .934, held-out appeared@10 83%, appeared@1 23%)
+# for ~1/10 of the iterations; `patience=0` restores the full `n_iters` search.
+PATIENCE: int = 3
+MIN_DELTA: float = 0.001
 
 
 @dataclass
@@ -112,12 +124,38 @@ class GasliteConfig:
     batch_size: int = field(
         default=128, metadata={"help": "Rows per forward when scoring candidates and gradient rows. >= 1."}
     )
+    patience: int = field(
+        default=PATIENCE,
+        metadata={"help": "Early stop: end the search once the similarity gained at most `min_delta` over the last "
+                  "`patience` iterations. 0: off (run all n_iters). >= 0."},
+    )
+    min_delta: float = field(
+        default=MIN_DELTA,
+        metadata={"help": "Early stop: the similarity gain over `patience` iterations that still counts as progress "
+                  "(a gain <= min_delta stops). A finite number >= 0."},
+    )
+    document_prompt: str | None = field(
+        default=None,
+        metadata={"help": "Prompt prepended to passages; None: the model's own (what model.encode applies: its "
+                  "'document'/'passage' prompt, else its default prompt). E.g. 'passage: ' for an E5 checkpoint "
+                  "without prompts. Evaluate with the same value."},
+    )
+    query_prompt: str | None = field(
+        default=None,
+        metadata={"help": "Prompt prepended to queries; None: the model's own ('query', else its default prompt). "
+                  "E.g. 'query: ' for E5. Evaluate with the same value."},
+    )
     progress: bool = field(default=True, metadata={"help": "Show a tqdm progress bar with the current similarity."})
 
     def __post_init__(self):
         for name, minimum in (("trigger_len", 1), ("n_iters", 0), ("n_grad", 1), ("topk", 1), ("n_candidates", 1),
-                              ("n_flip", 1), ("seed", 0), ("batch_size", 1)):
+                              ("n_flip", 1), ("seed", 0), ("batch_size", 1), ("patience", 0)):
             check_integer(name, getattr(self, name), minimum)
+        check_number("min_delta", self.min_delta, 0)
+        for name in ("document_prompt", "query_prompt"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise ValueError(f"`{name}` must be None (the model's own prompt) or a str, got "
+                                 f"{getattr(self, name)!r}.")
         if self.trigger_position not in TRIGGER_POSITIONS:
             raise ValueError(f"`trigger_position` must be one of {TRIGGER_POSITIONS}, got {self.trigger_position!r}.")
         if not isinstance(self.trigger_init, str) or not self.trigger_init.strip():
@@ -133,7 +171,7 @@ class GasliteConfig:
             n_iters=self.n_iters, topk=self.topk, n_candidates=self.n_candidates,
             n_top_candidates=min(self.n_candidates // 2, self.topk), n_flip=self.n_flip, n_grad=self.n_grad,
             normalize_gradient=True, time_limit=self.time_limit, batch_size=self.batch_size, seed=self.seed,
-            progress=False,
+            patience=self.patience, min_delta=self.min_delta, progress=False,
         )
 
 
@@ -148,10 +186,16 @@ class GasliteResult:
         ids: LongTensor, shape (seq,), on CPU. `tokenizer(prompt + passage).input_ids`, special tokens included.
         trigger_positions: LongTensor, shape (L,), on CPU. Where `trigger_ids` sit in `ids`.
         objective: float. Similarity of the passage embedding to the target centroid (model's similarity).
-        objective_history: list of `iterations + 1` floats, non-decreasing; `[0]` is the initial passage's.
-        iterations: int. Search iterations run.
+        objective_history: list of `iterations + 1` floats, non-decreasing; `[0]` is the initial passage's,
+            `[t]` the passage's after iteration t.
+        iterations: int. Search iterations run (the stop iteration).
         seconds: float. Wall-clock time of the whole call.
         query_indices: list[int] | None. Indices of the target queries (set by `craft_poison_passages`).
+        iteration_seconds: list of `iterations` floats: wall-clock seconds of each search iteration.
+        stop_reason: str. Why the search ended: "n_iters", "patience", "time_limit", "early_stop" or "stop" (see
+            `hf_robust.attacks.search_config`); "n_iters" for a passage that is not searched.
+        passage_history: list of `iterations + 1` str: the passage (without prompt) whose similarity is
+            `objective_history[t]`, so intermediate passages can be evaluated (time-to-quality curves).
     """
 
     passage: str
@@ -164,47 +208,9 @@ class GasliteResult:
     iterations: int
     seconds: float
     query_indices: list[int] | None = None
-
-
-def check_model(model: Any) -> str:
-    """Raise unless `model` is a SentenceTransformer with a cosine or dot similarity; return that similarity."""
-    from sentence_transformers import SentenceTransformer
-
-    if not isinstance(model, SentenceTransformer):
-        raise TypeError(f"`model` must be a sentence_transformers.SentenceTransformer, got {type(model).__name__}.")
-    similarity = model.similarity_fn_name or "cosine"
-    if similarity not in SIMILARITIES:
-        raise ValueError(f"The model's similarity_fn_name must be one of {SIMILARITIES}, got {similarity!r}.")
-    return similarity
-
-
-def target_embeddings(model: Any, queries: list[str] | Tensor) -> Tensor:
-    """The target query embeddings: Tensor (n, dim), float32, on the model's device.
-
-    `queries` is a non-empty list of strings (encoded with the model's query prompt) or a Tensor of already computed
-    embeddings, shape (n, dim), or (dim,) for one query or a given centroid.
-    """
-    if isinstance(queries, Tensor):
-        embeddings = queries.unsqueeze(0) if queries.dim() == 1 else queries
-        dimension = (getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension)()
-        if embeddings.dim() != 2 or embeddings.shape[0] == 0 or not embeddings.dtype.is_floating_point or (
-            dimension is not None and embeddings.shape[1] != dimension
-        ):
-            raise ValueError(
-                f"`queries` as a Tensor must be floating embeddings of shape (n, {dimension}) or ({dimension},) with "
-                f"n >= 1, got {queries.dtype} {tuple(queries.shape)}."
-            )
-        if not torch.isfinite(embeddings).all() or (embeddings.norm(dim=-1) == 0).any():
-            raise ValueError("`queries` embeddings must be finite and non-zero.")
-        return embeddings.detach().float().to(model.device)
-    if not isinstance(queries, (list, tuple)) or not all(isinstance(query, str) for query in queries):
-        raise TypeError(f"`queries` must be a list of str or a Tensor of embeddings, got {type(queries).__name__}.")
-    if not queries or not all(query.strip() for query in queries):
-        raise ValueError("`queries` must be a non-empty list of non-blank strings.")
-    with torch.no_grad(), eval_mode(model):  # encode switches to eval mode; restore the caller's flags
-        embeddings = model.encode(list(queries), prompt_name=query_prompt_name(model), convert_to_tensor=True,
-                                  show_progress_bar=False)
-    return embeddings.float().to(model.device)
+    iteration_seconds: list[float] = field(default_factory=list)
+    stop_reason: str = "n_iters"
+    passage_history: list[str] = field(default_factory=list)
 
 
 def _check_info(info: Any, trigger_position: str) -> None:
@@ -212,12 +218,6 @@ def _check_info(info: Any, trigger_position: str) -> None:
         raise TypeError(f"`info` must be a str, got {type(info).__name__}.")
     if not info.strip() and trigger_position != "trigger_only":
         raise ValueError("`info` must be a non-blank string (only trigger_position='trigger_only' leaves it out).")
-
-
-def document_prompt(model: Any) -> str:
-    """The document prompt string the model prepends to passages ("" if none); see `document_prompt_name`."""
-    name = document_prompt_name(model)
-    return model.prompts[name] if name else ""
 
 
 def run_trigger_search(model: Any, centroid: Tensor, info: str, config: GasliteConfig, search: TokenSearchConfig,
@@ -231,7 +231,7 @@ def run_trigger_search(model: Any, centroid: Tensor, info: str, config: GasliteC
     """
     start = time.perf_counter()
     similarity = check_model(model)
-    prompt = document_prompt(model)
+    prompt = document_prompt(model, config.document_prompt)
     layout, features = passage_layout(model, info, prompt, config.trigger_len, config.trigger_position,
                                       config.trigger_init)
     weight = model[0].auto_model.get_input_embeddings().weight
@@ -257,13 +257,24 @@ def run_trigger_search(model: Any, centroid: Tensor, info: str, config: GasliteC
     ids = result.ids.cpu()
     trigger_ids = ids[layout.positions]
     history = [-loss for loss in result.history]
-    logger.info("%s: similarity %.4f -> %.4f in %d iterations (%.1f s)", description, history[0], history[-1],
-                result.iterations, result.seconds)
+    logger.info("%s: similarity %.4f -> %.4f in %d iterations (%.1f s, %s)", description, history[0], history[-1],
+                result.iterations, result.seconds, result.stop_reason)
     return GasliteResult(
         passage=layout.passage(trigger_ids), trigger=model.tokenizer.decode(trigger_ids.tolist()).strip(),
         trigger_ids=trigger_ids, ids=ids, trigger_positions=layout.positions.clone(), objective=history[-1],
         objective_history=history, iterations=result.iterations, seconds=time.perf_counter() - start,
+        iteration_seconds=list(result.iteration_seconds), stop_reason=result.stop_reason,
+        passage_history=_passages(layout, result.trajectory),
     )
+
+
+def _passages(layout: Any, trajectory: Tensor) -> list[str]:
+    """The passage text of every row of `trajectory` (iterations + 1, L), decoding only rows that changed."""
+    passages: list[str] = []
+    for index, row in enumerate(trajectory):
+        unchanged = index and torch.equal(row, trajectory[index - 1])
+        passages.append(passages[-1] if unchanged else layout.passage(row))
+    return passages
 
 
 def gaslite_attack(model: Any, queries: list[str] | Tensor, info: str,
@@ -299,59 +310,9 @@ def gaslite_attack(model: Any, queries: list[str] | Tensor, info: str,
         raise TypeError(f"`config` must be a GasliteConfig, got {type(config).__name__}.")
     check_model(model)
     _check_info(info, config.trigger_position)
-    centroid = query_centroid(target_embeddings(model, queries))
+    centroid = query_centroid(target_embeddings(model, queries, config.query_prompt))
     result = run_trigger_search(model, centroid, info, config, config.search_config(), "GASLITE")
     return replace(result, seconds=time.perf_counter() - start)
-
-
-def encoded_similarity(model: Any, passages: list[str], queries: list[str] | Tensor) -> Tensor:
-    """Similarity of freshly encoded passages (document prompt) to the centroid of `queries`: Tensor (n_passages,)."""
-    centroid = query_centroid(target_embeddings(model, queries))
-    with torch.no_grad(), eval_mode(model):
-        embeddings = model.encode(list(passages), prompt_name=document_prompt_name(model), convert_to_tensor=True,
-                                  show_progress_bar=False)
-    return centroid_similarity(embeddings.to(centroid.device), centroid, check_model(model)).cpu()
-
-
-def cluster_queries(embeddings: Tensor, n_clusters: int, seed: int) -> list[list[int]]:
-    """k-means (scikit-learn) on the L2-normalised query embeddings: one list of query indices per cluster.
-
-    Args:
-        embeddings: Tensor, shape (n, dim).
-        n_clusters: 1 <= n_clusters <= n; 1 gives one cluster of every query (no k-means).
-        seed: `random_state` of `KMeans`.
-
-    Returns:
-        `n_clusters` non-empty, disjoint lists of ascending indices covering 0..n-1, ordered by their smallest index,
-        so the same input and seed give the same clusters in the same order on every process.
-    """
-    if n_clusters == 1:
-        return [list(range(embeddings.shape[0]))]
-    from sklearn.cluster import KMeans
-    from sklearn.exceptions import ConvergenceWarning
-
-    points = torch.nn.functional.normalize(embeddings.detach().double().cpu(), dim=-1).numpy()
-    with warnings.catch_warnings():  # too few distinct points: sklearn warns, the check below raises
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        labels = KMeans(n_clusters=n_clusters, random_state=seed, n_init=10).fit_predict(points).tolist()
-    clusters: dict[int, list[int]] = {}
-    for index, label in enumerate(labels):
-        clusters.setdefault(label, []).append(index)
-    if len(clusters) != n_clusters:
-        raise ValueError(f"k-means found {len(clusters)} distinct clusters, fewer than `n_passages`={n_clusters} "
-                         "(duplicate queries?).")
-    return list(clusters.values())
-
-
-def _process_state() -> tuple[int, int]:
-    """(process index, number of processes) under `accelerate launch`; (0, 1) in a plain process, where accelerate's
-    state is left uninitialised (initialising it here could clash with a later `Accelerator(cpu=True)`)."""
-    from accelerate import PartialState
-
-    if not PartialState._shared_state and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 1
-    state = PartialState()
-    return state.process_index, state.num_processes
 
 
 def craft_poison_passages(model: Any, queries: list[str] | Tensor, info: str, n_passages: int,
@@ -380,7 +341,7 @@ def craft_poison_passages(model: Any, queries: list[str] | Tensor, info: str, n_
         raise TypeError(f"`config` must be a GasliteConfig, got {type(config).__name__}.")
     check_model(model)
     _check_info(info, config.trigger_position)
-    embeddings = target_embeddings(model, queries)
+    embeddings = target_embeddings(model, queries, config.query_prompt)
     if not is_integer(n_passages) or not 1 <= n_passages <= embeddings.shape[0]:
         raise ValueError(
             f"`n_passages` must be an integer in [1, {embeddings.shape[0]}] (the number of queries), "

@@ -1,5 +1,8 @@
 """The GASLITE objective on a sentence-transformer: passage layout, query centroid and centroid similarity.
 
+`check_model` and `target_embeddings` validate the retriever and encode the target queries; `encoded_similarity`
+re-encodes passages as an index would, to check the tracked objective.
+
 The passage is tokenised once as `[CLS] + prompt + info + trigger (L tokens) + [SEP]` (the model's own special tokens
 and document prompt, never padded), and `CentroidObjective` scores batches of such sequences, differing only in the
 trigger tokens, through all the modules of the sentence-transformer (transformer, pooling, normalisation...):
@@ -19,6 +22,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ..modeling import eval_mode
+from .prompts import resolve_prompt
 
 SIMILARITIES = ("cosine", "dot")
 TRIGGER_POSITIONS = ("prefix", "suffix", "middle", "trigger_only")
@@ -204,3 +210,59 @@ class CentroidObjective:
     def loss_from_ids(self, input_ids: Tensor) -> Tensor:
         """input_ids: (batch, seq) -> negated similarity (batch,)."""
         return -self.similarity_from_ids(input_ids)
+
+
+def check_model(model: Any) -> str:
+    """Raise unless `model` is a SentenceTransformer with a cosine or dot similarity; return that similarity."""
+    from sentence_transformers import SentenceTransformer
+
+    if not isinstance(model, SentenceTransformer):
+        raise TypeError(f"`model` must be a sentence_transformers.SentenceTransformer, got {type(model).__name__}.")
+    similarity = model.similarity_fn_name or "cosine"
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"The model's similarity_fn_name must be one of {SIMILARITIES}, got {similarity!r}.")
+    return similarity
+
+
+def target_embeddings(model: Any, queries: list[str] | Tensor, query_prompt: str | None = None) -> Tensor:
+    """The target query embeddings: Tensor (n, dim), float32, on the model's device.
+
+    `queries` is a non-empty list of strings, encoded with the prompt `query_prompt(model, query_prompt)` (None: the
+    model's own query prompt), or a Tensor of already computed embeddings, shape (n, dim), or (dim,) for one query or
+    a given centroid (`query_prompt` unused).
+    """
+    if isinstance(queries, Tensor):
+        embeddings = queries.unsqueeze(0) if queries.dim() == 1 else queries
+        dimension = (getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension)()
+        if embeddings.dim() != 2 or embeddings.shape[0] == 0 or not embeddings.dtype.is_floating_point or (
+            dimension is not None and embeddings.shape[1] != dimension
+        ):
+            raise ValueError(
+                f"`queries` as a Tensor must be floating embeddings of shape (n, {dimension}) or ({dimension},) with "
+                f"n >= 1, got {queries.dtype} {tuple(queries.shape)}."
+            )
+        if not torch.isfinite(embeddings).all() or (embeddings.norm(dim=-1) == 0).any():
+            raise ValueError("`queries` embeddings must be finite and non-zero.")
+        return embeddings.detach().float().to(model.device)
+    if not isinstance(queries, (list, tuple)) or not all(isinstance(query, str) for query in queries):
+        raise TypeError(f"`queries` must be a list of str or a Tensor of embeddings, got {type(queries).__name__}.")
+    if not queries or not all(query.strip() for query in queries):
+        raise ValueError("`queries` must be a non-empty list of non-blank strings.")
+    with torch.no_grad(), eval_mode(model):  # encode switches to eval mode; restore the caller's flags
+        embeddings = model.encode(list(queries), prompt=resolve_prompt(model, "query", query_prompt),
+                                  convert_to_tensor=True, show_progress_bar=False)
+    return embeddings.float().to(model.device)
+
+
+def encoded_similarity(model: Any, passages: list[str], queries: list[str] | Tensor, *,
+                       document_prompt: str | None = None, query_prompt: str | None = None) -> Tensor:
+    """Similarity of freshly encoded passages to the centroid of `queries`: Tensor (n_passages,).
+
+    Passages are encoded with `document_prompt(model, document_prompt)`, queries with `query_prompt(model,
+    query_prompt)` (None: the model's own), as the attack scores them.
+    """
+    centroid = query_centroid(target_embeddings(model, queries, query_prompt))
+    with torch.no_grad(), eval_mode(model):
+        embeddings = model.encode(list(passages), prompt=resolve_prompt(model, "document", document_prompt),
+                                  convert_to_tensor=True, show_progress_bar=False)
+    return centroid_similarity(embeddings.to(centroid.device), centroid, check_model(model)).cpu()

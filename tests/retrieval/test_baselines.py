@@ -103,6 +103,7 @@ def test_baseline_errors(model):
         ({"passage_len": 0}, "passage_len"), ({"n_iters": -1}, "n_iters"), ({"n_candidates": 0}, "n_candidates"),
         ({"seed": -1}, "seed"), ({"batch_size": 0}, "batch_size"), ({"include_info": 1}, "include_info"),
         ({"progress": None}, "progress"), ({"trigger_init": ""}, "trigger_init"), ({"time_limit": -1}, "time_limit"),
+        ({"document_prompt": 1}, "document_prompt"), ({"query_prompt": b"q"}, "query_prompt"),
     ]:
         with pytest.raises(ValueError, match=match):
             HotflipConfig(**kwargs)
@@ -130,3 +131,24 @@ def test_baseline_errors(model):
         info_only(model, [], INFO)
     with pytest.raises(TypeError, match="model"):
         info_only("model", QUERIES, INFO)
+    with pytest.raises(TypeError, match="query_prompt"):
+        query_stuffing(model, QUERIES, INFO, query_prompt=1)
+    with pytest.raises(TypeError, match="document_prompt"):
+        info_only(model, QUERIES, INFO, document_prompt=1)
+
+
+def test_baselines_use_the_prompt_overrides(model):
+    """With E5-style overrides every baseline's `objective` is the similarity of the prompted texts, and HotFlip's
+    optimised ids start with the document prompt."""
+    from hf_robust.retrieval.objective import centroid_similarity, query_centroid
+
+    prompts = {"document_prompt": "passage: ", "query_prompt": "query: "}
+    centroid = query_centroid(model.encode(QUERIES, prompt="query: ", convert_to_tensor=True))
+    hotflip = hotflip_poison(model, QUERIES, INFO, HotflipConfig(n_iters=2, n_candidates=8, progress=False,
+                                                                 **prompts))
+    assert hotflip.ids.tolist() == model.tokenizer("passage: " + hotflip.passage).input_ids
+    for result in (hotflip, query_stuffing(model, QUERIES, INFO, 8, **prompts), info_only(model, QUERIES, INFO,
+                                                                                           **prompts)):
+        embedding = model.encode([result.passage], prompt="passage: ", convert_to_tensor=True)
+        assert float(centroid_similarity(embedding, centroid, "cosine")[0]) == pytest.approx(result.objective,
+                                                                                            abs=1e-5)

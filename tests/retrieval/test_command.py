@@ -38,6 +38,17 @@ def test_recipe_parses_with_the_default_budget():
     assert args.defenses == ["perplexity"] and args.perplexity_model == "smollm2"
 
 
+def test_early_stop_and_prompt_flags_parse():
+    args, config = make_parser().parse_args_and_config(
+        ["--patience", "3", "--min_delta", "0.002", "--document_prompt", "passage: ", "--query_prompt", "query: "])
+    assert (config.patience, config.min_delta, config.document_prompt, config.query_prompt) == (
+        3, 0.002, "passage: ", "query: ")
+    _, config = make_parser().parse_args_and_config(["--patience", "0"])
+    assert config.patience == 0 and config.search_config().patience == 0  # off: all n_iters
+    with pytest.raises(ValueError, match="min_delta"):
+        make_parser().parse_args_and_config(["--min_delta", "-1"])
+
+
 def test_default_data_uses_the_shipped_split_and_info():
     corpus, attack, held_out, info = load_corpus_and_queries(GasliteScriptArguments())
     assert corpus == default_corpus() and info == DEFAULT_INFO
@@ -60,6 +71,10 @@ def test_gaslite_command_writes_passages_and_reports(tmp_path, files):
     assert cli.main(argv) == 0
     written = json.loads((output / "gaslite.json").read_text())
     assert len(written["passages"]) == 2 and written["config"]["n_iters"] == 2
+    for passage in written["passages"]:
+        assert len(passage["objective_history"]) == passage["iterations"] + 1 == 3
+        assert passage["objective_history"][-1] == passage["objective"]
+        assert len(passage["iteration_seconds"]) == 2 and passage["stop_reason"] == "n_iters"
     covered = sorted(index for passage in written["passages"] for index in passage["query_indices"])
     assert covered == [0, 1, 2]  # the 3 attack queries, each in one cluster
     assert set(written["reports"]) == {"gaslite", "info_only", "gaslite + norm_filter", "info_only + norm_filter"}
@@ -110,5 +125,6 @@ def test_gaslite_command_on_two_processes_writes_the_one_process_passages(tmp_pa
         assert completed.returncode == 0, completed.stderr[-3000:]
         outputs[processes] = json.loads((output / "gaslite.json").read_text())
     for one, two in zip(outputs[1]["passages"], outputs[2]["passages"], strict=True):
-        assert {**one, "seconds": None} == {**two, "seconds": None}  # wall-clock time differs, nothing else
+        timing = {"seconds": None, "iteration_seconds": None}
+        assert {**one, **timing} == {**two, **timing}  # wall-clock times differ, nothing else
     assert outputs[2]["reports"] == outputs[1]["reports"]

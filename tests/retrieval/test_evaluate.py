@@ -20,7 +20,7 @@ class LookupModel:
         self.vectors = vectors
         self.encoded = 0
 
-    def encode(self, texts, prompt_name=None, batch_size=64, convert_to_tensor=True):
+    def encode(self, texts, prompt=None, prompt_name=None, batch_size=64, convert_to_tensor=True):
         self.encoded += len(texts)
         return torch.tensor([self.vectors[text] for text in texts], dtype=torch.float32)
 
@@ -204,6 +204,13 @@ def test_bad_inputs():
         encode_corpus(model, CORPUS, batch_size=0)
     with pytest.raises(TypeError, match="`queries` must be a list of strings"):
         encode_queries(model, "q0")
+    with pytest.raises(TypeError, match="`prompt`"):
+        encode_corpus(model, CORPUS, prompt=1)
+    with pytest.raises(TypeError, match="`prompt`"):
+        encode_queries(model, ["q0"], prompt=["query: "])
+    for name in ("document_prompt", "query_prompt"):
+        with pytest.raises(TypeError, match=f"`{name}`"):
+            evaluate_poisoning(model, CORPUS, ["q0"], ["tie"], **{name: 0})
 
 
 def scores(texts):

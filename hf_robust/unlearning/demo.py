@@ -8,8 +8,12 @@ and recovery are measured on the other half, which the attacker never sees. `unl
 """
 
 import copy
+import json
+import math
+import statistics
 import tempfile
 import time
+from pathlib import Path
 
 from .config import UnlearnConfig
 from .relearn import RelearnConfig, relearning_attack
@@ -33,21 +37,26 @@ def toy_methods(rho: float = TOY_RHO) -> dict[str, dict]:
     return {"npo": {"smoothing": "none"}, "npo+sam": {"smoothing": "sam", "rho": rho}}
 
 
-def toy_unlearn_config(output_dir: str, seed: int = 0, **settings) -> UnlearnConfig:
-    """`UnlearnConfig` of the toy run: NPO (smoothing "none" unless given), full batch, constant rate, CPU, float32.
+def toy_unlearn_config(output_dir: str, seed: int = 0, *, use_cpu: bool = True, **settings) -> UnlearnConfig:
+    """`UnlearnConfig` of the toy run: NPO (smoothing "none" unless given), full batch, constant rate, float32, on
+    the CPU unless `use_cpu=False` (then accelerate's device, e.g. a GPU).
 
     `settings` override `TOY_UNLEARNING` (steps, learning_rate, beta, retain_weight, batch_size) and may set
-    `smoothing` and `rho`.
+    `smoothing`, `rho`, `rs_sigma` and `rs_samples`.
     """
-    unknown = sorted(set(settings) - set(TOY_UNLEARNING) - {"smoothing", "rho"})
+    smoothing_settings = {"smoothing": "none", "rho": TOY_RHO, "rs_sigma": 1e-4, "rs_samples": 3}
+    unknown = sorted(set(settings) - set(TOY_UNLEARNING) - set(smoothing_settings))
     if unknown:
-        raise ValueError(f"unknown setting(s) {unknown}; allowed: {sorted(TOY_UNLEARNING)}, smoothing, rho.")
-    settings = {"smoothing": "none", "rho": TOY_RHO, **TOY_UNLEARNING, **settings}
+        raise ValueError(f"unknown setting(s) {unknown}; allowed: {sorted(TOY_UNLEARNING)}, "
+                         f"{', '.join(smoothing_settings)}.")
+    settings = {**smoothing_settings, **TOY_UNLEARNING, **settings}
     return UnlearnConfig(
         output_dir=output_dir,
         method="npo",
         smoothing=settings["smoothing"],
         rho=settings["rho"],
+        rs_sigma=settings["rs_sigma"],
+        rs_samples=settings["rs_samples"],
         beta=settings["beta"],
         retain_weight=settings["retain_weight"],
         max_steps=settings["steps"],
@@ -57,7 +66,7 @@ def toy_unlearn_config(output_dir: str, seed: int = 0, **settings) -> UnlearnCon
         warmup_steps=0,
         weight_decay=0.0,
         bf16=False,
-        use_cpu=True,
+        use_cpu=use_cpu,
         report_to="none",
         save_strategy="no",
         logging_strategy="no",
@@ -132,30 +141,114 @@ def _mean(values) -> float:
     return sum(values) / len(values)
 
 
-def unlearning_demo_section(seeds: tuple[int, ...] = (0, 1)) -> None:
-    """NPO vs NPO+SAM on the toy task, then a relearning attack (about a minute on CPU): what comes back."""
+RECORDED_RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+"""Where `benchmarks/unlearn_relearn.py --results` records its runs (present in a clone of the repository)."""
+RECORDED_TINY = "unlearn_relearn_tiny_cpu.json"
+RECORDED_SMOLLM2 = "unlearn_relearn_smollm2_cpu.json"
+
+
+def _mean_std(values) -> tuple[float, float]:
+    values = list(values)
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def recorded_comparison(path: Path) -> dict | None:
+    """The paired (second method - first method) recovery of a recorded `unlearn_relearn.py` run, or None if the
+    file is absent. Tiny records have per-seed "recovery"; SmolLM2 records a recovery curve (its last point)."""
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    runs = record["seeds"]
+    names = list(record["settings"]["methods"])
+
+    def recovery(run, name):
+        entry = run["methods"][name] if "methods" in run else run[name]
+        return entry["recovery"][-1] if isinstance(entry["recovery"], list) else entry["recovery"]
+
+    complete = [run for run in runs if all(name in run.get("methods", run) for name in names)]
+    result = {"path": path, "settings": record["settings"], "seeds": len(complete), "methods": {}}
+    for name in names:
+        result["methods"][name] = _mean_std(recovery(run, name) for run in complete)
+    base = names[0]
+    for name in names[1:]:
+        differences = [recovery(run, name) - recovery(run, base) for run in complete]
+        result["methods"][name] += (_mean_std(differences), sum(difference < 0 for difference in differences))
+    return result
+
+
+def _print_recorded(recorded: dict, label: str) -> None:
+    settings = recorded["settings"]
+    when = settings.get("date", "")
+    print(f"  recorded, not re-run here: {label} ({recorded['path'].relative_to(recorded['path'].parents[2])}, "
+          f"{recorded['seeds']} seeds, {settings.get('machine', 'cpu')}{', ' + when if when else ''})")
+    names = list(recorded["methods"])
+    for name in names:
+        mean, std = recorded["methods"][name][:2]
+        line = f"    {name:<18} recovery {mean:.3f} ± {std:.3f} nats"
+        if name != names[0]:
+            (difference, spread), fewer = recorded["methods"][name][2:]
+            line += (f"; paired {name} - {names[0]}: {difference:+.3f} ± {spread:.3f}, less recovery in "
+                     f"{fewer}/{recorded['seeds']} seeds")
+        print(line)
+
+
+def unlearning_demo_section(seeds: tuple[int, ...] = (0, 1), results: Path | None = None) -> dict:
+    """NPO vs NPO+SAM on the toy task, then a relearning attack (about a minute on CPU), beside the recorded
+    multi-seed results of `benchmarks/unlearn_relearn.py` (read from `results`, default `RECORDED_RESULTS`) and a
+    plain sentence on whether the live difference says anything. Returns {"live": per-seed SAM - NPO recovery
+    differences, "recorded": `recorded_comparison` of the tiny record or None}."""
     import datasets
     from transformers import logging
 
     datasets.disable_progress_bar()
     logging.set_verbosity_error()
+    results = RECORDED_RESULTS if results is None else Path(results)
     runs = [toy_relearning_experiment(seed=seed) for seed in seeds]
     methods = list(toy_methods())
     seconds = sum(run["seconds"]["memorise"] for run in runs) + sum(
         sum(run[name]["seconds"].values()) for run in runs for name in methods)
     print(f"tiny llama memorises 16 forget + 32 retain random token strings; NPO and NPO+SAM (rho {TOY_RHO}) unlearn "
           f"the forget strings ({TOY_UNLEARNING['steps']} steps each); an attacker fine-tunes on 8 of them "
-          f"({TOY_RELEARNING['steps']} steps); measured on the other 8; mean of seeds {list(seeds)} ({seconds:.0f} s)")
+          f"({TOY_RELEARNING['steps']} steps); measured on the other 8")
+    print(f"  live run, seeds {list(seeds)} ({seconds:.0f} s), mean over seeds:")
     print(f"  {'method':<8} {'forget NLL unlearned':>21} {'relearned':>10} {'recovery':>9}"
           f" {'exact match relearned':>22} {'retain NLL':>11}")
     for name in methods:
-        results = [run[name] for run in runs]
-        print(f"  {name:<8} {_mean(r['before'].forget_nll for r in results):21.3f}"
-              f" {_mean(r['after'].forget_nll for r in results):10.3f} {_mean(r['recovery'] for r in results):9.3f}"
-              f" {_mean(r['after'].forget_exact_match for r in results):22.0%}"
-              f" {_mean(r['before'].retain_nll for r in results):11.3f}")
+        results_of = [run[name] for run in runs]
+        print(f"  {name:<8} {_mean(r['before'].forget_nll for r in results_of):21.3f}"
+              f" {_mean(r['after'].forget_nll for r in results_of):10.3f}"
+              f" {_mean(r['recovery'] for r in results_of):9.3f}"
+              f" {_mean(r['after'].forget_exact_match for r in results_of):22.0%}"
+              f" {_mean(r['before'].retain_nll for r in results_of):11.3f}")
     memorised = [run["memorised"] for run in runs]
     print(f"  memorised model: forget NLL {_mean(m.forget_nll for m in memorised):.3f}, exact match "
           f"{_mean(m.forget_exact_match for m in memorised):.0%}; recovery = forget NLL drop under the attack (lower "
           "is more robust)")
-    print("  seeds vary a lot: benchmarks/unlearn_relearn.py compares the methods over 10 seeds")
+    live = [run[methods[1]]["recovery"] - run[methods[0]]["recovery"] for run in runs]
+    recorded = recorded_comparison(results / RECORDED_TINY)
+    if recorded is None:
+        print(f"  no recorded multi-seed result at {results / RECORDED_TINY}: run benchmarks/unlearn_relearn.py "
+              "--results ... to record one")
+    else:
+        _print_recorded(recorded, "the same toy task")
+        (difference, spread), _ = recorded["methods"][list(recorded["methods"])[1]][2:]
+        print("  " + live_verdict(_mean(live), len(live), difference, spread))
+    smollm2 = recorded_comparison(results / RECORDED_SMOLLM2)
+    if smollm2 is not None:
+        _print_recorded(smollm2, "real SmolLM2-135M-Instruct facts at matched forgetting, recovery after "
+                        f"{smollm2['settings']['curve'][-1]} relearning steps")
+    return {"live": live, "recorded": recorded}
+
+
+def live_verdict(live_difference: float, live_seeds: int, recorded_difference: float, recorded_std: float) -> str:
+    """A plain sentence: is a live mean paired difference over `live_seeds` seeds outside the noise that the recorded
+    per-seed spread predicts (two standard errors, recorded_std / sqrt(live_seeds))?"""
+    noise = 2 * recorded_std / math.sqrt(live_seeds)
+    if abs(live_difference) <= noise:
+        return (f"Live SAM - NPO recovery {live_difference:+.3f} nats over {live_seeds} seed(s) is within noise "
+                f"(±{noise:.3f}, from the recorded seed-to-seed spread): this run alone cannot tell the methods "
+                f"apart; the recorded result ({recorded_difference:+.3f}) is the one to read.")
+    agrees = (live_difference < 0) == (recorded_difference < 0)
+    return (f"Live SAM - NPO recovery {live_difference:+.3f} nats over {live_seeds} seed(s) is outside the noise "
+            f"(±{noise:.3f}) and {'agrees' if agrees else 'disagrees'} in sign with the recorded "
+            f"{recorded_difference:+.3f}.")

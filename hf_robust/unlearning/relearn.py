@@ -21,6 +21,7 @@ from transformers import TrainerCallback
 
 from ..checks import is_integer
 from ..hub import RobustnessResult
+from ..modeling import eval_mode
 from ..sharding import has_sharded_weights, on_main_process
 from .metrics import UnlearningMetrics, right_padded, encode_rows, evaluate_unlearning, text_rows
 
@@ -125,6 +126,8 @@ class RelearnResult:
         model: The fine-tuned copy when `return_model=True`, else None.
         curve: One (step count, metrics) per entry of `config.measured_steps`: the relearning curve (a single point,
             the last step, unless `config.steps` is a list); step 0 is `before`.
+        measurements: One (step count, `measure(model)`) per curve point when `relearning_attack` got a `measure`
+            callable (your own metrics at the same points), else empty.
     """
 
     before: UnlearningMetrics
@@ -136,6 +139,7 @@ class RelearnResult:
     config: RelearnConfig = field(default_factory=RelearnConfig)
     model: Any = field(default=None, repr=False, compare=False)
     curve: list[tuple[int, UnlearningMetrics]] = field(default_factory=list)
+    measurements: list[tuple[int, Any]] = field(default_factory=list, compare=False)
 
     @property
     def recovery(self) -> float:
@@ -247,13 +251,15 @@ def relearning_attack(
     eval_forget=None,
     *,
     return_model: bool = False,
+    measure=None,
     **evaluation,
 ) -> RelearnResult:
     """Fine-tune a deep copy of `model` on `config.n_samples` forget rows and measure the metrics before and after.
 
     The given model is never changed (parameters, `.grad`, train/eval flags): the attack trains a copy
     (`attacker_copy`: by default every weight, a `PeftModel` merged first; the copy needs as much memory as the
-    model). With a list of `config.steps` it measures after each of those step counts (`RelearnResult.curve`). Measurements (`evaluate_unlearning`) run on `eval_forget` when given, e.g. held-out forget rows so that
+    model). With a list of `config.steps` it measures after each of those step counts (`RelearnResult.curve`).
+    Measurements (`evaluate_unlearning`) run on `eval_forget` when given, e.g. held-out forget rows so that
     recovery on forget data the attacker never saw is measured, else on the whole `forget_dataset`; retain metrics
     on `retain_dataset` when given.
 
@@ -266,6 +272,9 @@ def relearning_attack(
             steps, lr 1e-5, batch 4).
         retain_dataset, eval_forget: Optional rows of the same forms.
         return_model: Keep the fine-tuned copy in `RelearnResult.model`.
+        measure: Optional `measure(model) -> value`, called at every curve point (the model in eval mode, step 0 on
+            the given model) for metrics of your own (e.g. answer accuracy of held-out facts); the values land in
+            `RelearnResult.measurements`.
         **evaluation: Keyword arguments of `evaluate_unlearning` (mc_questions, prefix_fraction, max_new_tokens, k,
             batch_size, rouge_tokens, ...); max_length defaults to `config.max_length`.
     """
@@ -282,12 +291,18 @@ def relearning_attack(
     text_rows(measured_forget, "eval_forget" if eval_forget is not None else "forget_dataset")
     if retain_dataset is not None:
         text_rows(retain_dataset, "retain_dataset")
+    if measure is not None and not callable(measure):
+        raise TypeError(f"`measure` must be callable (model -> value) or None, got {type(measure).__name__}.")
     evaluation = {"max_length": config.max_length, **evaluation}
+    measurements = []
 
-    def measure(measured_model) -> UnlearningMetrics:
+    def measured(measured_model, step: int) -> UnlearningMetrics:
+        if measure is not None:
+            with eval_mode(measured_model):
+                measurements.append((step, measure(measured_model)))
         return evaluate_unlearning(measured_model, tokenizer, measured_forget, retain_dataset, **evaluation)
 
-    before = measure(model)
+    before = measured(model, 0)
     rng = random.Random(config.seed)
     samples = rng.sample(range(len(pool)), config.n_samples)
     batches = _batches(samples, config.batch_size, config.total_steps, rng)
@@ -296,10 +311,12 @@ def relearning_attack(
     device = next(attacked.parameters()).device
     measured_steps = config.measured_steps
     curve = [(0, before)] if measured_steps[0] == 0 else []
+    if measured_steps[0] != 0:
+        measurements.clear()
 
     def after_step(step: int) -> None:
         if step in measured_steps:
-            curve.append((step, measure(attacked)))
+            curve.append((step, measured(attacked, step)))
 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.enable_grad():
         torch.manual_seed(config.seed)
@@ -314,6 +331,7 @@ def relearning_attack(
         config=config,
         model=attacked if return_model else None,
         curve=curve,
+        measurements=measurements,
     )
 
 

@@ -176,6 +176,28 @@ def test_curve_measures_after_each_requested_step_count(tiny):
             RelearnConfig(steps=steps)
 
 
+def test_measure_runs_at_every_curve_point_in_eval_mode(tiny):
+    model, tokenizer = tiny
+    before, modes = snapshot(model), [module.training for module in model.modules()]
+    seen = []
+
+    def measure(measured):
+        seen.append(measured.training)
+        return float(sum(parameter.detach().double().sum() for parameter in measured.parameters()))
+
+    result = relearning_attack(model, tokenizer, FORGET, dataclasses.replace(FAST, steps=[0, 2, 3]), measure=measure,
+                               **QUICK_EVALUATION)
+    assert_unchanged(model, before, modes)
+    assert [step for step, _ in result.measurements] == [0, 2, 3] and seen == [False] * 3
+    assert result.measurements[0][1] == measure(model) != result.measurements[-1][1]  # step 0: the given model
+    without_zero = relearning_attack(model, tokenizer, FORGET, dataclasses.replace(FAST, steps=[1, 3]),
+                                     measure=measure, **QUICK_EVALUATION)
+    assert [step for step, _ in without_zero.measurements] == [1, 3]
+    assert without_zero.measurements[-1][1] == pytest.approx(result.measurements[-1][1])  # same seeded attack
+    with pytest.raises(TypeError, match="`measure`"):
+        relearning_attack(model, tokenizer, FORGET, FAST, measure="nll")
+
+
 def test_callback_logs_recovery_in_a_stock_trainer(tiny, tmp_path):
     model, tokenizer = tiny
     train = Dataset.from_dict({"input_ids": [tokenizer(text)["input_ids"] for text in FORGET + RETAIN]})

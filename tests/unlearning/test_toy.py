@@ -77,6 +77,8 @@ def test_toy_unlearn_config_settings(tmp_path):
     assert args.beta == TOY_UNLEARNING["beta"] and args.use_cpu and not args.bf16 and args.report_to == []
     with pytest.raises(ValueError, match="max_lenght"):
         toy_unlearn_config(str(tmp_path), max_lenght=4)
+    noisy = toy_unlearn_config(str(tmp_path), smoothing="rs", rs_sigma=1e-3, rs_samples=2)
+    assert (noisy.smoothing, noisy.rs_sigma, noisy.rs_samples) == ("rs", 1e-3, 2)
 
 
 def test_toy_relearning_experiment_measures_each_method_on_the_held_out_half():

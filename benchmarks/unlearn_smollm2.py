@@ -1,0 +1,296 @@
+"""SmolLM2 mode of `unlearn_relearn.py`: NPO, NPO+SAM (two radii) and NPO+RS at matched forgetting, then a
+relearning curve, over seeds.
+
+Per seed: the known facts (`SMOLLM2_FACTS` the model answers, greedy) are shuffled with the seed; 16 are forgotten
+(the model's own first-sentence reply is the forget text, loss on the answer tokens), the rest are the retain set;
+8 forgotten facts are the attacker's, the other 8 are held out (never seen by the attacker) and measure forgetting.
+
+Matched forgetting: every method unlearns from the same weights, with the same rate, beta and batches, until the
+held-out answer NLL (mean token NLL of the original replies) reaches `target_nll` and no held-out answer is given
+any more (greedy accuracy 0): `ForgetTargetCallback`, checked after every step, at most `max_steps` steps. The steps
+each method needed are recorded; a run counts as matched when it stopped by the rule with its NLL within
+MATCH_TOLERANCE above the target.
+
+Relearning curve: `relearning_attack` (the paper's attacker: every weight, AdamW lr 1e-5, batch 4) on the 8 attack
+facts, measured on the 8 held-out facts after each step count of `curve`; recovery = answer NLL drop from step 0.
+"""
+
+import json
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from tables import mean_std, print_table
+
+FORGET_FACTS = 16
+ANSWER_TOKENS = 16
+SMOLLM2_UNLEARNING = {"learning_rate": 5e-5, "beta": 0.1, "retain_weight": 1.0, "batch_size": 8}
+# The paper's attacker on the 8 attack facts; the curve's step counts.
+SMOLLM2_RELEARNING = {"learning_rate": 1e-5, "batch_size": 4, "max_length": 128}
+CURVE = [0, 10, 25, 50, 100]
+TARGET_NLL = 4.0
+MAX_STEPS = 60
+MATCH_TOLERANCE = 0.05  # a stopped run's held-out answer NLL lies in [target, target * (1 + tolerance)]
+# SAM radii (global L2 norm over all 135M weights; one Adam step at lr 5e-5 moves them by ~0.6) and the RS noise
+# (per-weight std; the reference's sigma 1e-4, averaged over 3 draws as the reference does).
+SMOLLM2_RHOS = (0.1, 0.3)
+SMOLLM2_RS_SIGMA = 1e-4
+
+
+def methods(rhos=SMOLLM2_RHOS, rs_sigma=SMOLLM2_RS_SIGMA) -> dict[str, dict]:
+    compared = {"npo": {"smoothing": "none"}}
+    for rho in rhos:
+        compared[f"npo+sam ρ={rho:g}"] = {"smoothing": "sam", "rho": rho}
+    compared[f"npo+rs σ={rs_sigma:g}"] = {"smoothing": "rs", "rs_sigma": rs_sigma, "rs_samples": 3}
+    return compared
+
+
+# ----------------------------------------------------------------------------------------------- facts and measures
+
+
+def prompt_ids(tokenizer, question: str) -> list[int]:
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, return_dict=True
+    )["input_ids"]
+
+
+def greedy_ids(model, tokenizer, prompt: list[int]) -> list[int]:
+    import torch
+
+    input_ids = torch.tensor([prompt], device=model.device)
+    with torch.no_grad():
+        output = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
+                                max_new_tokens=ANSWER_TOKENS, pad_token_id=tokenizer.pad_token_id)
+    return output[0, len(prompt):].tolist()
+
+
+def knows(reply: str, answer: str) -> bool:
+    import re
+
+    return re.search(rf"\b{re.escape(answer.lower())}\b", reply.lower()) is not None
+
+
+def first_sentence(tokenizer, reply: list[int], answer: str) -> list[int]:
+    """The reply's tokens up to the first one holding a full stop after the answer (all of them if there is none)."""
+    for end in range(1, len(reply) + 1):
+        text = tokenizer.decode(reply[:end], skip_special_tokens=True)
+        if knows(text, answer) and "." in tokenizer.decode(reply[end - 1 : end]):
+            return reply[:end]
+    return reply
+
+
+def known_facts(model, tokenizer) -> list[dict]:
+    """The `SMOLLM2_FACTS` the model answers (answer word in its greedy reply), with that reply's first sentence."""
+    from hf_robust.unlearning.toy import SMOLLM2_FACTS
+
+    facts = []
+    for question, answer in SMOLLM2_FACTS:
+        prompt = prompt_ids(tokenizer, question)
+        reply = greedy_ids(model, tokenizer, prompt)
+        if knows(tokenizer.decode(reply, skip_special_tokens=True), answer):
+            reply = first_sentence(tokenizer, reply, answer) + [tokenizer.eos_token_id]
+            facts.append({"question": question, "answer": answer, "prompt": prompt, "reply": reply})
+    return facts
+
+
+def answer_nll(model, facts) -> float:
+    """Mean over facts of the mean token NLL of the original reply given the question."""
+    from hf_robust.unlearning.metrics import token_log_probs
+
+    values = token_log_probs(model, [fact["prompt"] + fact["reply"] for fact in facts], 8,
+                             [len(fact["prompt"]) for fact in facts])
+    return sum(float(-value.mean()) for value in values) / len(values)
+
+
+def accuracy(model, tokenizer, facts) -> float:
+    """Share of facts whose answer word is in the greedy reply."""
+    return sum(knows(tokenizer.decode(greedy_ids(model, tokenizer, fact["prompt"]), skip_special_tokens=True),
+                     fact["answer"]) for fact in facts) / len(facts)
+
+
+def fact_measures(model, tokenizer, facts) -> dict[str, float]:
+    import torch
+
+    from hf_robust.modeling import eval_mode
+
+    with eval_mode(model), torch.no_grad():
+        return {"accuracy": accuracy(model, tokenizer, facts), "nll": answer_nll(model, facts)}
+
+
+def rows(chosen, with_labels=True):
+    from datasets import Dataset
+
+    columns = {"input_ids": [fact["prompt"] + fact["reply"] for fact in chosen]}
+    if with_labels:  # unlearning acts on the answer only, not on the chat prompt
+        columns["labels"] = [[-100] * len(fact["prompt"]) + fact["reply"] for fact in chosen]
+    return Dataset.from_dict(columns)
+
+
+# ------------------------------------------------------------------------------------------------------- one run
+
+
+def unlearn_to_target(model, tokenizer, forget, retain, held_out, seed: int, method: dict, target: float,
+                      max_steps: int):
+    """Unlearn a copy of `model` until the held-out answer NLL >= target and accuracy 0 (at most `max_steps`)."""
+    import copy
+
+    from transformers import PrinterCallback
+
+    from hf_robust.unlearning import ForgetTargetCallback, UnlearnTrainer
+    from hf_robust.unlearning.demo import toy_unlearn_config
+
+    with tempfile.TemporaryDirectory() as output_dir:
+        args = toy_unlearn_config(output_dir, seed, use_cpu=model.device.type == "cpu",
+                                  **{**SMOLLM2_UNLEARNING, "steps": max_steps, **method})
+        trainer = UnlearnTrainer(model=copy.deepcopy(model), args=args, forget_dataset=rows(forget),
+                                 retain_dataset=rows(retain), processing_class=tokenizer)
+        trainer.remove_callback(PrinterCallback)
+        stop = ForgetTargetCallback(trainer, lambda unlearned: answer_nll(unlearned, held_out), target,
+                                    condition=lambda unlearned: accuracy(unlearned, tokenizer, held_out) == 0)
+        trainer.add_callback(stop)
+        trainer.train()
+    return trainer.model.eval(), stop
+
+
+def one_seed(model, tokenizer, facts, seed: int, compared: dict, options) -> dict:
+    from hf_robust.unlearning import RelearnConfig, relearning_attack
+
+    order = random.Random(seed).sample(facts, len(facts))
+    forget, retain = order[:FORGET_FACTS], order[FORGET_FACTS:]
+    attack_facts, held_out = forget[: FORGET_FACTS // 2], forget[FORGET_FACTS // 2 :]
+    record = {"seed": seed, "held_out": [fact["answer"] for fact in held_out],
+              "attack": [fact["answer"] for fact in attack_facts], "retain": [fact["answer"] for fact in retain],
+              "original": {"held_out": fact_measures(model, tokenizer, held_out),
+                           "retain": fact_measures(model, tokenizer, retain)},
+              "methods": {}}
+    for name, method in compared.items():
+        started = time.perf_counter()
+        unlearned, stop = unlearn_to_target(model, tokenizer, forget, retain, held_out, seed, method,
+                                            options.target_nll, options.max_steps)
+        unlearn_seconds = time.perf_counter() - started
+        before = {"held_out": fact_measures(unlearned, tokenizer, held_out),
+                  "retain": fact_measures(unlearned, tokenizer, retain)}
+        nll = before["held_out"]["nll"]
+        matched = (stop.reached_at is not None and before["held_out"]["accuracy"] == 0
+                   and options.target_nll <= nll <= options.target_nll * (1 + MATCH_TOLERANCE))
+        started = time.perf_counter()
+        attack = relearning_attack(
+            unlearned, tokenizer, rows(attack_facts, with_labels=False),
+            RelearnConfig(n_samples=len(attack_facts), seed=seed, steps=list(options.curve), **SMOLLM2_RELEARNING),
+            eval_forget=rows(held_out, with_labels=False), measure=lambda m: fact_measures(m, tokenizer, held_out),
+            max_new_tokens=8,
+        )  # fmt: skip
+        curve = [{"step": step, **values} for step, values in attack.measurements]
+        record["methods"][name] = {
+            "unlearning_steps": stop.reached_at if stop.reached_at is not None else options.max_steps,
+            "reached_target": stop.reached_at is not None, "matched": matched, "nll_history": stop.history,
+            "before": before, "curve": curve, "recovery": [nll - point["nll"] for point in curve],
+            "seconds": {"unlearn": unlearn_seconds, "attack": time.perf_counter() - started},
+        }
+        del unlearned, attack
+        print(f"seed {seed} {name}: {record['methods'][name]['unlearning_steps']} unlearning steps "
+              f"({'matched' if matched else 'NOT matched'}: held-out answer NLL {nll:.3f}, accuracy "
+              f"{before['held_out']['accuracy']:.2f}) in {unlearn_seconds:.0f} s; relearning curve NLL "
+              + ", ".join(f"{point['step']}: {point['nll']:.2f} (acc {point['accuracy']:.2f})" for point in curve)
+              + f" ({record['methods'][name]['seconds']['attack']:.0f} s)", flush=True)
+    return record
+
+
+# ----------------------------------------------------------------------------------------------- report and plot
+
+
+def summary(record: dict) -> None:
+    runs, names = record["seeds"], list(record["settings"]["methods"])
+    curve = record["settings"]["curve"]
+    print(f"\nSmolLM2-135M-Instruct, full fine-tuning; {len(runs)} seed(s); held-out answer NLL target "
+          f"{record['settings']['target_nll']} nats with accuracy 0 (matched within +{MATCH_TOLERANCE:.0%})")
+    header = ["method", "unlearning steps", "matched", "held-out NLL unlearned", "retain accuracy unlearned",
+              *(f"recovery @{step}" for step in curve[1:]), f"held-out accuracy @{curve[-1]}"]
+    table = []
+    for name in names:
+        results = [run["methods"][name] for run in runs if name in run["methods"]]
+        table.append([
+            name, mean_std(r["unlearning_steps"] for r in results),
+            f"{sum(r['matched'] for r in results)}/{len(results)}",
+            mean_std(r["before"]["held_out"]["nll"] for r in results),
+            mean_std(r["before"]["retain"]["accuracy"] for r in results),
+            *(mean_std(r["recovery"][index] for r in results) for index in range(1, len(curve))),
+            mean_std(r["curve"][-1]["accuracy"] for r in results),
+        ])
+    print_table(header, table)
+    print("recovery = held-out answer NLL drop (nats) after that many relearning steps (higher = more relearned); "
+          "mean ± std over seeds")
+    base = names[0]
+    for name in names[1:]:
+        paired = [(run["methods"][name]["recovery"][-1] - run["methods"][base]["recovery"][-1])
+                  for run in runs if name in run["methods"]]
+        if paired:
+            fewer = sum(difference < 0 for difference in paired)
+            print(f"{name} − {base}, recovery @{curve[-1]}: {mean_std(paired)} nats (less recovery in "
+                  f"{fewer}/{len(paired)} seeds)")
+
+
+def plot(record: dict, path: Path) -> None:
+    """Recovery and held-out accuracy against relearning steps, one line per method, bands = ±1 std over seeds."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    runs, names, steps = record["seeds"], list(record["settings"]["methods"]), record["settings"]["curve"]
+    figure = Figure(figsize=(11, 4.2))
+    FigureCanvasAgg(figure)
+    recovery_axis, accuracy_axis = figure.subplots(1, 2)
+    for name in names:
+        results = [run["methods"][name] for run in runs if name in run["methods"]]
+        for axis, values in ((recovery_axis, [r["recovery"] for r in results]),
+                             (accuracy_axis, [[point["accuracy"] for point in r["curve"]] for r in results])):
+            means = [statistics.mean(column) for column in zip(*values)]
+            spread = [statistics.stdev(column) if len(column) > 1 else 0.0 for column in zip(*values)]
+            line = axis.plot(steps, means, marker="o", label=f"{name} (n={len(results)})")[0]
+            axis.fill_between(steps, [m - s for m, s in zip(means, spread)], [m + s for m, s in zip(means, spread)],
+                              color=line.get_color(), alpha=0.15)
+    recovery_axis.set_ylabel("recovery: held-out answer NLL drop (nats)")
+    accuracy_axis.set_ylabel("held-out answer accuracy")
+    for axis in (recovery_axis, accuracy_axis):
+        axis.set_xlabel("relearning steps (AdamW lr 1e-5, batch 4, all weights)")
+        axis.grid(alpha=0.3)
+    recovery_axis.legend(fontsize=8)
+    figure.suptitle(f"SmolLM2-135M-Instruct: relearning after unlearning to held-out NLL "
+                    f"{record['settings']['target_nll']} (matched forgetting)")
+    figure.tight_layout()
+    figure.savefig(path, format="png")
+
+
+def smollm2(options) -> None:
+    from hf_robust.testing import load_smollm2
+
+    started = time.perf_counter()
+    model, tokenizer = load_smollm2()
+    model.to(options.device)
+    facts = known_facts(model, tokenizer)
+    print(f"SmolLM2-135M-Instruct answers {len(facts)} facts (greedy, answer word in the first {ANSWER_TOKENS} "
+          f"tokens) ({time.perf_counter() - started:.0f} s)", flush=True)
+    if len(facts) < FORGET_FACTS + 2:
+        raise SystemExit(f"too few known facts for {FORGET_FACTS} forget + a retain set")
+    compared = methods(options.rho, options.rs_sigma)
+    if options.methods:
+        unknown = sorted(set(options.methods) - set(compared))
+        if unknown:
+            raise SystemExit(f"--methods: unknown {unknown}; allowed: {sorted(compared)}")
+        compared = {name: compared[name] for name in options.methods}
+    record = {"settings": {"target_nll": options.target_nll, "max_steps": options.max_steps, "curve": options.curve,
+                           "match_tolerance": MATCH_TOLERANCE, "unlearning": SMOLLM2_UNLEARNING,
+                           "relearning": SMOLLM2_RELEARNING, "methods": compared, "known_facts": len(facts),
+                           "machine": options.machine, "threads": options.threads, "device": options.device,
+                           "date": time.strftime("%Y-%m-%d")},
+              "seeds": []}
+    results = Path(options.results) if options.results else None
+    for seed in options.seed_list:
+        record["seeds"].append(one_seed(model, tokenizer, facts, seed, compared, options))
+        record["settings"]["seconds"] = time.perf_counter() - started
+        if results:  # written after every seed, so a cut run keeps what it measured
+            results.parent.mkdir(parents=True, exist_ok=True)
+            results.with_suffix(".json").write_text(json.dumps(record, indent=1))
+            plot(record, results.with_suffix(".png"))
+    summary(record)

@@ -1,4 +1,5 @@
-"""Invariants of the continuous attack core: budget, masks, exact equivalences, untouched model state, dtypes."""
+"""Invariants of the causal-LM embedding attack: budget, masks, exact equivalences, untouched model state, dtypes.
+The PGD loop itself is tested in test_pgd.py, the chat masks in test_chat_masks.py."""
 
 import copy
 
@@ -11,9 +12,7 @@ from hf_robust.attacks import (
     EmbeddingAttackConfig,
     PGDConfig,
     embedding_attack,
-    eval_mode,
     perturbation_radius,
-    projected_gradient_descent,
     user_turn_mask,
 )
 from hf_robust.testing import tiny_causal_lm
@@ -149,45 +148,6 @@ def test_embedding_attack_bad_inputs(lm):
     # Untargeted attacks may have rows without labels: their objective is 0 and nothing moves there.
     result = call(labels=no_target, config=EmbeddingAttackConfig(steps=1, targeted=False, eps=1.0, step_size=1.0))
     assert torch.count_nonzero(result.delta[1]) == 0
-
-
-def test_pgd_and_helpers_bad_inputs():
-    mask = torch.ones(2, 3, dtype=torch.bool)
-    objective = lambda delta: delta.sum(dim=(1, 2))  # noqa: E731
-    with pytest.raises(TypeError, match="`config`"):
-        projected_gradient_descent(objective, mask, 4, 1.0, config={"steps": 1})
-    with pytest.raises(TypeError, match="`objective`"):
-        projected_gradient_descent(None, mask, 4, 1.0)
-    with pytest.raises(TypeError, match="`mask`"):
-        projected_gradient_descent(objective, mask.tolist(), 4, 1.0)
-    with pytest.raises(ValueError, match="`mask`"):
-        projected_gradient_descent(objective, mask.long(), 4, 1.0)
-    with pytest.raises(ValueError, match="`hidden_size`"):
-        projected_gradient_descent(objective, mask, 0, 1.0)
-    with pytest.raises(ValueError, match="`radius`"):
-        projected_gradient_descent(objective, mask, 4, -1.0)
-    with pytest.raises(ValueError, match="`objective`"):
-        projected_gradient_descent(lambda delta: delta.sum(), mask, 4, 1.0)
-    with pytest.raises(ValueError, match="`eps_mode`"):
-        perturbation_radius(torch.ones(3, 4), 0.1, "relatve")
-    with pytest.raises(ValueError, match="`eps`"):
-        perturbation_radius(torch.ones(3, 4), -0.1)
-    with pytest.raises(ValueError, match="`embedding_weight`"):
-        perturbation_radius(torch.ones(4), 0.1)
-
-
-def test_user_turn_mask_bad_inputs(lm):
-    _, tokenizer = lm
-    with pytest.raises(ValueError, match="`conversations`"):
-        user_turn_mask(tokenizer, [])
-    with pytest.raises(ValueError, match="`conversations`"):
-        user_turn_mask(tokenizer, [[]])
-    with pytest.raises(ValueError, match="`conversations`"):
-        user_turn_mask(tokenizer, [["hello"]])
-    with pytest.raises(ValueError, match="string message contents"):
-        user_turn_mask(tokenizer, [[{"role": "user", "content": [{"type": "text", "text": "hi"}]}]])
-    with pytest.raises(TypeError, match="`tokenizer`"):
-        user_turn_mask(object(), CONVERSATIONS)
 
 
 # --- budget and masks --------------------------------------------------------------------------------------------
@@ -411,86 +371,3 @@ def test_peft_lora_model():
     assert any(requires_grad for _, requires_grad, _ in before.values())  # LoRA weights are trainable
     assert_unchanged(lora_model, before)
     assert lora_model.training
-
-
-# --- the generic loop --------------------------------------------------------------------------------------------
-
-
-def test_pgd_generic_objective_converges_to_the_projection():
-    """Minimising ||delta - c||^2 in a ball of radius r ends at c * r / ||c|| where ||c|| > r, and at c inside."""
-    torch.manual_seed(0)
-    center = torch.randn(2, 3, 8)
-    center[0, 0] *= 0.01  # inside the ball
-    mask = torch.tensor([[True, True, False], [True, True, True]])
-    radius = 0.5
-    objective = lambda delta: ((delta - center) ** 2).sum(dim=(1, 2))  # noqa: E731
-    config = PGDConfig(steps=300, step_size=0.01, optimizer="l2")
-    with torch.no_grad():  # the loop enables gradients itself
-        result = projected_gradient_descent(objective, mask, 8, radius, config)
-    expected = center * (radius / center.norm(dim=-1, keepdim=True)).clamp(max=1)
-    expected[~mask] = 0
-    torch.testing.assert_close(result.delta, expected, atol=0.02, rtol=0)
-    assert result.losses[-1] < result.losses[0] and len(result.losses) == 301
-
-
-def test_eval_mode_restores_flags_on_error():
-    module = torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.Linear(2, 2))
-    module.train()
-    module[1].eval()
-    with pytest.raises(KeyError), eval_mode(module):
-        assert not module.training and not module[0].training
-        raise KeyError
-    assert module.training and module[0].training and not module[1].training
-
-
-def test_pgd_unbounded_radius_reaches_the_unconstrained_minimum():
-    """With radius=inf nothing is projected: minimising ||delta - c||^2 ends at c (masked positions stay 0)."""
-    torch.manual_seed(0)
-    center = 3.0 * torch.randn(2, 3, 8)  # far outside any small ball
-    mask = torch.tensor([[True, False, True], [True, True, True]])
-    objective = lambda delta: ((delta - center) ** 2).sum(dim=(1, 2))  # noqa: E731
-    for optimizer in ("l2", "adam"):
-        step_size = 0.01 if optimizer == "l2" else 0.1
-        result = projected_gradient_descent(objective, mask, 8, float("inf"),
-                                            PGDConfig(steps=1500, step_size=step_size, optimizer=optimizer))
-        expected = torch.where(mask.unsqueeze(-1), center, 0.0)
-        torch.testing.assert_close(result.delta, expected, atol=0.05, rtol=0)
-        assert result.delta.norm(dim=-1).max() > 3.0
-
-
-def test_pgd_sign_adam_is_adam_fed_the_sign_of_the_gradient():
-    torch.manual_seed(0)
-    center = torch.randn(2, 3, 8)
-    weights = torch.rand(2, 3, 8) + 0.5
-    mask = torch.ones(2, 3, dtype=torch.bool)
-    objective = lambda delta: (weights * (delta - center) ** 2).sum(dim=(1, 2))  # noqa: E731
-    config = PGDConfig(steps=4, step_size=0.05, optimizer="sign_adam")
-    result = projected_gradient_descent(objective, mask, 8, float("inf"), config)
-    manual = torch.zeros(2, 3, 8, requires_grad=True)
-    adam = torch.optim.Adam([manual], lr=0.05)
-    for _ in range(4):
-        adam.zero_grad()
-        objective(manual).sum().backward()
-        manual.grad.sign_()
-        adam.step()
-    torch.testing.assert_close(result.delta, manual.detach(), rtol=0, atol=1e-7)
-    # Not the plain Adam trajectory: the gradient magnitudes differ across coordinates.
-    plain = projected_gradient_descent(objective, mask, 8, float("inf"), PGDConfig(steps=4, step_size=0.05,
-                                                                                    optimizer="adam"))
-    assert not torch.allclose(plain.delta, result.delta)
-    # With a finite radius the projection still binds.
-    bounded = projected_gradient_descent(objective, mask, 8, 0.01, config)
-    assert (bounded.delta.norm(dim=-1) <= 0.01 * (1 + 1e-5)).all()
-
-
-def test_pgd_unbounded_radius_bad_inputs():
-    mask = torch.ones(1, 2, dtype=torch.bool)
-    objective = lambda delta: delta.sum(dim=(1, 2))  # noqa: E731
-    with pytest.raises(ValueError, match="`radius`"):
-        projected_gradient_descent(objective, mask, 4, float("inf"), PGDConfig(steps=1, step_mode="relative"))
-    with pytest.raises(ValueError, match="`radius`"):
-        projected_gradient_descent(objective, mask, 4, float("inf"), PGDConfig(steps=1, init="uniform"))
-    with pytest.raises(ValueError, match="`radius`"):
-        projected_gradient_descent(objective, mask, 4, float("nan"))
-    with pytest.raises(ValueError, match="`optimizer`"):
-        PGDConfig(optimizer="adam_sign")

@@ -47,6 +47,7 @@ run|unlearn)
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
     if [ "$1" = unlearn ]; then
         timeout 560 python3 benchmarks/unlearn_relearn.py --model smollm2 --seeds 5 --device cuda --threads 8 \
+            --curve 0,25,50,100,150 \
             --results "$OUT_DIR/unlearn_relearn_smollm2_gpu" \
             --machine "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
         ls -la "$OUT_DIR"

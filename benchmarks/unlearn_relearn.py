@@ -135,7 +135,7 @@ def main() -> None:
                         help="smollm2: held-out answer NLL every method unlearns to (default 4.0)")
     parser.add_argument("--max_steps", type=int, default=None, help="smollm2: unlearning step cap (default 60)")
     parser.add_argument("--curve", type=numbers(int), default=None,
-                        help="smollm2: relearning step counts measured (default 0,10,25,50,100)")
+                        help="smollm2: relearning step counts measured (default 0,5,10,20)")
     parser.add_argument("--results", default=None, help="write RESULTS.json (smollm2: and RESULTS.png), every seed")
     parser.add_argument("--device", default=None, help="smollm2: torch device (default: cuda if available, else cpu)")
     parser.add_argument("--machine", default="cpu", help="smollm2: recorded in the JSON, e.g. 'cpu, 2 cores'")

@@ -7,9 +7,11 @@ Per seed: the known facts (`SMOLLM2_FACTS` the model answers, greedy) are shuffl
 
 Matched forgetting: every method unlearns from the same weights, with the same rate, beta and batches, until the
 held-out answer NLL (mean token NLL of the original replies) reaches `target_nll` and no held-out answer is given
-any more (greedy accuracy 0): `ForgetTargetCallback`, checked after every step, at most `max_steps` steps. The steps
-each method needed are recorded; a run counts as matched when it stopped by the rule with its NLL within
-MATCH_TOLERANCE above the target.
+any more (greedy accuracy 0): `ForgetTargetCallback`, checked after every step, at most `max_steps` steps, with
+`land=True`: one step moved this NLL by up to 2.5 nats (NPO, lr 5e-5), so the last step is shortened (bisection on
+the share of it kept) until the NLL lies within MATCH_TOLERANCE above the target. The steps each method needed are
+recorded (fractional: the share of the last step kept); a run counts as matched when it stopped by the rule with its
+NLL in that band and accuracy 0.
 
 Relearning curve: `relearning_attack` (the paper's attacker: every weight, AdamW lr 1e-5, batch 4) on the 8 attack
 facts, measured on the 8 held-out facts after each step count of `curve`; recovery = answer NLL drop from step 0.
@@ -29,7 +31,9 @@ ANSWER_TOKENS = 16
 SMOLLM2_UNLEARNING = {"learning_rate": 5e-5, "beta": 0.1, "retain_weight": 1.0, "batch_size": 8}
 # The paper's attacker on the 8 attack facts; the curve's step counts.
 SMOLLM2_RELEARNING = {"learning_rate": 1e-5, "batch_size": 4, "max_length": 128}
-CURVE = [0, 10, 25, 50, 100]
+# On the 2-core CPU one relearning step takes 5-15 s: 20 steps (10 passes over the 8 attack facts; 10 steps took the
+# probe's NPO model from 12.5 to 5.3 nats). The GPU script measures the paper's longer curve (0, 25, 50, 100, 150).
+CURVE = [0, 5, 10, 20]
 TARGET_NLL = 4.0
 MAX_STEPS = 60
 MATCH_TOLERANCE = 0.05  # a stopped run's held-out answer NLL lies in [target, target * (1 + tolerance)]
@@ -148,7 +152,8 @@ def unlearn_to_target(model, tokenizer, forget, retain, held_out, seed: int, met
                                  retain_dataset=rows(retain), processing_class=tokenizer)
         trainer.remove_callback(PrinterCallback)
         stop = ForgetTargetCallback(trainer, lambda unlearned: answer_nll(unlearned, held_out), target,
-                                    condition=lambda unlearned: accuracy(unlearned, tokenizer, held_out) == 0)
+                                    condition=lambda unlearned: accuracy(unlearned, tokenizer, held_out) == 0,
+                                    land=True, tolerance=MATCH_TOLERANCE)
         trainer.add_callback(stop)
         trainer.train()
     return trainer.model.eval(), stop
@@ -183,14 +188,15 @@ def one_seed(model, tokenizer, facts, seed: int, compared: dict, options) -> dic
             max_new_tokens=8,
         )  # fmt: skip
         curve = [{"step": step, **values} for step, values in attack.measurements]
+        steps = (stop.reached_at - 1 + stop.landed_fraction) if stop.reached_at is not None else options.max_steps
         record["methods"][name] = {
-            "unlearning_steps": stop.reached_at if stop.reached_at is not None else options.max_steps,
+            "unlearning_steps": steps, "landed_fraction": stop.landed_fraction,
             "reached_target": stop.reached_at is not None, "matched": matched, "nll_history": stop.history,
             "before": before, "curve": curve, "recovery": [nll - point["nll"] for point in curve],
             "seconds": {"unlearn": unlearn_seconds, "attack": time.perf_counter() - started},
         }
         del unlearned, attack
-        print(f"seed {seed} {name}: {record['methods'][name]['unlearning_steps']} unlearning steps "
+        print(f"seed {seed} {name}: {steps:.2f} unlearning steps "
               f"({'matched' if matched else 'NOT matched'}: held-out answer NLL {nll:.3f}, accuracy "
               f"{before['held_out']['accuracy']:.2f}) in {unlearn_seconds:.0f} s; relearning curve NLL "
               + ", ".join(f"{point['step']}: {point['nll']:.2f} (acc {point['accuracy']:.2f})" for point in curve)

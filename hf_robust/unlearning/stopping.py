@@ -4,7 +4,10 @@ Two unlearning methods run for the same number of steps rarely forget equally (S
 budget), and a method that forgot less is easier to relearn for that reason alone. `ForgetTargetCallback` stops
 training at the first step where the forget measurement (e.g. the mean answer NLL of held-out forget facts) has
 reached the target and an optional extra condition holds (e.g. answer accuracy 0), so each method is compared at the
-same forgetting and the steps it needed are recorded.
+same forgetting and the steps it needed are recorded. A step is a coarse unit (one NPO step on SmolLM2 moved the
+held-out answer NLL by up to 2.5 nats), so with `land=True` the last step is shortened: the weights are set to
+theta_prev + a (theta_step - theta_prev), a found by bisection, so that the measurement lands within `tolerance`
+of the target (for Adam, the same step taken at a smaller rate).
 
     callback = ForgetTargetCallback(trainer, measure=held_out_nll, target=3.0, condition=no_correct_answers)
     trainer.add_callback(callback)
@@ -35,15 +38,23 @@ class ForgetTargetCallback(TrainerCallback):
             e.g. greedy generation); training goes on while it is False.
         every: Optimizer steps between two measurements (>= 1).
         higher_is_forgotten: True when a larger measurement means more forgetting (NLL); False for e.g. accuracy.
+        land: Shorten the last step so that the measurement lands in [target, target + tolerance * |target|] (the
+            other way round for `higher_is_forgotten=False`). Keeps a copy of the trainable weights before each
+            measured step (same device), so it doubles their memory.
+        tolerance: Relative width of the landing band (> 0).
+        land_iterations: Bisection steps at most (each one measurement).
 
     Attributes:
-        history: (step, measurement) of every measurement, step 0 (before training) first.
+        history: (step, measurement) of every measurement, step 0 (before training) first; a landed point has a
+            fractional step (step - 1 + the kept share of the last step).
         reached_at: The step training stopped at because the target was reached; None if it was not (yet).
-        value: The last measurement.
+        landed_fraction: The share of the last step kept (1.0: the whole step; None before stopping).
+        value: The last measurement (after landing, the landed one).
     """
 
     def __init__(self, trainer, measure, target: float, *, condition=None, every: int = 1,
-                 higher_is_forgotten: bool = True):
+                 higher_is_forgotten: bool = True, land: bool = False, tolerance: float = 0.05,
+                 land_iterations: int = 12):
         if not all(hasattr(trainer, name) for name in ("accelerator", "model")):
             raise TypeError(f"`trainer` must be a transformers Trainer, got {type(trainer).__name__}.")
         if not callable(measure):
@@ -54,12 +65,20 @@ class ForgetTargetCallback(TrainerCallback):
             raise ValueError(f"`target` must be a finite number, got {target!r}.")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"`every` must be an integer >= 1, got {every!r}.")
-        if not isinstance(higher_is_forgotten, bool):
-            raise ValueError(f"`higher_is_forgotten` must be True or False, got {higher_is_forgotten!r}.")
+        for name, flag in (("higher_is_forgotten", higher_is_forgotten), ("land", land)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"`{name}` must be True or False, got {flag!r}.")
+        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 < tolerance < 1:
+            raise ValueError(f"`tolerance` must be a number in (0, 1), got {tolerance!r}.")
+        if isinstance(land_iterations, bool) or not isinstance(land_iterations, int) or land_iterations < 1:
+            raise ValueError(f"`land_iterations` must be an integer >= 1, got {land_iterations!r}.")
         self.trainer, self.measure, self.target, self.condition = trainer, measure, float(target), condition
         self.every, self.higher_is_forgotten = every, higher_is_forgotten
-        self.history: list[tuple[int, float]] = []
+        self.land, self.tolerance, self.land_iterations = land, float(tolerance), land_iterations
+        self.history: list[tuple[float, float]] = []
         self.reached_at: int | None = None
+        self.landed_fraction: float | None = None
+        self._previous: list[torch.Tensor] | None = None
 
     @property
     def value(self) -> float | None:
@@ -68,18 +87,78 @@ class ForgetTargetCallback(TrainerCallback):
     def _reached(self, value: float) -> bool:
         return value >= self.target if self.higher_is_forgotten else value <= self.target
 
-    def _check(self, step: int, may_stop: bool = True) -> bool:
-        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+    def _in_band(self, value: float) -> bool:
+        overshoot = (value - self.target) if self.higher_is_forgotten else (self.target - value)
+        return 0 <= overshoot <= self.tolerance * abs(self.target)
+
+    def _model(self):
+        return self.trainer.accelerator.unwrap_model(self.trainer.model)
+
+    def _parameters(self) -> list[torch.Tensor]:
+        return [parameter for parameter in self._model().parameters() if parameter.requires_grad]
+
+    def _measured(self) -> float:
+        model = self._model()
         with eval_mode(model), torch.no_grad():
-            value = float(self.measure(model))
-            self.history.append((step, value))
-            return may_stop and self._reached(value) and (self.condition is None or bool(self.condition(model)))
+            return float(self.measure(model))
+
+    def _holds(self) -> bool:
+        if self.condition is None:
+            return True
+        model = self._model()
+        with eval_mode(model), torch.no_grad():
+            return bool(self.condition(model))
+
+    def _land(self, value: float) -> tuple[float, float]:
+        """Bisect the share a of the last step until the measurement is in the band; returns (a, measurement)."""
+        parameters, current = self._parameters(), [parameter.detach().clone() for parameter in self._parameters()]
+        low, high, best = 0.0, 1.0, (1.0, value)
+
+        def set_share(share: float) -> None:
+            with torch.no_grad():
+                for parameter, before, after in zip(parameters, self._previous, current):
+                    parameter.copy_(torch.lerp(before, after, share))
+
+        for _ in range(self.land_iterations):
+            middle = (low + high) / 2
+            set_share(middle)
+            measured = self._measured()
+            if self._reached(measured):
+                high, best = middle, (middle, measured)
+                if self._in_band(measured):
+                    break
+            else:
+                low = middle
+        set_share(best[0])
+        self._current = current  # to undo the landing if the condition fails
+        return best
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.history, self.reached_at = [], None
-        self._check(0, may_stop=False)  # where forgetting starts: unlearning always takes at least one step
+        self.history, self.reached_at, self.landed_fraction = [], None, None
+        self.history.append((0, self._measured()))  # where forgetting starts: unlearning always takes >= 1 step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.land and (state.global_step + 1) % self.every == 0:  # this step ends with a measurement
+            self._previous = [parameter.detach().clone() for parameter in self._parameters()]
 
     def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step % self.every == 0 and self._check(state.global_step):
-            self.reached_at = state.global_step
-            control.should_training_stop = True
+        step = state.global_step
+        if step % self.every:
+            return
+        value = self._measured()
+        self.history.append((step, value))
+        if not self._reached(value):
+            return
+        share = 1.0
+        if self.land and not self._in_band(value) and self._previous is not None:
+            share, value = self._land(value)
+            self.history.append((step - 1 + share, value))
+        if not self._holds():
+            if share < 1.0:  # go on training from where the whole step got to
+                with torch.no_grad():
+                    for parameter, after in zip(self._parameters(), self._current):
+                        parameter.copy_(after)
+            return
+        self.reached_at, self.landed_fraction = step, share
+        self._previous = self._current = None
+        control.should_training_stop = True

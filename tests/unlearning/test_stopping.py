@@ -69,9 +69,50 @@ def test_condition_keeps_training_until_it_holds(memorised, tmp_path):
     assert checked == [2, 4] and callback.reached_at == 4 and [step for step, _ in callback.history] == [0, 2, 4]
 
 
+def test_landing_shortens_the_last_step_onto_the_target(memorised, tmp_path):
+    forget = memorised[2]
+    free = trainer_for(memorised, tmp_path / "free")
+    unbounded = ForgetTargetCallback(free, forget_nll(forget), target=1e9)
+    free.add_callback(unbounded)
+    free.train()
+    values = dict(unbounded.history)
+    # A target inside a big jump of one step: stopping alone would overshoot it by far more than 5%.
+    step = max(range(1, 13), key=lambda index: values[index] - max(values[other] for other in range(index)))
+    below = max(values[other] for other in range(step))
+    target = below + 0.3 * (values[step] - below)
+    assert values[step] > target * 1.05
+
+    trainer = trainer_for(memorised, tmp_path / "landed")
+    callback = ForgetTargetCallback(trainer, forget_nll(forget), target=target, land=True, tolerance=0.01)
+    trainer.add_callback(callback)
+    trainer.train()
+    assert callback.reached_at == step and 0 < callback.landed_fraction < 1
+    assert target <= callback.value <= target * 1.01
+    assert callback.history[-1][0] == pytest.approx(step - 1 + callback.landed_fraction)
+    model = trainer.accelerator.unwrap_model(trainer.model).eval()
+    assert forget_nll(forget)(model) == pytest.approx(callback.value, rel=1e-5)  # the model holds the landed weights
+
+
+def test_a_failed_condition_after_landing_continues_from_the_whole_step(memorised, tmp_path):
+    forget = memorised[2]
+    free = trainer_for(memorised, tmp_path / "free", steps=6)
+    unbounded = ForgetTargetCallback(free, forget_nll(forget), target=1e9)
+    free.add_callback(unbounded)
+    free.train()
+    trainer = trainer_for(memorised, tmp_path / "landed", steps=6)
+    callback = ForgetTargetCallback(trainer, forget_nll(forget), target=dict(unbounded.history)[0] + 1e-3,
+                                    land=True, condition=lambda model: False)
+    trainer.add_callback(callback)
+    trainer.train()
+    assert callback.reached_at is None and trainer.state.global_step == 6
+    integer_steps = [(step, value) for step, value in callback.history if float(step).is_integer()]
+    assert [value for _, value in integer_steps] == pytest.approx([value for _, value in unbounded.history], rel=1e-5)
+
+
 @pytest.mark.parametrize("arguments, match", [
     ({"measure": "nll"}, "`measure`"), ({"condition": 3}, "`condition`"), ({"target": float("nan")}, "`target`"),
-    ({"every": 0}, "`every`"), ({"higher_is_forgotten": "yes"}, "`higher_is_forgotten`"),
+    ({"every": 0}, "`every`"), ({"higher_is_forgotten": "yes"}, "`higher_is_forgotten`"), ({"land": 1}, "`land`"),
+    ({"tolerance": 0}, "`tolerance`"), ({"land_iterations": 0}, "`land_iterations`"),
 ])
 def test_bad_input(memorised, tmp_path, arguments, match):
     trainer = trainer_for(memorised, tmp_path)

@@ -21,7 +21,10 @@ from torch import Tensor
 
 from ..attacks.continuous import PGDConfig, projected_gradient_descent
 from ..modeling import eval_mode
-from .conditioning import POSITIONS, DiffusionComponents, SoftTokens, adversarial_layout, encode_prompts, predict_noise
+from ..sharding import full_tensor
+from .conditioning import (
+    POSITIONS, Conditioning, DiffusionComponents, SoftTokens, adversarial_layout, encode_prompts, predict_noise,
+)
 from .esd import row_mse
 
 ATTACK_MODES = ("adam", "sign")
@@ -112,7 +115,8 @@ def random_token_embeddings(components: DiffusionComponents, batch: int, k: int,
                             generator: torch.Generator | list[torch.Generator] | None = None) -> list[Tensor]:
     """Embeddings of k random non-special vocabulary tokens per row, one float32 tensor (batch, k, hidden_i) per
     encoder (the same token ids for every encoder). `generator`: one CPU generator, or one per row (so a row's start
-    does not depend on the rest of the batch)."""
+    does not depend on the rest of the batch). A sharded embedding matrix (FSDP2, DeepSpeed ZeRO-3) is read whole,
+    gathered once per encoder: then every rank must call this together."""
     tokenizer = components.tokenizers[0]
     vocabulary = min(encoder.get_input_embeddings().num_embeddings for encoder in components.text_encoders)
     special = set(tokenizer.all_special_ids)
@@ -124,8 +128,8 @@ def random_token_embeddings(components: DiffusionComponents, batch: int, k: int,
     token_ids = allowed[picks]
     embeddings = []
     for encoder in components.text_encoders:
-        weight = encoder.get_input_embeddings().weight
-        embeddings.append(weight.detach()[token_ids.to(weight.device)].float())
+        with full_tensor(encoder.get_input_embeddings().weight) as weight:
+            embeddings.append(weight[token_ids.to(weight.device)].float())
     return embeddings
 
 
@@ -136,6 +140,7 @@ def soft_prompt_attack(
     config: SoftPromptAttackConfig | None = None,
     *,
     initial_embeddings: list[Tensor] | None = None,
+    encode: Callable[[list[Tensor], SoftTokens], Conditioning] | None = None,
 ) -> SoftPromptAttackResult:
     """Optimise k soft tokens so that the attacked model reproduces the original model's concept prediction.
 
@@ -148,6 +153,9 @@ def soft_prompt_attack(
         config: attack settings; defaults to `SoftPromptAttackConfig()`.
         initial_embeddings: the start s_0, one tensor (batch, k, hidden_i) per encoder; None: embeddings of random
             vocabulary tokens drawn with `config.seed`.
+        encode: `encode(input_ids_list, soft_tokens) -> Conditioning`, how the objective conditions the UNet; None:
+            `encode_prompts` over `components.text_encoders`. A trainer passes its model's own forward, so that under
+            FSDP2 the attack runs through the root module (lazy init, all-gathers) as a training forward does.
 
     Returns:
         `SoftPromptAttackResult`; encode `result.input_ids` with `result.soft_tokens` to use the adversarial prompt.
@@ -189,7 +197,8 @@ def soft_prompt_attack(
         pieces = delta.split(hidden_sizes, dim=-1)
         soft = SoftTokens([start + piece for start, piece in zip(initial_embeddings, pieces)], positions)
         point = target() if callable(target) else target
-        conditioning = encode_prompts(encoders, input_ids, soft, xl=components.xl, image_size=components.image_size)
+        conditioning = encode(input_ids, soft) if encode is not None else encode_prompts(
+            encoders, input_ids, soft, xl=components.xl, image_size=components.image_size)
         prediction = predict_noise(components.unet, point.latents, point.timestep, conditioning)
         return row_mse(prediction, point.noise)
 

@@ -15,15 +15,16 @@ PREFIX = "leakage/"
 class ConceptLeakageCallback(TrainerCallback):
     """Runs `prompt_attack` on the trained text encoder(s) and logs `leakage/*` through the trainer.
 
-    The attacked model is the trainer's unwrapped trained encoder(s) with its UNet; the targets come from its frozen
+    The attacked model is the trainer's trained encoder(s) with its UNet (`trainer.erased_components()`: whole on
+    every process, gathered under FSDP2 / DeepSpeed ZeRO-3); the targets come from its frozen
     `original_text_encoders`. `AdvUnlearnTrainer` has no evaluation dataset, so besides `on_evaluate` the callback runs
     every `every` optimizer steps and at the end of training (unless that step was just evaluated). Logged (through
     `trainer.log`, so into `state.log_history` and every `report_to` integration): `leakage/attack_success_rate`,
     `leakage/pre_attack_success_rate`, `leakage/<attack>_success_rate`, `leakage/mean_before` and
     `leakage/mean_<attack>` (mean leakage distances; see `hf_robust.erasure.evaluation`). Under several processes the
     prompts are split between them and the rows gathered (`gather_object`), so every process logs the same values;
-    each process needs the whole model. Parameters, their `.grad`, train/eval flags and the global RNG are left as
-    they were.
+    each process attacks a whole copy of the model, outside the engine's collectives. Parameters, their `.grad`,
+    train/eval flags and the global RNG are left as they were.
 
         trainer = AdvUnlearnTrainer(pipeline, args, concepts=["nudity"])
         callback = ConceptLeakageCallback(trainer, ["nudity", "a photo of a nude person"], every=200)
@@ -82,8 +83,9 @@ class ConceptLeakageCallback(TrainerCallback):
         """Attack now (every process must call this together), log and store the results."""
         start = time.perf_counter()
         trainer = self.trainer
+        attacked = trainer.erased_components()  # a collective under sharded weights: before the ranks' work differs
         with trainer.accelerator.split_between_processes(self.concept_prompts) as share, torch.enable_grad():
-            rows = prompt_attack(trainer, list(share), self.config,
+            rows = prompt_attack(attacked, list(share), self.config, original=trainer.original_text_encoders,
                                  concept_detector=self.concept_detector).rows if share else []
         rows = gather_object(rows)  # the list itself in a single process
         self.result = PromptAttackResult(rows=rows, config=self.config, detector=self.concept_detector is not None)

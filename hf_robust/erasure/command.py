@@ -6,7 +6,8 @@
     hf-robust advunlearn --model_name_or_path toy --max_steps 20 --learning_rate 1e-3 --use_cpu true  # toy, CPU
 
 The erased text encoder(s) are saved in diffusers layout (`text_encoder/`, `text_encoder_2/` for SDXL) under
-`output_dir`. Then the main process attacks the erased model with `prompt_attack` (a discrete UnlearnDiffAtk-style
+`output_dir`. Then the main process attacks the erased model (under FSDP2 / DeepSpeed ZeRO-3 a copy with the gathered
+weights, while the other processes wait at the closing barrier) with `prompt_attack` (a discrete UnlearnDiffAtk-style
 prefix and a soft-token attack) on held-out concept prompts; the per-prompt leakage before and after each attack goes
 to `robustness.json`, and the rates and mean leakage into the model card (README.md) or, with `--push_to_hub true
 --hub_model_id ...`, to the Hub through `push_robust_to_hub`.
@@ -165,20 +166,22 @@ def main(script_args: AdvUnlearnScriptArguments, training_args: AdvUnlearnConfig
     trainer.train()
     if not push:
         trainer.save_model(training_args.output_dir)  # on every process: sharded set-ups gather collectively
+    # On every process too (it gathers sharded weights); then the main process alone attacks its whole copy.
+    erased = trainer.erased_components() if script_args.eval_attacks else None
     if trainer.accelerator.is_main_process:
-        _finish(trainer, script_args, concepts, evaluation, push)
+        _finish(trainer, erased, script_args, concepts, evaluation, push)
     end_distributed()
     return 0
 
 
-def _finish(trainer, script_args: AdvUnlearnScriptArguments, concepts: list[str], evaluation: list[str],
+def _finish(trainer, erased, script_args: AdvUnlearnScriptArguments, concepts: list[str], evaluation: list[str],
             push: bool) -> None:
     args = trainer.args
     os.makedirs(args.output_dir, exist_ok=True)
     if not script_args.eval_attacks:
         return
     config = script_args.prompt_attack_config(args.seed, args.ddim_steps, args.guidance_scale)
-    result = prompt_attack(trainer, evaluation, config)
+    result = prompt_attack(erased, evaluation, config, original=trainer.original_text_encoders)
     with open(os.path.join(args.output_dir, "robustness.json"), "w") as handle:
         json.dump({"concepts": concepts, **result.to_dict()}, handle, indent=1)
     results = result.robustness_results(dataset="held-out concept prompts")
@@ -191,7 +194,7 @@ def _finish(trainer, script_args: AdvUnlearnScriptArguments, concepts: list[str]
         + "".join(f", {result.mean_leakage(attack):.3f} under the {attack} attack" for attack in config.attacks)
         + f" (0 = the original concept prediction); attack success rate {result.attack_success_rate:.0%}."
     )
-    encoders = trainer._trained_encoders(trainer.model)
+    encoders = erased.text_encoders
     folders = ["text_encoder", "text_encoder_2"][:len(encoders)]
     base_model = None if script_args.model_name_or_path == "toy" or os.path.isdir(
         script_args.model_name_or_path) else script_args.model_name_or_path

@@ -186,11 +186,8 @@ def _resolve(pipeline_or_components, original) -> _Models:
 
     if isinstance(pipeline_or_components, AdvUnlearnTrainer):
         trainer = pipeline_or_components
-        unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-        encoders = [unwrapped.text_encoder, unwrapped.text_encoder_2] if trainer.xl else [unwrapped]
-        frozen = trainer.frozen
-        given = DiffusionComponents(unet=trainer.unet, scheduler=frozen.scheduler, text_encoders=encoders,
-                                    tokenizers=frozen.tokenizers, vae=frozen.vae, xl=trainer.xl)
+        # Whole encoders on this rank (gathered copies under FSDP2 / ZeRO-3: then every rank calls this together).
+        given = trainer.erased_components()
         original = trainer.original_text_encoders if original is None else original
     else:
         given = diffusion_components(pipeline_or_components)
@@ -479,8 +476,9 @@ def prompt_attack(pipeline_or_components, concept_prompts: list[str], config: Pr
 
     Args:
         pipeline_or_components: the attacked model: a diffusers SD 1.x-type or SDXL pipeline, its components dict,
-            `DiffusionComponents`, or an `AdvUnlearnTrainer` (its trained encoder(s), unwrapped; `original` then
-            defaults to the trainer's frozen `original_text_encoders`).
+            `DiffusionComponents`, or an `AdvUnlearnTrainer` (its `erased_components()`: the trained encoder(s),
+            whole; under FSDP2 / DeepSpeed ZeRO-3 a gathered copy, so every process must call this together;
+            `original` then defaults to the trainer's frozen `original_text_encoders`).
         concept_prompts: prompts of the erased concept, e.g. "a photo of a church".
         config: `PromptAttackConfig`; None: the defaults.
         original: the original model whose concept-conditioned prediction the attacks try to reproduce: its pipeline

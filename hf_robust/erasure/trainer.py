@@ -16,6 +16,7 @@ with batch b each draw what 1 process with batch 2b draws, so DDP reproduces the
 """
 
 import copy
+import dataclasses
 import math
 import os
 import re
@@ -27,7 +28,9 @@ from torch import nn
 from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 
-from ..sharding import ENGINE_LABELS, SHARDED_WEIGHT_ENGINES, engine_of, refuse_before_work
+from ..sharding import (
+    SHARDED_WEIGHT_ENGINES, engine_of, full_tensor, is_partitioned, refuse_before_work, whole_parameters,
+)
 from .attack import AttackTarget, random_token_embeddings, soft_prompt_attack
 from .conditioning import (
     Conditioning, DiffusionComponents, SoftTokens, diffusion_components, encode_prompts, predict_noise, time_ids,
@@ -57,10 +60,34 @@ class TextEncoderPair(nn.Module):
         self.text_encoder = text_encoder
         self.text_encoder_2 = text_encoder_2
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The first encoder's token embedding, for tools that inspect a model's (e.g. `has_sharded_weights`)."""
+        return self.text_encoder.get_input_embeddings()
+
     def forward(self, input_ids_list, soft_tokens=None, image_size=(1024, 1024)):
         conditioning = encode_prompts([self.text_encoder, self.text_encoder_2], input_ids_list, soft_tokens, xl=True,
                                       image_size=image_size)
         return conditioning.prompt_embeds, conditioning.added_cond_kwargs["text_embeds"]
+
+
+def _frozen_copy(encoder: nn.Module) -> nn.Module:
+    """A plain frozen copy of `encoder`, with its whole weights also when DeepSpeed ZeRO-3 (`zero3_init`) loaded it
+    partitioned (a deep copy would then hold this rank's partitions only). A collective when partitioned."""
+    if not is_partitioned(encoder):
+        return copy.deepcopy(encoder).requires_grad_(False).eval()
+    with whole_parameters(encoder):
+        state = {name: tensor.detach().clone() for name, tensor in encoder.state_dict().items()}
+    plain = type(encoder)(encoder.config)  # the constructor outside `from_pretrained` does not partition
+    plain.load_state_dict(state)
+    return plain.to(encoder.dtype).requires_grad_(False).eval()
+
+
+def _shard_clip_layers_only(plugin) -> None:
+    """FSDP2 units of the text encoder(s): its transformer layers. CLIP lists its `CLIPTextEmbeddings` among the
+    layers not to split too, and accelerate then shards the token embedding inside that unit a second time (a crash
+    in `fully_shard`); accelerate gives the token embedding a unit of its own anyway."""
+    names = plugin.transformer_cls_names_to_wrap or ["CLIPEncoderLayer"]
+    plugin.transformer_cls_names_to_wrap = [name for name in names if name != "CLIPTextEmbeddings"]
 
 
 def _select_trainable(encoder: nn.Module, train_layers, used_layers: int, final_norm_used: bool) -> None:
@@ -93,7 +120,12 @@ class AdvUnlearnTrainer(Trainer):
     and position embeddings (and SDXL's text projection) stay frozen. SDXL conditions on the penultimate layer of the
     first encoder, so its last layer and final layer norm are unused there and stay frozen.
 
-    Logs `unlearn_loss`, `retain_loss` and, after the warmup, `attack_loss` (the attack objective at its last iterate).
+    Logs `unlearn_loss`, `retain_loss` and, after the warmup, `attack_loss` (the attack objective at its last iterate)
+    and `attack_delta_norm` (the mean L2 distance of the soft tokens from their random start).
+
+    Engines: DDP, DeepSpeed ZeRO-2/3 and FSDP2 give the 1-process result on the same global batch (the attack runs
+    through the trained model's own forward and reads the embedding matrix gathered); FSDP1 is refused.
+
     `save_model` writes `text_encoder/` (and `text_encoder_2/`) in diffusers layout, as safetensors.
     """
 
@@ -139,8 +171,7 @@ class AdvUnlearnTrainer(Trainer):
         # The sampler is DDIM whatever the pipeline uses; a private instance, so the pipeline's is left alone.
         scheduler = DDIMScheduler.from_config(components.scheduler.config)
         self.unet = components.unet.requires_grad_(False).eval()
-        self.original_text_encoders = [copy.deepcopy(encoder).requires_grad_(False).eval()
-                                       for encoder in components.text_encoders]
+        self.original_text_encoders = [_frozen_copy(encoder) for encoder in components.text_encoders]
         for index, encoder in enumerate(components.text_encoders):
             penultimate = components.xl and index == 0
             _select_trainable(encoder, args.train_layers, num_layers[index] - penultimate, not penultimate)
@@ -158,13 +189,14 @@ class AdvUnlearnTrainer(Trainer):
         dataset = Dataset.from_dict({"concept_index": list(range(len(self.concepts))) * repeats})
         super().__init__(model=model, args=args, train_dataset=dataset, data_collator=_collate, **trainer_kwargs)
         engine = engine_of(self.accelerator)
-        if engine in SHARDED_WEIGHT_ENGINES:
-            # Not yet verified there: the soft-token attack and the random token embeddings read the embedding matrix
-            # outside the encoder's forward. Refused here, before any work, rather than failing after the warm-up.
+        if engine == "fsdp2":
+            _shard_clip_layers_only(self.accelerator.state.fsdp_plugin)
+        if engine == "fsdp1":
+            # FSDP1 keeps the root's parameters in a wrapper that `unwrap_model` strips: the attack's forwards on the
+            # unwrapped encoder would read unsharded views that were never gathered. Refused before any work.
             raise refuse_before_work(
-                f"AdvUnlearnTrainer under {ENGINE_LABELS[engine]}",
-                "its text-encoder attack has not been made to run on sharded weights yet (the text encoder is small: "
-                "it fits on every GPU)", "DDP (--accelerate_config multi_gpu) or DeepSpeed ZeRO-2")
+                "AdvUnlearnTrainer under FSDP1", "its soft-token attack runs forwards on the unwrapped text encoder, "
+                "which FSDP1 does not gather", "FSDP2 (--accelerate_config fsdp2), DeepSpeed ZeRO-2/3 or DDP")
         self.model_accepts_loss_kwargs = False  # compute_loss returns a per-micro-batch mean
         device = self.args.device
         self.unet.to(device)
@@ -289,8 +321,14 @@ class AdvUnlearnTrainer(Trainer):
                     noise = predict_noise(self.unet, fresh, t, concept_cond)
                 return AttackTarget(fresh, t, noise)
 
-        result = soft_prompt_attack(attacked, concept_ids, target, args.attack_config(), initial_embeddings=start)
-        self._record(model, attack_loss=result.final_loss.mean())
+        # Through the trained model's own forward (the root module, as FSDP2 needs; DeepSpeed's hooks sit inside it).
+        unwrapped = self.accelerator.unwrap_model(model)
+        result = soft_prompt_attack(attacked, concept_ids, target, args.attack_config(), initial_embeddings=start,
+                                    encode=lambda ids, soft: self._encode(unwrapped, ids, soft))
+        # How far the soft tokens moved from their random start (per token, both encoders side by side): 0 would
+        # mean the attack did nothing.
+        moved = torch.cat([end - begin.to(end) for end, begin in zip(result.soft_tokens.embeddings, start)], dim=-1)
+        self._record(model, attack_loss=result.final_loss.mean(), attack_delta_norm=moved.norm(dim=-1).mean())
         rows_index = torch.arange(len(rows), device=result.soft_tokens.positions.device)
         soft = SoftTokens(result.soft_tokens.embeddings, result.soft_tokens.positions, rows=rows_index)
         return result.input_ids, soft
@@ -314,8 +352,29 @@ class AdvUnlearnTrainer(Trainer):
 
     # ------------------------------------------------------------------ saving
 
+    def erased_components(self) -> DiffusionComponents:
+        """The erased model for evaluation outside training (prompt attacks, the card): the UNet, tokenizers and VAE
+        with the trained encoder(s), whole on this rank: the encoders themselves unless FSDP2 / ZeRO-3 shards them,
+        else frozen copies of the originals holding the gathered trained weights (so each rank can attack its own
+        prompts outside the engine's collectives). A collective under those engines: every rank calls it. Attack it
+        with `prompt_attack(trainer.erased_components(), prompts, original=trainer.original_text_encoders)`."""
+        encoders = self._trained_encoders(self.model_wrapped)
+        if engine_of(self.accelerator) in SHARDED_WEIGHT_ENGINES:
+            copies = []
+            for encoder, original in zip(encoders, self.original_text_encoders):
+                plain = copy.deepcopy(original)
+                targets = dict(plain.named_parameters())
+                for name, parameter in encoder.named_parameters():  # the same order on every rank
+                    with full_tensor(parameter) as whole:
+                        targets[name].data.copy_(whole)
+                copies.append(plain)
+            encoders = copies
+        return dataclasses.replace(self.frozen, text_encoders=encoders)
+
     def _save(self, output_dir: str | None = None, state_dict=None):
         """Diffusers layout: `text_encoder/` (and `text_encoder_2/`) with safetensors weights and config."""
+        if not self.args.should_save:  # sharded engines gathered `state_dict` collectively; one process writes
+            return
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
         for name, encoder in zip(ENCODER_NAMES, self._trained_encoders(self.model)):

@@ -1,11 +1,12 @@
 """The training commands finish under the sharded engines on 2 CPU processes (no rank left alone inside collectives,
 no hang: the harness's timeout fails the test) and write a model that `from_pretrained` loads, `robustness.json` and
-a card. `make test` runs `unlearn` under ZeRO-3 and FSDP2 and `cat` under FSDP2; `make test-all` also `cat` under
-ZeRO-3, `capo` and `gaslite`.
+a card. `make test` runs `unlearn` and `advunlearn` under ZeRO-3 and FSDP2 and `cat` under FSDP2; `make test-all`
+also `cat` under ZeRO-3, `capo` and `gaslite`.
 """
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -88,3 +89,46 @@ def test_gaslite_command_finishes_under_a_sharded_engine_config(tmp_path, gaslit
     assert "gaslite.json" in results[0]["files"]
     written = json.loads((output / "gaslite.json").read_text())
     assert len(written["passages"]) == 2
+
+
+@pytest.fixture(scope="module")
+def pipeline_folder(tmp_path_factory):
+    """A tiny Stable Diffusion pipeline saved as a local folder; under ZeRO-3 its text encoder loads partitioned."""
+    from diffusers import StableDiffusionPipeline
+
+    from hf_robust.testing import tiny_sd_components
+
+    folder = tmp_path_factory.mktemp("tiny-sd")
+    StableDiffusionPipeline(**tiny_sd_components(seed=0)).save_pretrained(folder)
+    return str(folder)
+
+
+ADVUNLEARN = ["--concepts", "nudity", "--ddim_steps", "4", "--attack_steps", "2", "--attack_warmup", "1",
+              "--retain_batch", "1", "--learning_rate", "1e-3", "--eval_num_adv_tokens", "2",
+              "--eval_discrete_iters", "2", "--eval_soft_steps", "2", "--eval_n_timesteps", "2",
+              "--eval_prompts", "nudity", "a nude person"]
+
+
+@pytest.mark.parametrize("engine", ["zero3", "fsdp2"])
+def test_advunlearn_command_finishes_and_writes_a_loadable_text_encoder_with_its_card(tmp_path, pipeline_folder,
+                                                                                     engine):
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTextModel
+
+    output = tmp_path / "out"
+    results = run_on(engine, SCRIPTS / "run_command.py", "hf_robust.erasure.command", str(output),
+                     "--model_name_or_path", pipeline_folder, *COMMON, *ADVUNLEARN, timeout=420)
+    files = set(results[0]["files"])
+    assert {"text_encoder", "robustness.json", "README.md"} <= files, files
+    measured = json.loads((output / "robustness.json").read_text())
+    assert measured == results[0]["robustness"] and len(measured["rows"]) == 2
+    assert "CLIPTextModel.from_pretrained" in (output / "README.md").read_text()  # the plain class, not FSDP's
+    loaded, loading = CLIPTextModel.from_pretrained(output / "text_encoder", output_loading_info=True)
+    assert not loading["missing_keys"] and not loading["unexpected_keys"], loading  # every weight was gathered
+    original = CLIPTextModel.from_pretrained(pipeline_folder, subfolder="text_encoder").state_dict()
+    assert any(not torch.equal(parameter, original[name]) for name, parameter in loaded.state_dict().items()), \
+        "the saved weights are the untrained ones"
+    assert all(torch.isfinite(parameter).all() for parameter in loaded.parameters())
+    pipeline = StableDiffusionPipeline.from_pretrained(pipeline_folder, text_encoder=loaded)
+    image = pipeline("nudity", num_inference_steps=2, output_type="np").images
+    assert image.shape == (1, 32, 32, 3) and np.isfinite(image).all()

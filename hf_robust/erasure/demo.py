@@ -102,8 +102,9 @@ def toy_erasure_experiment(seed: int = 0, erasure: dict | None = None, attack: d
     ESD runs once, up to `match_factor` x AdvUnlearn's iterations, with its held-out retain error recorded every
     `match_every` iterations (`RetainErrorTrajectory`; it stops once past AdvUnlearn's retain error + 10%). Two ESD
     models are read off that one run: "esd", after the same iterations as AdvUnlearn, and "esd_matched", after the
-    recorded number of iterations whose held-out retain error is nearest AdvUnlearn's (its "match" says which, the
-    gap, and whether it is within `MATCH_TOLERANCE`).
+    recorded number of iterations whose held-out retain error is nearest AdvUnlearn's, or, when the error jumped past
+    it within one iteration, the weights landed between the two (`restore_matching`; a fractional iteration count).
+    Its "match" says which, the gap, and whether it is within `MATCH_TOLERANCE`.
 
     Args:
         seed: seeds unlearning (z_t, retain draws, attack starts) and the evaluation attacks; the toy model is the
@@ -203,7 +204,7 @@ def erasure_demo_section(seeds: tuple[int, ...] = (0,), erasure: dict | None = N
               f"{retain:13.3f}")
     for seed, run in zip(seeds, runs):
         match = run["esd_matched"]["match"]
-        print(f"  seed {seed}: ESD matched at {match['step']} iterations: retain error {match['retain_error']:.3f} vs "
+        print(f"  seed {seed}: ESD matched at {match['step']:.2f} iterations: retain error {match['retain_error']:.3f} vs "
               f"AdvUnlearn's {match['target']:.3f} ({match['relative_gap']:+.0%}, "
               f"{'within' if match['matched'] else 'NOT within'} ±{MATCH_TOLERANCE:.0%})")
     print("  retain error: distance of held-out retain prompts' predictions from the original's (0 = intact, 1 = as "

@@ -72,9 +72,10 @@ class RetainErrorTrajectory(TrainerCallback):
 
 @dataclass
 class MatchedPoint:
-    """Which recorded point `restore_matching` chose and how close it is to the target."""
+    """Which recorded point `restore_matching` chose (or landed between two, a fractional step) and how close it is
+    to the target."""
 
-    step: int
+    step: float
     retain_error: float
     target: float
     relative_gap: float
@@ -113,8 +114,49 @@ def restore_point(trainer, point: TrajectoryPoint) -> None:
 
 
 def restore_matching(trainer, trajectory: RetainErrorTrajectory, target: float,
-                     tolerance: float = MATCH_TOLERANCE) -> MatchedPoint:
-    """Put the recorded weights nearest `target` back into `trainer`'s model; say how close they are."""
+                     tolerance: float = MATCH_TOLERANCE, land: bool = True, iterations: int = 12) -> MatchedPoint:
+    """Put the recorded weights nearest `target` back into `trainer`'s model; say how close they are.
+
+    With `land`, when the nearest point is outside the tolerance and two consecutive points bracket the target (the
+    retain error jumped past it within one recorded interval), the weights are set between them, theta_a + s
+    (theta_b - theta_a), with s found by bisection on `trajectory.measure` until the retain error is within
+    `tolerance` (for a constant-rate optimizer, the last step taken at a fraction of its rate). The returned step is
+    then fractional: a.step + s (b.step - a.step).
+    """
     point, matched = nearest_point(trajectory.points, target, tolerance)
     restore_point(trainer, point)
-    return matched
+    if matched.matched or not land:
+        return matched
+    points = sorted(trajectory.points, key=lambda candidate: candidate.step)
+    bracket = next(((a, b) for a, b in zip(points, points[1:])
+                    if min(a.retain_error, b.retain_error) < target <= max(a.retain_error, b.retain_error)), None)
+    if bracket is None:
+        return matched
+    first, second = bracket
+    low, high = 0.0, 1.0
+    rising = second.retain_error > first.retain_error
+    best = matched
+    for _ in range(iterations):
+        share = (low + high) / 2
+        restore_point(trainer, TrajectoryPoint(first.step, first.retain_error, {
+            name: torch.lerp(value, second.state[name], share) for name, value in first.state.items()}))
+        value = float(trajectory.measure(trainer))
+        gap = value / target - 1
+        candidate = MatchedPoint(first.step + share * (second.step - first.step), value, target, gap,
+                                 abs(gap) <= tolerance)
+        if abs(gap) < abs(best.relative_gap):
+            best = candidate
+        if candidate.matched:
+            return candidate
+        if (value < target) == rising:
+            low = share
+        else:
+            high = share
+    # Not within tolerance after `iterations` halvings: put back the best point seen.
+    if best.step == point.step:
+        restore_point(trainer, point)
+    else:
+        share = (best.step - first.step) / (second.step - first.step)
+        restore_point(trainer, TrajectoryPoint(first.step, best.retain_error, {
+            name: torch.lerp(value, second.state[name], share) for name, value in first.state.items()}))
+    return best

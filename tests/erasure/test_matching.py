@@ -45,9 +45,24 @@ def test_point_k_of_a_longer_run_is_a_k_step_run_and_restores_exactly(tmp_path):
     expected = trained(short)
     assert all(torch.allclose(value, expected[name], atol=1e-6) for name, value in trained(long).items())
 
-    matched = restore_matching(long, trajectory, target=trajectory.points[2].retain_error * 1.05)
+    matched = restore_matching(long, trajectory, target=trajectory.points[2].retain_error * 1.05, land=False)
     assert matched.step == 3 and matched.matched and matched.relative_gap == pytest.approx(-0.05 / 1.05)
     assert all(torch.equal(value, trajectory.points[2].state[name]) for name, value in trained(long).items())
+
+
+def test_landing_between_two_recorded_points_hits_the_target(tmp_path):
+    trainer = esd_trainer(tmp_path, 6)
+    trajectory = RetainErrorTrajectory(trainer, weight_distance, every=3)
+    trainer.add_callback(trajectory)
+    trainer.train()
+    errors = {point.step: point.retain_error for point in trajectory.points}
+    target = errors[3] + 0.5 * (errors[6] - errors[3])  # far (> 10%) from both recorded points
+    assert abs(errors[3] / target - 1) > 0.1 and abs(errors[6] / target - 1) > 0.1
+    nearest = restore_matching(trainer, trajectory, target, tolerance=0.01, land=False)
+    assert not nearest.matched and nearest.step in (3, 6)
+    landed = restore_matching(trainer, trajectory, target, tolerance=0.01)
+    assert landed.matched and 3 < landed.step < 6 and abs(landed.relative_gap) <= 0.01
+    assert weight_distance(trainer) == pytest.approx(landed.retain_error, rel=1e-6)  # the model holds those weights
 
 
 def test_training_stops_once_past_the_target_but_not_before_min_steps(tmp_path):

@@ -34,7 +34,7 @@ FAST = {("unlearn", "zero3"), ("unlearn", "fsdp2"), ("cat", "fsdp2")}
 
 def cases():
     for command in COMMANDS:
-        for engine in ("zero3", "fsdp2"):
+        for engine in ("zero3", "fsdp2", "zero2"):  # ZeRO-2 rows: `make test-all`
             marks = [] if (command, engine) in FAST else [pytest.mark.slow]
             yield pytest.param(command, engine, marks=marks, id=f"{command}-{engine}")
 
@@ -80,7 +80,7 @@ def gaslite_files(tmp_path_factory):
 
 
 @pytest.mark.slow  # GASLITE's clusters over processes are tested under DDP in tests/retrieval/test_command.py
-@pytest.mark.parametrize("engine", ["zero3", "fsdp2"])
+@pytest.mark.parametrize("engine", ["zero3", "fsdp2", "zero2"])
 def test_gaslite_command_finishes_under_a_sharded_engine_config(tmp_path, gaslite_files, engine):
     # GASLITE trains no model: its clusters are split over the processes whatever the engine, and the run ends.
     output = tmp_path / "out"
@@ -109,7 +109,7 @@ ADVUNLEARN = ["--concepts", "nudity", "--ddim_steps", "4", "--attack_steps", "2"
               "--eval_prompts", "nudity", "a nude person"]
 
 
-@pytest.mark.parametrize("engine", ["zero3", "fsdp2"])
+@pytest.mark.parametrize("engine", ["zero3", "fsdp2", pytest.param("zero2", marks=pytest.mark.slow)])
 def test_advunlearn_command_finishes_and_writes_a_loadable_text_encoder_with_its_card(tmp_path, pipeline_folder,
                                                                                      engine):
     from diffusers import StableDiffusionPipeline

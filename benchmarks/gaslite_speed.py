@@ -4,6 +4,7 @@
     python benchmarks/gaslite_speed.py --full               # also one whole default passage (L=30, 100 iterations)
     python benchmarks/gaslite_speed.py --device cuda --full
     python benchmarks/gaslite_speed.py --gradient           # only the averaged gradient: one-hot form vs Gram form
+    python benchmarks/gaslite_speed.py --device cuda --batch_clusters 5   # 5 clusters: one after another vs lockstep
 
 Both paths run the same shared token search (`hf_robust.attacks.token_search`) with `GasliteConfig()` settings
 (L = 30, n_grad 50, top-k 256, 128 candidates at each of 20 flipped positions) on the shipped concept's attack queries
@@ -20,6 +21,11 @@ one-hot form of the reference (X (rows, L, V) with grad, embeds = X @ E, backwar
 dloss/dX normalised over V, averaged) and the library's Gram form (backward to the embeddings only, norms from
 G M G^T with M = E^T E (hidden x hidden), one (L, hidden) x (hidden, V) product); it reports seconds per gradient and
 whether the top-256 tokens per position agree.
+
+`--batch_clusters K` times `craft_poison_passages` with K passages (k-means clusters), `--iterations` iterations each
+(no early stop), with `GasliteConfig(batch_clusters=False)` (one cluster after another) and `batch_clusters=True`
+(lockstep: each step scores the candidates of all clusters in one forward, chunked by `--batch_size`, default
+K x 128 so that a step is one forward); it reports seconds and whether both modes give the same passages.
 
 Reported per path: candidate rows scored per second (rows given to the scoring forward / time spent in it) and
 seconds per iteration (gradient + candidates). Target (issue 6): >= 5x the naive path's rows per second; one L=30,
@@ -201,6 +207,22 @@ def gradient_forms(model, queries, info, repeats):
     return times, gram_seconds, agree, max_difference
 
 
+def cluster_modes(model, queries, info, n_passages, iterations, batch_size):
+    """craft_poison_passages one cluster after another, then in lockstep: {lockstep: (seconds, results)}."""
+    from dataclasses import replace
+
+    from hf_robust.retrieval.gaslite import GasliteConfig, craft_poison_passages
+
+    config = GasliteConfig(progress=False, n_iters=iterations, patience=0, batch_size=batch_size)
+    craft_poison_passages(model, queries, info, 2, replace(config, n_iters=1, batch_clusters=True))  # warm-up
+    timed = {}
+    for lockstep in (False, True):
+        started = time.perf_counter()
+        results = craft_poison_passages(model, queries, info, n_passages, replace(config, batch_clusters=lockstep))
+        timed[lockstep] = (time.perf_counter() - started, results)
+    return timed
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iterations", type=int, default=2, help="timed iterations per path")
@@ -212,6 +234,10 @@ def main(argv=None):
     parser.add_argument("--gradient", action="store_true",
                         help="only time the averaged gradient, one-hot form against Gram form")
     parser.add_argument("--repeats", type=int, default=3, help="--gradient: gradients timed per form")
+    parser.add_argument("--batch_clusters", type=int, default=0, metavar="K",
+                        help="only time K clusters (passages) one after another against in lockstep")
+    parser.add_argument("--batch_size", type=int, default=None,
+                        help="--batch_clusters: rows per forward (default K x 128: one forward per step)")
     options = parser.parse_args(argv)
     import torch
 
@@ -222,6 +248,24 @@ def main(argv=None):
     torch.set_num_threads(options.threads)
     model = load_minilm(device=options.device)
     queries = concept_queries("attack")
+    if options.batch_clusters:
+        k = options.batch_clusters
+        batch_size = options.batch_size or k * 128
+        timed = cluster_modes(model, queries, DEFAULT_INFO, k, options.iterations, batch_size)
+        print(f"all-MiniLM-L6-v2 on {options.device}, {options.threads} thread(s); craft_poison_passages with {k} "
+              f"clusters, GasliteConfig() settings, {options.iterations} iterations each, batch_size {batch_size}")
+        print("| clusters | s | s / iteration (all clusters) |")
+        print("|---|---|---|")
+        for lockstep, (seconds, _) in timed.items():
+            print(f"| {'in lockstep' if lockstep else 'one after another'} | {seconds:.1f} | "
+                  f"{seconds / options.iterations:.2f} |")
+        alone, together = timed[False][1], timed[True][1]
+        same = sum(one.passage == other.passage for one, other in zip(alone, together))
+        difference = max(abs(a - b) for one, other in zip(alone, together)
+                         for a, b in zip(one.objective_history, other.objective_history))
+        print(f"\nspeed-up {timed[False][0] / timed[True][0]:.2f}x; same passage in {same}/{k} clusters; max "
+              f"|objective history difference| {difference:.1e}")
+        return
     if options.gradient:
         import os
         import statistics

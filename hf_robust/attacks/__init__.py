@@ -8,6 +8,8 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     ".pgd": ["PGDConfig", "PGDResult", "perturbation_radius", "projected_gradient_descent"],
     ".discrete": ["STOP_REASONS", "TokenFilter", "TokenObjective", "TokenSearchConfig", "TokenSearchResult",
                   "allowed_token_mask", "token_search", "tokenizer_round_trip"],
+    ".token_search_state": ["Proposal", "TokenSearch"],
+    ".lockstep": ["JointObjective", "lockstep_token_search"],
     ".gcg": ["GCGConfig", "GCGResult", "UniversalGCGResult", "gcg_attack", "universal_gcg_attack"],
     "..modeling": ["eval_mode"],
 })

@@ -43,6 +43,12 @@ embeddings only, so no parameter `.grad` is created. Train/eval mode is the obje
 `hf_robust.attacks.eval_mode`). Randomness comes from a local CPU `torch.Generator` seeded with `config.seed` (the
 global RNG is untouched), so a seed gives the same search on every device up to floating-point ties.
 
+Where the code lives: the iteration itself (steps 2-4 and the bookkeeping) is `TokenSearch` in
+`hf_robust.attacks.token_search_state`, a stepwise object that asks for the model's answers (losses of candidate
+ids, the token scores of step 1) instead of calling the model; `token_search` below is the plain driver that answers
+them one search at a time, and `hf_robust.attacks.lockstep.lockstep_token_search` answers several searches' requests
+with one batched forward (e.g. GASLITE's k-means clusters on a GPU). Both run the same loop.
+
 Example (GCG-like, `model` a causal LM, the suffix at `positions`, the target after it):
 
     >>> E = model.get_input_embeddings().weight
@@ -53,26 +59,20 @@ Example (GCG-like, `model` a causal LM, the suffix at `positions`, the target af
 """
 
 import logging
-import math
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from .search_config import STOP_REASONS, TokenObjective, TokenSearchConfig, TokenSearchResult
 from .token_filter import TokenFilter, allowed_token_mask
+from .token_search_state import Proposal, TokenSearch, gram_matrix, tokenizer_round_trip
 
-__all__ = ["STOP_REASONS", "TokenFilter", "TokenObjective", "TokenSearchConfig", "TokenSearchResult",
-           "allowed_token_mask", "token_search", "tokenizer_round_trip"]
+__all__ = ["STOP_REASONS", "Proposal", "TokenFilter", "TokenObjective", "TokenSearch", "TokenSearchConfig",
+           "TokenSearchResult", "allowed_token_mask", "gram_matrix", "token_search", "tokenizer_round_trip"]
 
 logger = logging.getLogger("hf_robust")
-
-
-def _is_integer_dtype(dtype: torch.dtype) -> bool:
-    return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
 
 
 class _CallableObjective:
@@ -87,24 +87,16 @@ class _CallableObjective:
         return self.function(self.embedding_matrix[input_ids])
 
 
-def tokenizer_round_trip(tokenizer: Any, positions: Tensor) -> Callable[[Tensor], bool]:
-    """The default round-trip rule used by `token_search(..., tokenizer=...)`.
-
-    Returns a callable `ids (seq,) -> bool` that is True when the optimised tokens `ids[positions]` (in the order of
-    `positions`) survive text: `tokenizer(tokenizer.decode(span), add_special_tokens=False).input_ids == span`.
-    """
-    index = positions.detach().cpu()
-
-    def round_trip(ids: Tensor) -> bool:
-        span = ids.detach().cpu()[index].tolist()
-        return tokenizer(tokenizer.decode(span), add_special_tokens=False).input_ids == span
-
-    return round_trip
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# The loop
-# --------------------------------------------------------------------------------------------------------------------
+def _checked_objective(objective: Any, embedding_matrix: Tensor) -> TokenObjective:
+    """`objective` as a `TokenObjective` (a plain callable is wrapped); TypeError for anything else."""
+    if not isinstance(objective, TokenObjective) and callable(objective):
+        objective = _CallableObjective(objective, embedding_matrix.detach())
+    if not isinstance(objective, TokenObjective):
+        raise TypeError(
+            "`objective` must have `loss_from_embeds(embeds) -> (batch,)` and `loss_from_ids(ids) -> (batch,)`, "
+            f"or be a callable embeds (batch, seq, hidden) -> loss (batch,); got {type(objective).__name__}."
+        )
+    return objective
 
 
 def _checked_loss(loss: Any, rows: int, method: str) -> Tensor:
@@ -114,69 +106,56 @@ def _checked_loss(loss: Any, rows: int, method: str) -> Tensor:
     return loss
 
 
-def _validate(objective, initial_ids, positions, embedding_matrix, allowed, config, tokenizer, round_trip, callback,
-              stop):
-    config = TokenSearchConfig() if config is None else config
-    if not isinstance(config, TokenSearchConfig):
-        raise TypeError(f"`config` must be a TokenSearchConfig, got {type(config).__name__}.")
-    if not isinstance(embedding_matrix, Tensor):
-        raise TypeError(f"`embedding_matrix` must be a torch.Tensor, got {type(embedding_matrix).__name__}.")
-    if embedding_matrix.dim() != 2 or embedding_matrix.shape[0] == 0 or not embedding_matrix.dtype.is_floating_point:
-        raise ValueError(
-            "`embedding_matrix` must be a non-empty floating tensor of shape (vocab, hidden), got "
-            f"{embedding_matrix.dtype} {tuple(embedding_matrix.shape)}."
-        )
-    vocab = embedding_matrix.shape[0]
-    if not isinstance(objective, TokenObjective) and callable(objective):
-        objective = _CallableObjective(objective, embedding_matrix.detach())
-    if not isinstance(objective, TokenObjective):
-        raise TypeError(
-            "`objective` must have `loss_from_embeds(embeds) -> (batch,)` and `loss_from_ids(ids) -> (batch,)`, "
-            f"or be a callable embeds (batch, seq, hidden) -> loss (batch,); got {type(objective).__name__}."
-        )
-    for name, value in (("initial_ids", initial_ids), ("positions", positions), ("allowed", allowed)):
-        if not isinstance(value, Tensor):
-            raise TypeError(f"`{name}` must be a torch.Tensor, got {type(value).__name__}.")
-    if initial_ids.dim() != 1 or initial_ids.numel() == 0 or not _is_integer_dtype(initial_ids.dtype):
-        raise ValueError(
-            f"`initial_ids` must be a non-empty 1-D integer tensor (seq,), got {initial_ids.dtype} "
-            f"{tuple(initial_ids.shape)}."
-        )
-    if (initial_ids < 0).any() or (initial_ids >= vocab).any():
-        raise ValueError(f"`initial_ids` must be token ids in [0, {vocab}) (rows of `embedding_matrix`).")
-    seq = initial_ids.shape[0]
-    if positions.dim() != 1 or positions.numel() == 0 or not _is_integer_dtype(positions.dtype):
-        raise ValueError(
-            f"`positions` must be a non-empty 1-D integer tensor (L,), got {positions.dtype} {tuple(positions.shape)}."
-        )
-    if (positions < 0).any() or (positions >= seq).any():
-        raise ValueError(f"`positions` must be indices in [0, {seq}) into `initial_ids`.")
-    if positions.unique().numel() != positions.numel():
-        raise ValueError("`positions` must not repeat an index.")
-    if allowed.dtype != torch.bool or allowed.shape != (vocab,):
-        raise ValueError(
-            f"`allowed` must be a bool tensor of shape ({vocab},) (rows of `embedding_matrix`), got {allowed.dtype} "
-            f"{tuple(allowed.shape)}."
-        )
-    if not allowed.any():
-        raise ValueError("`allowed` must allow at least one token.")
-    if round_trip is not None and tokenizer is not None:
-        raise ValueError("Pass either `round_trip` or `tokenizer` (for the default round-trip rule), not both.")
-    if round_trip is not None and not callable(round_trip):
-        raise TypeError(f"`round_trip` must be a callable ids (seq,) -> bool, got {type(round_trip).__name__}.")
-    if tokenizer is not None and not (callable(tokenizer) and callable(getattr(tokenizer, "decode", None))):
-        raise TypeError(f"`tokenizer` must be a Hugging Face tokenizer, got {type(tokenizer).__name__}.")
-    if callback is not None and not callable(callback):
-        raise TypeError(f"`callback` must be a callable (iteration, loss) -> None, got {type(callback).__name__}.")
-    if stop is not None and not callable(stop):
-        raise TypeError(f"`stop` must be a callable ids (seq,) -> bool, got {type(stop).__name__}.")
-    return objective, config
+# --------------------------------------------------------------------------------------------------------------------
+# The model's answers: token scores (step 1) and candidate losses
+# --------------------------------------------------------------------------------------------------------------------
 
 
-def gram_matrix(embedding_matrix: Tensor) -> Tensor:
-    """M = E.T @ E of the embedding matrix E (V, hidden): Tensor (hidden, hidden), float32 (computed in E's dtype)."""
-    weight = embedding_matrix.detach()
-    return (weight.T @ weight).float()
+def _gradient_rows(ids: Tensor, positions: Tensor, allowed_ids: Tensor, config: TokenSearchConfig,
+                   generator: torch.Generator) -> Tensor:
+    """The sequences whose gradients are averaged: LongTensor (n_grad, seq) on `ids`' device.
+
+    Row 0 is `ids` (seq,); each other row changes one random optimised position to a random allowed token. Drawn on
+    CPU from the search's `generator`, so a seed gives the same rows on every device.
+    """
+    rows = ids.unsqueeze(0).repeat(config.n_grad, 1)
+    if config.n_grad > 1:
+        at = torch.randint(positions.shape[0], (config.n_grad - 1,), generator=generator)
+        token = allowed_ids[torch.randint(allowed_ids.numel(), (config.n_grad - 1,), generator=generator)]
+        rows[torch.arange(1, config.n_grad), positions.cpu()[at].to(ids.device)] = token.to(ids.device)
+    return rows
+
+
+def _embedding_gradient(loss_from_embeds: Callable[[Tensor], Tensor], weight: Tensor, rows: Tensor) -> Tensor:
+    """d loss.sum() / d embeds at embeds = E[rows]: Tensor (rows, seq, hidden) in E's dtype (E = `weight`, detached).
+
+    Row r's gradient is that of its own loss: rows do not interact, so rows of several searches can share a chunk.
+    """
+    with torch.enable_grad():
+        embeds = weight[rows].requires_grad_(True)  # == (one-hot @ E) at every position, bit for bit
+        loss = _checked_loss(loss_from_embeds(embeds), rows.shape[0], "loss_from_embeds")
+        (grad,) = torch.autograd.grad(loss.sum(), embeds)
+    return grad
+
+
+def _averaged_scores(gradients: Tensor, weight: Tensor, config: TokenSearchConfig, gram: Tensor | None) -> Tensor:
+    """Step 1 from the gradients G at the optimised positions, Tensor (n_grad, L, hidden), float32.
+
+    Normalised and summed in chunks of `config.batch_size` rows (the chunks of the forward in `_token_scores`), so
+    the float rounding is the same whichever driver computed G. Returns Tensor (L, V), float32; higher = better.
+    """
+    normalize = config.normalize_gradient and config.n_grad > 1
+    if normalize and gram is None:
+        gram = gram_matrix(weight)
+    total = torch.zeros(gradients.shape[1], weight.shape[1], dtype=torch.float32, device=weight.device)
+    for grad in gradients.split(config.batch_size):
+        if normalize:
+            # ||G[r, p] @ E.T||^2 = G[r, p] @ M @ G[r, p]: the one-hot gradient's norm over the vocabulary.
+            norm = ((grad @ gram) * grad).sum(dim=-1).clamp_min(0).sqrt()
+            grad = grad / norm.clamp_min(torch.finfo(torch.float32).tiny).unsqueeze(-1)
+        total += grad.sum(dim=0)
+    mean = -total / config.n_grad  # (L, hidden)
+    return (mean.to(weight.dtype) @ weight.T).float()  # (L, V)
 
 
 def _token_scores(
@@ -202,31 +181,10 @@ def _token_scores(
         scores up to float rounding (tests/attacks/test_discrete.py: 1e-6 on a tiny BERT).
     """
     weight = embedding_matrix.detach()
-    length = positions.shape[0]
-    rows = ids.unsqueeze(0).repeat(config.n_grad, 1)
-    if config.n_grad > 1:
-        # Row 0 is the current sequence; each other row changes one random optimised position to a random allowed
-        # token. Drawn on CPU so a seed gives the same rows on every device.
-        at = torch.randint(length, (config.n_grad - 1,), generator=generator)
-        token = allowed_ids[torch.randint(allowed_ids.numel(), (config.n_grad - 1,), generator=generator)]
-        rows[torch.arange(1, config.n_grad), positions.cpu()[at].to(ids.device)] = token.to(ids.device)
-    normalize = config.normalize_gradient and config.n_grad > 1
-    if normalize and gram is None:
-        gram = gram_matrix(weight)
-    total = torch.zeros(length, weight.shape[1], dtype=torch.float32, device=weight.device)
-    for chunk in rows.split(config.batch_size):
-        with torch.enable_grad():
-            embeds = weight[chunk].requires_grad_(True)  # == (one-hot @ E) at `positions`, bit for bit
-            loss = _checked_loss(objective.loss_from_embeds(embeds), chunk.shape[0], "loss_from_embeds")
-            (grad,) = torch.autograd.grad(loss.sum(), embeds)
-        grad = grad[:, positions].float()  # G, (chunk, L, hidden)
-        if normalize:
-            # ||G[r, p] @ E.T||^2 = G[r, p] @ M @ G[r, p]: the one-hot gradient's norm over the vocabulary.
-            norm = ((grad @ gram) * grad).sum(dim=-1).clamp_min(0).sqrt()
-            grad = grad / norm.clamp_min(torch.finfo(torch.float32).tiny).unsqueeze(-1)
-        total += grad.sum(dim=0)
-    mean = -total / config.n_grad  # (L, hidden)
-    return (mean.to(weight.dtype) @ weight.T).float()  # (L, V)
+    rows = _gradient_rows(ids, positions, allowed_ids, config, generator)
+    gradients = [_embedding_gradient(objective.loss_from_embeds, weight, chunk)[:, positions].float()
+                 for chunk in rows.split(config.batch_size)]
+    return _averaged_scores(torch.cat(gradients), weight, config, gram)
 
 
 @torch.no_grad()
@@ -238,76 +196,9 @@ def _score(objective: TokenObjective, candidates: Tensor, batch_size: int) -> Te
     return torch.cat(losses)
 
 
-def _coordinate_step(objective, ids, loss, positions, top, n_flip, n_top, n_sampled, batch_size, round_trip,
-                     generator) -> tuple[Tensor, float]:
-    """GASLITE's greedy multi-coordinate step: keep a swap only if it lowers the loss and passes the round trip."""
-    length, topk = top.shape
-    flips = torch.randperm(length, generator=generator)[:n_flip].sort().values
-    for index in flips.tolist():
-        tokens = top[index, :n_top]
-        if n_sampled:
-            ranks = torch.randint(n_top, topk, (n_sampled,), generator=generator)
-            tokens = torch.cat([tokens, top[index, ranks]])
-        current = int(ids[positions[index]])
-        # Deduplicate in first-seen order; the current token is the unflipped sequence, scored already.
-        seen, unique = {current}, []
-        for token in tokens.tolist():
-            if token not in seen:
-                seen.add(token)
-                unique.append(token)
-        if not unique:
-            continue
-        candidates = ids.unsqueeze(0).repeat(len(unique), 1)
-        candidates[:, positions[index]] = torch.tensor(unique, device=ids.device)
-        losses = _score(objective, candidates, batch_size).cpu()
-        for row in torch.sort(losses, stable=True).indices.tolist():
-            if not float(losses[row]) < loss:
-                break  # the current sequence is next in ascending order: keep it
-            if round_trip is None or bool(round_trip(candidates[row])):
-                ids, loss = candidates[row].clone(), float(losses[row])
-                break
-    return ids, loss
-
-
-def _batch_step(objective, ids, loss, positions, top, config, round_trip, generator, buffer) -> tuple[Tensor, float]:
-    """GCG's step: `n_candidates` candidates spread over random positions, each `n_replace` positions set to tokens
-    drawn uniformly from their top-k lists; candidates failing the round trip are dropped before scoring."""
-    length, topk = top.shape
-    n_replace = min(config.n_replace, length)
-    at = torch.rand(config.n_candidates, length, generator=generator).argsort(dim=1)[:, :n_replace]  # (W, r)
-    ranks = torch.randint(topk, (config.n_candidates, n_replace), generator=generator)
-    candidates = ids.cpu().unsqueeze(0).repeat(config.n_candidates, 1)
-    candidates.scatter_(1, positions.cpu()[at], top[at, ranks])
-    candidates = candidates[_first_occurrences(candidates)]
-    candidates = candidates[(candidates != ids.cpu()).any(dim=1)]  # a candidate equal to the iterate is no move
-    if round_trip is not None and candidates.shape[0]:
-        candidates = candidates[torch.tensor([bool(round_trip(row)) for row in candidates], dtype=torch.bool)]
-    if not candidates.shape[0]:
-        logger.debug("token_search: no candidate survived the round trip; the iterate stays")
-        return ids, loss
-    candidates = candidates.to(ids.device)
-    losses = _score(objective, candidates, config.batch_size).cpu()
-    row = int(losses.argmin())
-    found, found_loss = candidates[row].clone(), float(losses[row])
-    if config.buffer_size == 0:
-        return found, found_loss  # GCG: the batch's best, even when worse than the iterate
-    if len(buffer) < config.buffer_size:
-        buffer.append((found_loss, found))
-    elif found_loss < buffer[-1][0]:
-        buffer[-1] = (found_loss, found)
-    buffer.sort(key=lambda item: item[0])
-    return buffer[0][1], buffer[0][0]
-
-
-def _first_occurrences(rows: Tensor) -> Tensor:
-    """Indices of the first occurrence of each distinct row, in first-seen order: LongTensor (n_unique,)."""
-    seen, keep = set(), []
-    for index, row in enumerate(rows.tolist()):
-        key = tuple(row)
-        if key not in seen:
-            seen.add(key)
-            keep.append(index)
-    return torch.tensor(keep, dtype=torch.long)
+# --------------------------------------------------------------------------------------------------------------------
+# The driver of one search
+# --------------------------------------------------------------------------------------------------------------------
 
 
 def token_search(
@@ -358,81 +249,17 @@ def token_search(
         ValueError: bad shapes, dtypes or values (the message names the argument), both `tokenizer` and
             `round_trip`, or an objective output of the wrong shape.
     """
-    objective, config = _validate(
-        objective, initial_ids, positions, embedding_matrix, allowed, config, tokenizer, round_trip, callback, stop
-    )
-    start = time.perf_counter()
-    device = embedding_matrix.device
-    output_device = initial_ids.device
-    positions = positions.to(device=device, dtype=torch.long)
-    ids = initial_ids.to(device=device, dtype=torch.long).clone()
-    if tokenizer is not None:
-        round_trip = tokenizer_round_trip(tokenizer, positions)
-    allowed = allowed.to(device)
-    allowed_ids = allowed.nonzero().flatten().cpu()
-    length = positions.shape[0]
-    topk = min(config.topk, allowed_ids.numel())
-    n_top = min(config.n_top_candidates, topk)
-    n_sampled = config.n_candidates - n_top if topk > n_top else 0
-    n_flip = config.n_flip if config.n_flip <= length else max(1, int(0.67 * length))
-    generator = torch.Generator().manual_seed(config.seed)
-
-    gram = gram_matrix(embedding_matrix) if config.normalize_gradient and config.n_grad > 1 else None
-
-    loss = float(_score(objective, ids.unsqueeze(0), 1)[0])
-    history = [loss]
-    best_ids, best_loss = ids, loss
-    best_losses = [loss]  # the lowest loss up to each iteration: the patience rule's series
-    trajectory = [ids[positions].cpu()]
-    buffer = [(loss, ids)]  # 'batch' step with buffer_size >= 1: the best sequences seen, ascending loss
-    logger.debug("token_search: L=%d, V=%d, %d allowed, initial loss %.6g", length, allowed.numel(),
-                 allowed_ids.numel(), loss)
-    iterations, reason, iteration_seconds = 0, "n_iters", []
-    bar = tqdm(total=config.n_iters, desc="token search", disable=not config.progress)
+    search = TokenSearch(initial_ids, positions, embedding_matrix, allowed, config, tokenizer=tokenizer,
+                         round_trip=round_trip, callback=callback, stop=stop)
     try:
-        for _ in range(config.n_iters):
-            if config.early_stop is not None and best_loss <= config.early_stop:
-                reason = "early_stop"
-                break
-            if config.time_limit is not None and time.perf_counter() - start >= config.time_limit:
-                reason = "time_limit"
-                break
-            began = time.perf_counter()
-            scores = _token_scores(objective, ids, positions, embedding_matrix, allowed_ids, config, generator, gram)
-            scores = scores.masked_fill(~allowed, -math.inf)
-            top = scores.topk(topk, dim=-1).indices.cpu()  # (L, topk)
-            if config.step == "coordinate":
-                ids, loss = _coordinate_step(objective, ids, loss, positions, top, n_flip, n_top, n_sampled,
-                                             config.batch_size, round_trip, generator)
+        objective = _checked_objective(objective, embedding_matrix)
+        while not search.done:
+            proposal = search.propose()
+            if proposal.kind == "losses":
+                search.update(_score(objective, proposal.ids, search.config.batch_size))
             else:
-                ids, loss = _batch_step(objective, ids, loss, positions, top, config, round_trip, generator, buffer)
-            if loss < best_loss:
-                best_ids, best_loss = ids, loss
-            iterations += 1
-            history.append(loss)
-            best_losses.append(best_loss)
-            trajectory.append(ids[positions].cpu())
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4g}", best=f"{best_loss:.4g}")
-            logger.debug("token_search: iteration %d, loss %.6g", iterations, loss)
-            if callback is not None:
-                callback(iterations, loss)
-            stop_now = stop is not None and bool(stop(best_ids))
-            iteration_seconds.append(time.perf_counter() - began)
-            if stop_now:
-                reason = "stop"
-                break
-            if config.plateaued(best_losses):
-                reason = "patience"
-                break
+                search.update(_token_scores(objective, proposal.ids, search.positions, search.embedding_matrix,
+                                            search.allowed_ids, search.config, search.generator, search.gram))
     finally:
-        bar.close()
-    ids, loss = best_ids, best_loss
-    seconds = time.perf_counter() - start
-    logger.debug("token_search: %d iterations (%s), loss %.6g -> %.6g in %.2fs", iterations, reason, history[0], loss,
-                 seconds)
-    return TokenSearchResult(
-        ids=ids.to(output_device), loss=loss, history=history, iterations=iterations, seconds=seconds,
-        stopped=reason == "stop", iteration_seconds=iteration_seconds, stop_reason=reason,
-        trajectory=torch.stack(trajectory),
-    )
+        search.close()
+    return search.result()

@@ -1,10 +1,13 @@
-"""k-means clusters of the target queries (one GASLITE passage per cluster) and the process split under accelerate."""
+"""k-means clusters of the target queries (one GASLITE passage per cluster), the objective that scores several
+clusters' passages in one forward, and the process split under accelerate."""
 
 import os
 import warnings
 
 import torch
 from torch import Tensor
+
+from .objective import CentroidObjective, centroid_similarity
 
 
 def cluster_queries(embeddings: Tensor, n_clusters: int, seed: int) -> list[list[int]]:
@@ -35,6 +38,39 @@ def cluster_queries(embeddings: Tensor, n_clusters: int, seed: int) -> list[list
         raise ValueError(f"k-means found {len(clusters)} distinct clusters, fewer than `n_passages`={n_clusters} "
                          "(duplicate queries?).")
     return list(clusters.values())
+
+
+class ClusterObjective:
+    """The `JointObjective` (`hf_robust.attacks.lockstep`) of GASLITE's clusters: one encoder forward for the rows of
+    every cluster, then each row's negated similarity to its own cluster's centroid.
+
+    Args:
+        objectives: One `CentroidObjective` per cluster (index = the `problems` value of its rows), all of the same
+            model and passage features (the same layout: only the centroids differ).
+    """
+
+    def __init__(self, objectives: list[CentroidObjective]):
+        self.objectives = objectives
+        self.encoder = objectives[0]  # the shared model and passage features
+
+    def _losses(self, embeddings: Tensor, problems: Tensor) -> Tensor:
+        # Each cluster's rows are compared with its centroid exactly as its own CentroidObjective does, so the only
+        # difference from scoring the clusters one by one is the batched forward.
+        losses = embeddings.new_zeros(embeddings.shape[0], dtype=torch.float32)
+        for problem in problems.unique().tolist():
+            rows = (problems == problem).nonzero().flatten()
+            objective = self.objectives[problem]
+            similarity = centroid_similarity(embeddings[rows], objective.centroid, objective.similarity)
+            losses = losses.index_put((rows,), -similarity)
+        return losses
+
+    def loss_from_ids(self, input_ids: Tensor, problems: Tensor) -> Tensor:
+        """input_ids (batch, seq), problems (batch,) -> negated similarity to each row's centroid (batch,)."""
+        return self._losses(self.encoder.embed_from_ids(input_ids), problems)
+
+    def loss_from_embeds(self, inputs_embeds: Tensor, problems: Tensor) -> Tensor:
+        """inputs_embeds (batch, seq, hidden), problems (batch,) -> negated similarity (batch,), differentiable."""
+        return self._losses(self.encoder.embed_from_embeds(inputs_embeds), problems)
 
 
 def _process_state() -> tuple[int, int]:

@@ -2,8 +2,8 @@
 
 The test side calls `run_distributed(script, ..., engine=...)`; the launched script calls `save_rank_result(obj)` on
 every rank and ends with `finish_distributed()`. The engine is one of `ENGINES`: plain DDP, FSDP2, or DeepSpeed
-ZeRO-2/3, each started from the accelerate config hf-robust ships for it, with CPU settings (2 processes, gloo, no
-mixed precision) laid over it. A launched script looks like:
+ZeRO-2/3, each started from the accelerate config hf-robust ships for it, with CPU settings (2 processes, gloo, and
+fp32 unless `mixed_precision="bf16"` is asked for) laid over it. A launched script looks like:
 
     from hf_robust.testing import finish_distributed, save_rank_result
 
@@ -16,6 +16,7 @@ mixed precision) laid over it. A launched script looks like:
         finish_distributed()  # only on success: after an exception the other rank would wait in the barrier
 """
 
+import contextlib
 import importlib.resources
 import os
 import shlex
@@ -23,6 +24,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -30,6 +32,9 @@ import torch.distributed
 import yaml
 
 RESULT_DIR_VARIABLE = "HF_ROBUST_RESULT_DIR"
+# Set by `accelerate launch` from the config's `mixed_precision`; TrainingArguments reads it too (bf16=False or not).
+MIXED_PRECISION_VARIABLE = "ACCELERATE_MIXED_PRECISION"
+MIXED_PRECISIONS = ("no", "bf16")
 ENGINE_VARIABLE = "HF_ROBUST_ENGINE"
 OUTPUT_TAIL_CHARS = 3000
 
@@ -46,15 +51,16 @@ def _shipped_config(name: str) -> Path:
     return Path(str(importlib.resources.files("hf_robust.accelerate_configs").joinpath(f"{name}.yaml")))
 
 
-def _cpu_config(engine: str, directory: str) -> Path:
-    """The shipped config of `engine` with CPU settings over it: gloo processes (use_cpu), fp32 (CPUs have no bf16
-    autocast worth testing), and no GPU ids. The launcher's --num_processes sets the count."""
+def _cpu_config(engine: str, directory: str, mixed_precision: str) -> Path:
+    """The shipped config of `engine` with CPU settings over it: gloo processes (use_cpu), `mixed_precision` ("no"
+    unless a test asks for the shipped configs' bf16), and no GPU ids. The launcher's --num_processes sets the
+    count."""
     name, _ = ENGINES[engine]
-    if engine == "ddp":
-        return _shipped_config(name)
     config = yaml.safe_load(_shipped_config(name).read_text())
-    config.update({"use_cpu": not engine.startswith("zero"), "mixed_precision": "no"})
-    config.pop("gpu_ids", None)
+    if engine != "ddp":  # the shipped cpu_ddp config is a CPU config already
+        config.update({"use_cpu": not engine.startswith("zero")})
+        config.pop("gpu_ids", None)
+    config["mixed_precision"] = mixed_precision
     path = Path(directory) / f"cpu_{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -72,9 +78,19 @@ def _engine_environment(engine: str) -> dict[str, str]:
 
 def training_arguments_for_engine() -> dict:
     """In a script launched by `run_distributed`: the `TrainingArguments` keywords that put the Trainer on CPU
-    processes for the launched engine: `use_cpu=True` (DDP, FSDP2), `ddp_backend="gloo"` (DeepSpeed)."""
+    processes for the launched engine: `use_cpu=True` (DDP, FSDP2), `ddp_backend="gloo"` (DeepSpeed; in bf16 also
+    `use_cpu=True`, without which TrainingArguments refuses bf16 on a machine without a bf16 GPU)."""
     engine = os.environ.get(ENGINE_VARIABLE, "ddp")
-    return {"ddp_backend": "gloo"} if engine.startswith("zero") else {"use_cpu": True}
+    if not engine.startswith("zero"):
+        return {"use_cpu": True}
+    return {"ddp_backend": "gloo", "use_cpu": True} if launched_in_bf16() else {"ddp_backend": "gloo"}
+
+
+def launched_in_bf16() -> bool:
+    """In a script launched by `run_distributed`: whether it was launched with `mixed_precision="bf16"`, i.e. the
+    `bf16` its `TrainingArguments` must take. (TrainingArguments follows the launch even with bf16=False, so a
+    script that pinned bf16=False would run bf16 while its arguments said otherwise.)"""
+    return os.environ.get(MIXED_PRECISION_VARIABLE, "no") == "bf16"
 
 
 def _free_port() -> int:
@@ -116,6 +132,7 @@ def run_distributed(
     timeout: float = 600,
     env: dict[str, str] | None = None,
     engine: str = "ddp",
+    mixed_precision: str = "no",
 ) -> list:
     """Launch `script` on `num_processes` CPU processes with `accelerate launch` and return each rank's result.
 
@@ -137,6 +154,9 @@ def run_distributed(
         timeout: seconds before the launcher and its workers are stopped.
         env: extra environment variables for the launched processes.
         engine: one of `ENGINES`: "ddp", "fsdp2", "zero2" or "zero3" (DeepSpeed runs with `DS_ACCELERATOR=cpu`).
+        mixed_precision: "no" (fp32, the default) or "bf16", the shipped configs' own setting: accelerate's bf16
+            autocast (DDP), FSDP2's bf16 `MixedPrecisionPolicy`, DeepSpeed's bf16 mode; a Trainer script takes
+            `bf16=launched_in_bf16()`.
 
     Returns:
         The objects passed to `save_rank_result`, ordered by rank (`len == num_processes`).
@@ -145,7 +165,7 @@ def run_distributed(
         RuntimeError: the launch failed or timed out (the message carries the command and the output tail), the
             ranks that reported do not match `num_processes` (the world size was not what was asked for), or a rank
             ran another engine than `engine`.
-        ValueError: bad `num_processes`, `timeout` or `engine`.
+        ValueError: bad `num_processes`, `timeout`, `engine` or `mixed_precision`.
     """
     if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
         raise ValueError(f"num_processes must be an integer >= 1, got {num_processes!r}")
@@ -153,6 +173,8 @@ def run_distributed(
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {sorted(ENGINES)}, got {engine!r}")
+    if mixed_precision not in MIXED_PRECISIONS:
+        raise ValueError(f"mixed_precision must be one of {MIXED_PRECISIONS}, got {mixed_precision!r}")
     script = Path(script)
     if not script.is_file():
         raise FileNotFoundError(f"script {str(script)!r} does not exist or is not a file")
@@ -160,7 +182,7 @@ def run_distributed(
     with tempfile.TemporaryDirectory(prefix="hf_robust_distributed_") as result_dir:
         command = [
             sys.executable, "-m", "accelerate.commands.launch",
-            "--config_file", str(_cpu_config(engine, result_dir)),
+            "--config_file", str(_cpu_config(engine, result_dir, mixed_precision)),
             "--num_processes", str(num_processes),
             "--main_process_port", str(_free_port()),
             str(script), *map(str, script_args),
@@ -269,18 +291,61 @@ def save_rank_result(obj) -> Path:
 
 def trainer_report(trainer) -> dict:
     """What a launched training script reports after `trainer.train()`: `final` (the full trained state dict, gathered;
-    `{}` on ranks other than 0 where the engine gathers to rank 0 only), `engine` (see `hf_robust.sharding.engine_of`),
-    `sharded` (whether the weights were really sharded: FSDP2 DTensors or ZeRO-3 partitions) and `logs` (the
-    Trainer's log entries with a loss). A collective: call it on every rank."""
+    `{}` on ranks other than 0 where the engine gathers to rank 0 only), `master` (the full weights the optimizer
+    steps: `final` itself, except under DeepSpeed with 16-bit weights, where they are the fp32 master copies of the
+    trainable parameters, on every rank), `master_dtypes` (the dtypes of this rank's tensors the optimizer steps),
+    `engine` (see `hf_robust.sharding.engine_of`), `sharded` (whether the weights were really sharded: FSDP2 DTensors
+    or ZeRO-3 partitions) and `logs` (the Trainer's log entries with a loss). A collective: call it on every rank."""
     from ..sharding import engine_of, full_state_dict, has_sharded_weights
 
     final = full_state_dict(trainer.accelerator, trainer.model_wrapped)
+    final = {name: tensor.clone() for name, tensor in final.items()}
+    model = trainer.accelerator.unwrap_model(trainer.model_wrapped)
+    engine = engine_of(trainer.accelerator)
+    trainable = [(name, parameter) for name, parameter in model.named_parameters() if parameter.requires_grad]
+    master = final
+    if engine.startswith("zero"):
+        # DeepSpeed's optimizer steps flat partitions of its own (ZeRO-3 lends them to the torch optimizer only inside
+        # `step`). In bf16 the model is a bf16 copy, rounded at every step; the fp32 partitions hold the updates.
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        zero_optimizer = trainer.accelerator.deepspeed_engine_wrapped.engine.optimizer
+        partitions = (zero_optimizer.fp32_partitioned_groups_flat if engine == "zero3"
+                      else zero_optimizer.single_partition_of_fp32_groups)
+        master_dtypes = {str(partition.dtype) for partition in partitions}
+        if any(parameter.dtype != torch.float32 for _, parameter in trainable):
+            # Gathered whole on every rank: a collective.
+            master = {name: safe_get_full_fp32_param(parameter).detach().cpu().clone()
+                      for name, parameter in trainable}
+    else:
+        master_dtypes = {str(tensor.dtype) for group in trainer.optimizer.param_groups for tensor in group["params"]}
     return {
-        "final": {name: tensor.clone() for name, tensor in final.items()},
-        "engine": engine_of(trainer.accelerator),
-        "sharded": has_sharded_weights(trainer.accelerator.unwrap_model(trainer.model_wrapped)),
+        "final": final,
+        "master": master,
+        "master_dtypes": master_dtypes,
+        "engine": engine,
+        "sharded": has_sharded_weights(model),
         "logs": [entry for entry in trainer.state.log_history if "loss" in entry],
     }
+
+
+@contextlib.contextmanager
+def recorded_linear_dtypes() -> Iterator[dict[str, set[str]]]:
+    """While active, record the dtypes of every `nn.Linear` forward: `compute_dtypes` (its output) and
+    `weight_dtypes` (its weight: under FSDP2 the all-gathered one, in the policy's param_dtype). A global hook, so it
+    also sees the modules that the engines wrap, re-class or replace."""
+    dtypes = {"compute_dtypes": set(), "weight_dtypes": set()}
+
+    def record(module, inputs, output):
+        if isinstance(module, torch.nn.Linear):
+            dtypes["compute_dtypes"].add(str(output.dtype))
+            dtypes["weight_dtypes"].add(str(module.weight.dtype))
+
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        yield dtypes
+    finally:
+        handle.remove()
 
 
 def finish_distributed() -> None:

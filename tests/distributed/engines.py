@@ -18,7 +18,8 @@ def engine_environment(engine: str) -> dict[str, str]:
     return {"HF_ROBUST_CPU_FSDP_SHIM": "1", "PYTHONPATH": path, "ACCELERATE_TORCH_DEVICE": "cpu"}
 
 
-def run_on(engine: str, script, *script_args: str, num_processes: int = 2, timeout: float = 600, env=None) -> list:
+def run_on(engine: str, script, *script_args: str, num_processes: int = 2, timeout: float = 600, env=None,
+           mixed_precision: str = "no") -> list:
     environment = {**engine_environment(engine), **(env or {})}
     return run_distributed(script, *script_args, num_processes=num_processes, timeout=timeout, env=environment,
-                           engine=engine)
+                           engine=engine, mixed_precision=mixed_precision)

@@ -5,7 +5,8 @@
 FSDP2 and, with LoRA, ZeRO-3; CAPO under FSDP2; the callback under ZeRO-3; NPO+SAM under FSDP2; NPO under ZeRO-3;
 RMU under ZeRO-2; AdvUnlearn with its ConceptLeakageCallback under FSDP2, ZeRO-3 and ZeRO-2, and SDXL's under FSDP2);
 `make test-all` (`slow`) runs the whole matrix. The 1-process reference is plain
-(no engine), run once per script.
+(no engine), run once per script. The shipped configs' bf16 runs in `make test` too: CAT under each engine and NPO+SAM
+under FSDP2 (`BF16_ROWS`, about 25 s each).
 """
 
 import functools
@@ -14,7 +15,7 @@ import re
 import pytest
 import torch
 
-from .engines import SCRIPTS, run_on
+from .engines import SCRIPTS, SHARDED_ENGINES, run_on
 
 pytestmark = pytest.mark.distributed
 
@@ -79,6 +80,69 @@ def test_two_sharded_processes_match_one_process(name, engine):
         assert attacked and all(norm > 0 for norm in attacked), "no step was attacked, or an attack did not move"
     if "attacked" in reference:
         assert all(result["attacked"] for result in two_processes)
+
+
+# The shipped configs' bf16 on CPU: FSDP2's MixedPrecisionPolicy (bf16 all-gathers and compute, bf16 gradient
+# reduction, fp32 sharded master weights) and DeepSpeed's bf16 mode (a bf16 copy of the model, fp32 master partitions).
+# The 1-process reference computes the same way: bf16 autocast on fp32 weights (the recipes' unsharded run) for FSDP2,
+# DeepSpeed itself for ZeRO, which rounds the loaded fp32 weights to bf16 once when it builds its engine (the master
+# partitions start from them, so a plain run's updates differ by up to 150% on the tiny q/k updates).
+BF16_REFERENCE_ENGINE = {"fsdp2": "ddp", "zero2": "zero2", "zero3": "zero3"}
+# CAT under every engine; NPO+SAM, whose ascent perturbs the fp32 master shards, under FSDP2 (ZeRO refuses SAM).
+BF16_ROWS = [*(("cat", engine) for engine in SHARDED_ENGINES), ("npo_sam", "fsdp2")]
+# Per tensor, |2-process update - 1-process update| / |1-process update|: measured <= 2% (bf16 rounding in another
+# summation order); a rank's rows lost or counted twice give 30-100%.
+BF16_TOLERANCE = 0.05
+
+
+@functools.cache
+def one_process_bf16(name: str, engine: str) -> dict:
+    script, _, arguments, _ = TRAINERS[name]
+    (result,) = run_on(engine, SCRIPTS / script, *arguments, num_processes=1, mixed_precision="bf16")
+    return result
+
+
+@pytest.mark.parametrize(("name", "engine"), BF16_ROWS, ids=[f"{name}-{engine}" for name, engine in BF16_ROWS])
+def test_bf16_matches_one_process_and_keeps_fp32_master_weights(name, engine):
+    script, arguments, _, attack_metric = TRAINERS[name]
+    two_processes = run_on(engine, SCRIPTS / script, *arguments, mixed_precision="bf16")  # world size, engine checked
+    reference = one_process_bf16(name, BF16_REFERENCE_ENGINE[engine])
+    for result in [*two_processes, reference]:
+        assert result["compute_dtypes"] == {"torch.bfloat16"}, "the Linear layers did not compute in bf16"
+        assert result["master_dtypes"] == {"torch.float32"}, "the optimizer did not step fp32 master weights"
+    for result in two_processes:
+        assert result["engine"] == engine
+        if engine in ("fsdp2", "zero3"):
+            assert result["sharded"], f"{engine} did not shard the weights"
+        # FSDP2 all-gathers the weights in bf16 (its param_dtype; autocast alone computes with fp32 weights);
+        # DeepSpeed computes with its bf16 model copy.
+        assert result["weight_dtypes"] == {"torch.bfloat16"}
+
+    master, expected = two_processes[0]["master"], reference["master"]
+    assert master.keys() == expected.keys() and master
+    moved = []
+    for parameter_name, expected_weight in expected.items():
+        start = reference["initial"][parameter_name]
+        if engine.startswith("zero"):
+            start = start.bfloat16().float()  # where DeepSpeed's fp32 masters start
+        weight = master[parameter_name]
+        assert weight.dtype == torch.float32
+        update, expected_update = weight - start, expected_weight - start
+        error = float((update - expected_update).norm() / expected_update.norm())
+        assert error <= BF16_TOLERANCE, f"{name} in bf16 under {engine}, {parameter_name}: update off by {error:.1%}"
+        moved.append(weight[weight != start])
+    # Most updates are far below bf16's resolution, yet they moved the fp32 masters: were the masters bf16, every
+    # moved weight would be a bf16 number; in fp32 about 1 in 2^16 is by chance.
+    moved = torch.cat(moved)
+    representable = float((moved == moved.bfloat16().float()).float().mean())
+    assert moved.numel() > 1000 and representable < 0.01, f"{representable:.0%} of the moved weights are bf16 numbers"
+    attacked = [entry[attack_metric] for entry in two_processes[0]["logs"] if attack_metric in entry]
+    assert attacked and all(norm > 0 for norm in attacked), "no step was attacked or perturbed, or it did not move"
+
+
+def test_bad_mixed_precision_is_rejected():
+    with pytest.raises(ValueError, match=r"mixed_precision must be one of \('no', 'bf16'\), got 'fp16'"):
+        run_on("fsdp2", SCRIPTS / "cat_tiny.py", "2", mixed_precision="fp16")
 
 
 def test_sam_ascent_on_fsdp2_shards_equals_the_unsharded_ascent_and_restores_exactly():

@@ -19,6 +19,7 @@ from hf_robust import EmbeddingAdversaryCallback, EmbeddingAttackConfig
 from hf_robust.testing import (
     finish_distributed, save_rank_result, tiny_causal_lm, trainer_report, training_arguments_for_engine,
 )
+from hf_robust.testing.distributed import launched_in_bf16
 
 PAIRS = [
     ("How do I boil an egg?", "Nine minutes in boiling water."),
@@ -40,7 +41,8 @@ def main(per_device_batch_size: int, lora: bool) -> None:
 
         peft_config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
     dataset = Dataset.from_list(
-        [{"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": c}]} for p, c in PAIRS]
+        [{"prompt": [{"role": "user", "content": prompt}], "completion": [{"role": "assistant", "content": answer}]}
+         for prompt, answer in PAIRS]
     )
     # "l2" steps: continuous in the gradient, so float noise between set-ups cannot flip a sign step.
     callback = EmbeddingAdversaryCallback(
@@ -50,7 +52,7 @@ def main(per_device_batch_size: int, lora: bool) -> None:
         args = SFTConfig(
             output_dir=output_dir,
             **training_arguments_for_engine(),
-            bf16=False,
+            bf16=launched_in_bf16(),
             gradient_checkpointing=False,
             max_steps=2,
             per_device_train_batch_size=per_device_batch_size,

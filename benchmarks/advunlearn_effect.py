@@ -46,7 +46,8 @@ from tables import mean_std, print_table  # noqa: E402 (benchmarks/ is on the pa
 
 
 
-LABELS = {"esd": "ESD, same iterations", "esd_matched": "ESD, matched retain error", "advunlearn": "AdvUnlearn"}
+LABELS = {"esd": "ESD, same iterations", "advunlearn": "AdvUnlearn, same iterations",
+          "esd_matched": "ESD, matched pair", "advunlearn_matched": "AdvUnlearn, matched pair"}
 ATTACKS = ("none", "discrete", "soft")
 
 
@@ -58,12 +59,14 @@ def plot(runs: list[dict], path: Path) -> None:
     figure = Figure(figsize=(13, 4.2))
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, len(ATTACKS), sharey=True)
-    styles = {"esd": ("tab:gray", "s"), "esd_matched": ("tab:blue", "o"), "advunlearn": ("tab:red", "^")}
+    styles = {"esd": ("tab:gray", "s"), "advunlearn": ("tab:pink", "v"), "esd_matched": ("tab:blue", "o"),
+              "advunlearn_matched": ("tab:red", "^")}
     for axis, attack in zip(axes, ATTACKS):
         for method in LABELS:
             color, marker = styles[method]
-            axis.scatter([run[method]["retain_error"] for run in runs], [run[method]["leakage"][attack] for run in runs],
-                         color=color, marker=marker, label=LABELS[method], alpha=0.8)
+            axis.scatter([run[method]["retain_error"] for run in runs],
+                         [run[method]["leakage"][attack] for run in runs], color=color, marker=marker,
+                         label=LABELS[method], alpha=0.8)
         axis.set_title(f"attack: {attack}")
         axis.set_xlabel("retain error, held out (lower = better)")
         axis.grid(alpha=0.3)
@@ -90,7 +93,7 @@ def main(argv=None):
     import torch
     from transformers import logging
 
-    from hf_robust.erasure.demo import COMPARED, TOY_ATTACK, TOY_ERASURE, toy_erasure_experiment
+    from hf_robust.erasure.demo import COMPARED, TOY_ATTACK, TOY_ERASURE, describe_match, toy_erasure_experiment
     from hf_robust.erasure.matching import MATCH_TOLERANCE
 
     torch.set_num_threads(options.threads)
@@ -107,12 +110,11 @@ def main(argv=None):
     runs, started = [], time.perf_counter()
     for seed in range(options.seeds):
         runs.append(toy_erasure_experiment(seed, erasure, attack))
-        match = runs[-1]["esd_matched"]["match"]
         print(f"seed {seed}: " + ", ".join(
             f"{method} leakage {runs[-1][method]['leakage']['none']:.3f} / discrete "
             f"{runs[-1][method]['leakage']['discrete']:.3f} / soft {runs[-1][method]['leakage']['soft']:.3f} "
             f"(retain {runs[-1][method]['retain_error']:.3f})" for method in COMPARED)
-            + f"; ESD matched at {match['step']:.2f} iterations ({match['relative_gap']:+.1%})", flush=True)
+            + f"; {describe_match(runs[-1])}", flush=True)
     settings, attack_settings = {**TOY_ERASURE, **erasure}, {**TOY_ATTACK, **attack}
     print(f"\ntoy tiny SD (concept 'church'); {settings['steps']} iterations per method (lr "
           f"{settings['learning_rate']}, retain weight {settings['retain_weight']}, {settings['ddim_steps']}-step "
@@ -120,9 +122,11 @@ def main(argv=None):
           f"attacks: discrete {attack_settings['num_adv_tokens']} tokens x {attack_settings['discrete_iters']} "
           f"iterations, soft 1 token x {attack_settings['soft_steps']} steps at {attack_settings['soft_lr']}; "
           f"{options.seeds} seed(s), {time.perf_counter() - started:.0f} s")
-    print(f"matching: one ESD run per seed up to 3x the iterations, held-out retain error recorded every iteration; "
-          f"'ESD, matched retain error' = the iteration count whose retain error is nearest AdvUnlearn's, landed between "
-          f"two iterations by bisection where it jumped past it (matched when within ±{MATCH_TOLERANCE:.0%})\n")
+    print("matching: per seed, ESD's iterations are tuned to AdvUnlearn's held-out retain error (see the module "
+          "docstring); where ESD's retain error never gets there, AdvUnlearn's retain weight is tuned to ESD's")
+    print("ESD's iterations: one ESD run per seed up to 3x the iterations, held-out retain error recorded every "
+          "iteration; the iteration count whose retain error is nearest AdvUnlearn's, landed between two iterations "
+          f"by bisection where it jumped past it (matched when within ±{MATCH_TOLERANCE:.0%})\n")
     header = ["model", "iterations", "leakage, no attack", "leakage, discrete", "leakage, soft", "ASR (any attack)",
               "retain error (held out)", "retain error (trained)"]
     original = mean_std(run["original"]["leakage"]["none"] for run in runs)
@@ -136,21 +140,23 @@ def main(argv=None):
                      mean_std(r["retain_error_trained"] for r in results)])
     print_table(header, rows)
     matched = sum(run["esd_matched"]["match"]["matched"] for run in runs)
+    by_weight = sum(run["esd_matched"]["match"]["how"] == "advunlearn_retain_weight" for run in runs)
     print(f"\nleakage: lower = more of the concept is back (0 = the original model); retain error: lower = better. "
-          f"Retain errors matched within ±{MATCH_TOLERANCE:.0%} in {matched}/{len(runs)} seeds "
+          f"Matched pairs within ±{MATCH_TOLERANCE:.0%} in {matched}/{len(runs)} seeds ({by_weight} by AdvUnlearn's "
+          f"retain weight) "
           f"(gaps {', '.join(format(run['esd_matched']['match']['relative_gap'], '+.1%') for run in runs)}).")
     comparison = {}
-    for baseline in ("esd", "esd_matched"):
+    for pair in (("advunlearn", "esd"), ("advunlearn_matched", "esd_matched")):
         for key in ("discrete", "soft"):
-            differences = [run["advunlearn"]["leakage"][key] - run[baseline]["leakage"][key] for run in runs]
+            differences = [run[pair[0]]["leakage"][key] - run[pair[1]]["leakage"][key] for run in runs]
             higher = sum(difference > 0 for difference in differences)
-            comparison[f"advunlearn - {baseline}, {key}"] = {"differences": differences, "advunlearn_higher": higher}
-            print(f"AdvUnlearn - {LABELS[baseline]} leakage under the {key} attack: {mean_std(differences)} "
+            comparison[f"{pair[0]} - {pair[1]}, {key}"] = {"differences": differences, "advunlearn_higher": higher}
+            print(f"{LABELS[pair[0]]} - {LABELS[pair[1]]} leakage under the {key} attack: {mean_std(differences)} "
                   f"(AdvUnlearn leaks less in {higher}/{len(differences)} seeds)")
     retain = [run["advunlearn"]["retain_error"] - run["esd"]["retain_error"] for run in runs]
     print(f"AdvUnlearn - ESD (same iterations) held-out retain error: {mean_std(retain)}")
-    print("Expected (the paper's direction): AdvUnlearn leaks less under attack at a matched retain error. Every number "
-          "above is measured in this run.")
+    print("Expected (the paper's direction): AdvUnlearn leaks less under attack at a matched retain error. Every "
+          "number above is measured in this run.")
     if options.results:
         path = Path(options.results)
         path.parent.mkdir(parents=True, exist_ok=True)

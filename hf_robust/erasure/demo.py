@@ -12,12 +12,15 @@ iterations. `erasure_demo_section` is the `hf-robust demo` section.
 
 import dataclasses
 import functools
+import math
 import tempfile
 import time
 
 from .config import AdvUnlearnConfig
 from .evaluation import PromptAttackConfig, concept_leakage, evaluation_points, prompt_attack
-from .matching import MATCH_TOLERANCE, RetainErrorTrajectory, point_at, restore_matching, restore_point
+from .matching import (
+    MATCH_TOLERANCE, MatchedPoint, RetainErrorTrajectory, point_at, restore_matching, restore_point,
+)
 from .toy import (
     TOY_CONCEPT, TOY_CONCEPT_PROMPTS, TOY_HELD_OUT_RETAIN_PROMPTS, TOY_RETAIN_PROMPTS, toy_erasure_components,
 )
@@ -32,9 +35,10 @@ TOY_ERASURE = {"steps": 40, "learning_rate": 1e-3, "retain_weight": 0.5, "ddim_s
 TOY_ATTACK = {"num_adv_tokens": 5, "discrete_iters": 10, "n_candidates": 32, "topk": 64, "batch_size": 32,
               "soft_steps": 30, "soft_lr": 1e-2, "n_timesteps": 3, "ddim_steps": 10}
 METHODS = ("esd", "advunlearn")
-COMPARED = ("esd", "esd_matched", "advunlearn")
-"""The models `toy_erasure_experiment` measures: ESD after AdvUnlearn's iterations, ESD at AdvUnlearn's retain
-error, AdvUnlearn."""
+COMPARED = ("esd", "advunlearn", "esd_matched", "advunlearn_matched")
+"""The models `toy_erasure_experiment` measures: ESD and AdvUnlearn after the same iterations, and the matched pair
+(ESD's iterations tuned to AdvUnlearn's retain error, or where ESD never gets there, AdvUnlearn's retain weight tuned
+to ESD's)."""
 
 
 def toy_erasure_config(output_dir: str, method: str, seed: int = 0, **settings) -> AdvUnlearnConfig:
@@ -152,10 +156,77 @@ def toy_erasure_experiment(seed: int = 0, erasure: dict | None = None, attack: d
     restore_point(trainer, point_at(trajectory.points, steps))
     results["esd"] = {**_measured(trainer, config, erase_seconds), "steps": steps}
     match = restore_matching(trainer, trajectory, target)
-    results["esd_matched"] = {**_measured(trainer, config, erase_seconds), "steps": match.step,
-                              "match": dataclasses.asdict(match)}
     results["esd_trajectory"] = [(point.step, point.retain_error) for point in trajectory.points]
+    if match.matched:
+        results["esd_matched"] = {**_measured(trainer, config, erase_seconds), "steps": match.step,
+                                  "match": {**dataclasses.asdict(match), "how": "esd_iterations"}}
+        results["advunlearn_matched"] = {**results["advunlearn"], "retain_weight": settings["retain_weight"]}
+        return results
+    # ESD's retain error never came within the tolerance of AdvUnlearn's (on some seeds it peaks below it and falls
+    # again): tune AdvUnlearn's retain weight instead, against ESD after the same iterations.
+    esd = results["esd"]
+    results["esd_matched"] = {**esd, "match": {}}
+    tuned, weight, tuned_match = _tune_retain_weight(seed, settings, config, esd["retain_error"])
+    results["advunlearn_matched"] = {**tuned, "steps": steps, "retain_weight": weight}
+    results["esd_matched"]["match"] = {**dataclasses.asdict(tuned_match), "how": "advunlearn_retain_weight",
+                                       "esd_iterations_nearest": dataclasses.asdict(match)}
     return results
+
+
+def _tune_retain_weight(seed: int, settings: dict, config: PromptAttackConfig, target: float,
+                        doublings: int = 6, halvings: int = 6) -> tuple[dict, float, MatchedPoint]:
+    """AdvUnlearn's retain weight (x2 until its held-out retain error is at most `target` + tolerance, then bisection
+    in log space) so that its retain error is within `MATCH_TOLERANCE` of `target`; returns the measured run nearest
+    `target`, its weight and the match."""
+    def run(weight: float) -> dict:
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory() as output_dir:
+            trainer = erase(toy_erasure_components(), toy_erasure_config(
+                output_dir, "advunlearn", seed, **{**settings, "retain_weight": weight}))
+        error = retain_error(trainer, TOY_HELD_OUT_RETAIN_PROMPTS, config)
+        return {"trainer": trainer, "error": error, "seconds": time.perf_counter() - started}
+
+    def gap(error: float) -> float:
+        return error / target - 1
+
+    low, tried = settings["retain_weight"], {}
+    high = low
+    for _ in range(doublings):  # the given weight's error is above the target: raise the weight
+        high *= 2
+        tried[high] = run(high)
+        if gap(tried[high]["error"]) <= MATCH_TOLERANCE:
+            break
+        low = high
+    for _ in range(halvings):
+        best = min(tried, key=lambda weight: abs(gap(tried[weight]["error"])))
+        if abs(gap(tried[best]["error"])) <= MATCH_TOLERANCE or gap(tried[high]["error"]) > MATCH_TOLERANCE:
+            break
+        middle = math.sqrt(low * high)
+        tried[middle] = run(middle)
+        if gap(tried[middle]["error"]) > 0:
+            low = middle
+        else:
+            high = middle
+    best = min(tried, key=lambda weight: abs(gap(tried[weight]["error"])))
+    chosen = tried[best]
+    measured = _measured(chosen["trainer"], config, chosen["seconds"])
+    relative = gap(measured["retain_error"])
+    return measured, best, MatchedPoint(0, measured["retain_error"], target, relative,
+                                        abs(relative) <= MATCH_TOLERANCE)
+
+
+def describe_match(run: dict) -> str:
+    """One sentence: how the seed's matched pair was made and how close its retain errors are."""
+    match = run["esd_matched"]["match"]
+    within = f"{'within' if match['matched'] else 'NOT within'} ±{MATCH_TOLERANCE:.0%}"
+    if match["how"] == "esd_iterations":
+        return (f"ESD's iterations tuned: {match['step']:.2f} iterations give retain error "
+                f"{match['retain_error']:.3f} vs AdvUnlearn's {match['target']:.3f} ({match['relative_gap']:+.1%}, "
+                f"{within})")
+    peak = max(error for _, error in run["esd_trajectory"])
+    return (f"ESD's retain error peaks at {peak:.3f}, below AdvUnlearn's {run['advunlearn']['retain_error']:.3f}: "
+            f"AdvUnlearn's retain weight tuned instead: {run['advunlearn_matched']['retain_weight']:g} gives "
+            f"{match['retain_error']:.3f} vs ESD's {match['target']:.3f} ({match['relative_gap']:+.1%}, {within})")
 
 
 def _mean(values) -> float:
@@ -199,14 +270,11 @@ def erasure_demo_section(seeds: tuple[int, ...] = (0,), erasure: dict | None = N
         retain = _mean(run[method]["retain_error"] for run in runs)
         means[method] = {"leakage": leakage, "retain_error": retain}
         label = {"esd": f"esd ({settings['steps']} iterations)", "advunlearn": f"advunlearn ({settings['steps']} it.)",
-                 "esd_matched": "esd (matched retain error)"}[method]
+                 "esd_matched": "esd, matched pair", "advunlearn_matched": "advunlearn, matched pair"}[method]
         print(f"  {label:<27} {leakage['none']:10.3f} {leakage['discrete']:9.3f} {leakage['soft']:7.3f} "
               f"{retain:13.3f}")
     for seed, run in zip(seeds, runs):
-        match = run["esd_matched"]["match"]
-        print(f"  seed {seed}: ESD matched at {match['step']:.2f} iterations: retain error {match['retain_error']:.3f} vs "
-              f"AdvUnlearn's {match['target']:.3f} ({match['relative_gap']:+.0%}, "
-              f"{'within' if match['matched'] else 'NOT within'} ±{MATCH_TOLERANCE:.0%})")
+        print(f"  seed {seed}: {describe_match(run)}")
     print("  retain error: distance of held-out retain prompts' predictions from the original's (0 = intact, 1 = as "
           "if the prompts were empty)")
     print("  benchmarks/advunlearn_effect.py runs more seeds")

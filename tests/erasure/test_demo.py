@@ -16,7 +16,7 @@ TINY_ATTACK = {"discrete_iters": 1, "soft_steps": 1, "n_timesteps": 2, "ddim_ste
 def test_demo_section_prints_and_returns_the_comparison(capsys):
     means = erasure_demo_section(seeds=(0,), erasure=TINY_ERASURE, attack=TINY_ATTACK)
     printed = capsys.readouterr().out
-    assert all(name in printed for name in ("original", *METHODS, "matched retain error", "ESD matched at"))
+    assert all(name in printed for name in ("original", *METHODS, "matched pair", "tuned"))
     assert means["original"]["leakage"]["none"] < 1e-6  # the original reproduces its own concept prediction
     for method in COMPARED:
         leakage = means[method]["leakage"]
@@ -29,16 +29,38 @@ def test_experiment_reads_esd_at_the_same_steps_and_at_advunlearns_retain_error(
     run = toy_erasure_experiment(1, TINY_ERASURE, TINY_ATTACK, match_factor=3.0)
     assert run["esd"]["steps"] == run["advunlearn"]["steps"] == TINY_ERASURE["steps"]
     match, trajectory = run["esd_matched"]["match"], dict(run["esd_trajectory"])
-    assert match["target"] == run["advunlearn"]["retain_error"] and run["esd_matched"]["steps"] == match["step"]
-    assert match["retain_error"] == pytest.approx(run["esd_matched"]["retain_error"], rel=1e-6)
     assert trajectory[TINY_ERASURE["steps"]] == pytest.approx(run["esd"]["retain_error"], rel=1e-6)
-    nearest = min(trajectory.values(), key=lambda error: abs(error - match["target"]))
-    if float(match["step"]).is_integer():  # a recorded point: the nearest one
-        assert match["retain_error"] == nearest == trajectory[match["step"]]
-    else:  # landed between two recorded points, closer than any of them
-        assert match["matched"] and abs(match["relative_gap"]) < abs(nearest / match["target"] - 1)
+    if match["how"] == "esd_iterations":
+        assert match["target"] == run["advunlearn"]["retain_error"] and run["esd_matched"]["steps"] == match["step"]
+        assert match["retain_error"] == pytest.approx(run["esd_matched"]["retain_error"], rel=1e-6)
+        assert run["advunlearn_matched"]["retain_error"] == run["advunlearn"]["retain_error"]
+        nearest = min(trajectory.values(), key=lambda error: abs(error - match["target"]))
+        if float(match["step"]).is_integer():  # a recorded point: the nearest one
+            assert match["retain_error"] == nearest == trajectory[match["step"]]
+        else:  # landed between two recorded points, closer than any of them
+            assert match["matched"] and abs(match["relative_gap"]) < abs(nearest / match["target"] - 1)
+    else:  # ESD never reached AdvUnlearn's retain error: AdvUnlearn's retain weight was tuned to ESD's
+        assert max(trajectory.values()) < run["advunlearn"]["retain_error"] * 0.9
+        assert match["target"] == run["esd"]["retain_error"] == run["esd_matched"]["retain_error"]
+        assert match["retain_error"] == pytest.approx(run["advunlearn_matched"]["retain_error"], rel=1e-6)
+        assert run["advunlearn_matched"]["retain_weight"] > TINY_ERASURE.get("retain_weight", 0.5)
     with pytest.raises(ValueError, match="match_factor"):
         toy_erasure_experiment(0, TINY_ERASURE, TINY_ATTACK, match_factor=0.5)
+
+
+def test_retain_weight_is_tuned_where_esd_never_reaches_advunlearns_retain_error(monkeypatch):
+    """Force the fallback: a trajectory that peaks below the target; AdvUnlearn's retain error falls with its
+    retain weight, so the tuned weight lands within the tolerance of ESD's."""
+    import hf_robust.erasure.demo as demo
+
+    monkeypatch.setattr(demo, "restore_matching", lambda trainer, trajectory, target: demo.MatchedPoint(
+        0, 0.0, target, -1.0, False))
+    run = toy_erasure_experiment(1, TINY_ERASURE, TINY_ATTACK)
+    match = run["esd_matched"]["match"]
+    assert match["how"] == "advunlearn_retain_weight" and match["target"] == run["esd"]["retain_error"]
+    assert run["advunlearn_matched"]["retain_weight"] != TINY_ERASURE.get("retain_weight", 0.5)
+    assert match["retain_error"] == pytest.approx(run["advunlearn_matched"]["retain_error"], rel=1e-6)
+    assert match["matched"] == (abs(match["relative_gap"]) <= 0.1)
 
 
 def test_toy_config_disables_the_attack_for_esd_only(tmp_path):

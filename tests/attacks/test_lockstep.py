@@ -9,21 +9,10 @@ from hf_robust.attacks.lockstep import JointObjective, lockstep_token_search
 from hf_robust.attacks.token_search_state import TokenSearch
 from hf_robust.testing import tiny_tokenizer
 
+from .test_discrete import Linear  # the cheap exact objective: rows do not interact
+
 HIDDEN = 8
 SMALL = dict(n_iters=5, topk=16, n_candidates=8, n_top_candidates=4, n_flip=3)
-
-
-class Linear:
-    """loss = sum over positions of embeds . directions: cheap, exact, and rows do not interact."""
-
-    def __init__(self, weight, directions):
-        self.weight, self.directions = weight.detach(), directions
-
-    def loss_from_embeds(self, embeds):
-        return (embeds * self.directions).sum((1, 2))
-
-    def loss_from_ids(self, ids):
-        return self.loss_from_embeds(self.weight[ids])
 
 
 class JointLinear:

@@ -8,16 +8,7 @@ from hf_robust.attacks.discrete import _score, _token_scores
 from hf_robust.attacks.token_search_state import Proposal, TokenSearch
 from hf_robust.testing import tiny_tokenizer
 
-
-class Linear:
-    def __init__(self, weight, directions):
-        self.weight, self.directions = weight.detach(), directions
-
-    def loss_from_embeds(self, embeds):
-        return (embeds * self.directions).sum((1, 2))
-
-    def loss_from_ids(self, ids):
-        return self.loss_from_embeds(self.weight[ids])
+from .test_discrete import Linear  # the cheap exact objective: rows do not interact
 
 
 @pytest.fixture(scope="module")

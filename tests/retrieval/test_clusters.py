@@ -12,13 +12,8 @@ from hf_robust.retrieval.clusters import ClusterObjective
 from hf_robust.retrieval.objective import CentroidObjective, passage_layout, query_centroid
 from hf_robust.testing import tiny_sentence_transformer
 
-QUERIES = [
-    "how is the weather today", "is it going to rain tomorrow", "what a nice sunny day", "the weather is cold",
-    "where can i buy a new car", "how much does a used car cost", "tell me about the capital of france",
-]
-INFO = "Buy cheap shoes at our store"
-FAST = GasliteConfig(trigger_len=6, n_iters=4, n_grad=4, topk=32, n_candidates=16, n_flip=3, patience=0,
-                     progress=False)
+from .test_gaslite import FAST, INFO, QUERIES
+
 # Early stop: with seeds 0-2 the three clusters stop at iterations 6, 5 and 5 (the first goes on alone).
 EARLY_STOP = replace(FAST, n_iters=8, patience=2, min_delta=0.002)
 # Equality tolerance of the objective histories: the batched forward may round differently from one cluster's

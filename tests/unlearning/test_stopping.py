@@ -34,14 +34,19 @@ def forget_nll(forget):
     return measure
 
 
-def test_stops_at_the_first_step_past_the_target_and_records_the_history(memorised, tmp_path):
-    forget = memorised[2]
-    free = trainer_for(memorised, tmp_path / "free")
-    unbounded = ForgetTargetCallback(free, forget_nll(forget), target=1e9)
+def unbounded_history(memorised, path, steps=12) -> dict:
+    """{step: forget NLL} of a run whose target is never reached (the same seeded run the others cut short)."""
+    free = trainer_for(memorised, path, steps=steps)
+    unbounded = ForgetTargetCallback(free, forget_nll(memorised[2]), target=1e9)
     free.add_callback(unbounded)
     free.train()
-    assert unbounded.reached_at is None and free.state.global_step == 12
-    values = dict(unbounded.history)
+    assert unbounded.reached_at is None and free.state.global_step == steps
+    return dict(unbounded.history)
+
+
+def test_stops_at_the_first_step_past_the_target_and_records_the_history(memorised, tmp_path):
+    forget = memorised[2]
+    values = unbounded_history(memorised, tmp_path / "free")
     assert list(values) == list(range(13))
     target = values[5] - 1e-6 if values[5] > max(values[step] for step in range(5)) else None
     assert target is not None, "NPO should raise the forget NLL to a new high by step 5"
@@ -71,11 +76,7 @@ def test_condition_keeps_training_until_it_holds(memorised, tmp_path):
 
 def test_landing_shortens_the_last_step_onto_the_target(memorised, tmp_path):
     forget = memorised[2]
-    free = trainer_for(memorised, tmp_path / "free")
-    unbounded = ForgetTargetCallback(free, forget_nll(forget), target=1e9)
-    free.add_callback(unbounded)
-    free.train()
-    values = dict(unbounded.history)
+    values = unbounded_history(memorised, tmp_path / "free")
     # A target inside a big jump of one step: stopping alone would overshoot it by far more than 5%.
     step = max(range(1, 13), key=lambda index: values[index] - max(values[other] for other in range(index)))
     below = max(values[other] for other in range(step))
@@ -95,18 +96,15 @@ def test_landing_shortens_the_last_step_onto_the_target(memorised, tmp_path):
 
 def test_a_failed_condition_after_landing_continues_from_the_whole_step(memorised, tmp_path):
     forget = memorised[2]
-    free = trainer_for(memorised, tmp_path / "free", steps=6)
-    unbounded = ForgetTargetCallback(free, forget_nll(forget), target=1e9)
-    free.add_callback(unbounded)
-    free.train()
+    values = unbounded_history(memorised, tmp_path / "free", steps=6)
     trainer = trainer_for(memorised, tmp_path / "landed", steps=6)
-    callback = ForgetTargetCallback(trainer, forget_nll(forget), target=dict(unbounded.history)[0] + 1e-3,
+    callback = ForgetTargetCallback(trainer, forget_nll(forget), target=values[0] + 1e-3,
                                     land=True, condition=lambda model: False)
     trainer.add_callback(callback)
     trainer.train()
     assert callback.reached_at is None and trainer.state.global_step == 6
     integer_steps = [(step, value) for step, value in callback.history if float(step).is_integer()]
-    assert [value for _, value in integer_steps] == pytest.approx([value for _, value in unbounded.history], rel=1e-5)
+    assert [value for _, value in integer_steps] == pytest.approx(list(values.values()), rel=1e-5)
 
 
 @pytest.mark.parametrize("arguments, match", [

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainerCallback
 
+from ..sharding import has_sharded_weights, refuse_before_work
+
 MATCH_TOLERANCE = 0.10
 """Retain errors count as matched when they differ by at most this share of the target."""
 
@@ -61,6 +63,12 @@ class RetainErrorTrajectory(TrainerCallback):
         return value
 
     def on_train_begin(self, args, state, control, **kwargs):
+        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        if has_sharded_weights(model):  # checked before the first step: copies and restores need whole weights
+            raise refuse_before_work(
+                "RetainErrorTrajectory on sharded weights (FSDP2 / DeepSpeed ZeRO-3)",
+                "it copies and restores the local parameters, which then hold only this rank's shard",
+                "DDP or ZeRO-2, or a single process")
         self._record(0)
 
     def on_step_end(self, args, state, control, **kwargs):

@@ -21,6 +21,7 @@ import torch
 from transformers import TrainerCallback
 
 from ..modeling import eval_mode
+from ..sharding import has_sharded_weights, refuse_before_work
 
 
 class ForgetTargetCallback(TrainerCallback):
@@ -134,6 +135,11 @@ class ForgetTargetCallback(TrainerCallback):
         return best
 
     def on_train_begin(self, args, state, control, **kwargs):
+        if has_sharded_weights(self._model()):  # checked here: the model is wrapped by now, no step taken yet
+            raise refuse_before_work(
+                "ForgetTargetCallback on sharded weights (FSDP2 / DeepSpeed ZeRO-3)",
+                "its measurements and the landing run on the local model, which then holds only this rank's shard",
+                "DDP or ZeRO-2 (whole weights on every rank), or a single process")
         self.history, self.reached_at, self.landed_fraction = [], None, None
         self.history.append((0, self._measured()))  # where forgetting starts: unlearning always takes >= 1 step
 

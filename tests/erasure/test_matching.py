@@ -3,9 +3,15 @@
 import pytest
 import torch
 
+import hf_robust.erasure.matching as matching_module
 from hf_robust.erasure.config import AdvUnlearnConfig
 from hf_robust.erasure.matching import (
-    RetainErrorTrajectory, TrajectoryPoint, nearest_point, point_at, restore_matching, restore_point,
+    RetainErrorTrajectory,
+    TrajectoryPoint,
+    nearest_point,
+    point_at,
+    restore_matching,
+    restore_point,
 )
 from hf_robust.erasure.trainer import AdvUnlearnTrainer
 from hf_robust.testing import tiny_sd_components
@@ -94,3 +100,12 @@ def test_nearest_point_and_its_match():
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_sharded_weights_are_refused_before_the_first_step(tmp_path, monkeypatch):
+    trainer = esd_trainer(tmp_path, 2)
+    monkeypatch.setattr(matching_module, "has_sharded_weights", lambda model: True)
+    trainer.add_callback(RetainErrorTrajectory(trainer, weight_distance))
+    with pytest.raises(ValueError, match="RetainErrorTrajectory on sharded weights .* not supported: .* Use DDP"):
+        trainer.train()
+    assert trainer.state.global_step == 0

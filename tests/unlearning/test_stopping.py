@@ -3,6 +3,7 @@
 import pytest
 from transformers import PrinterCallback
 
+import hf_robust.unlearning.stopping as stopping_module
 from hf_robust.unlearning import ForgetTargetCallback, UnlearnTrainer
 from hf_robust.unlearning.demo import toy_unlearn_config
 from hf_robust.unlearning.metrics import sequence_nll
@@ -118,3 +119,12 @@ def test_bad_input(memorised, tmp_path, arguments, match):
         ForgetTargetCallback(trainer, **{"measure": len, "target": 1.0, **arguments})
     with pytest.raises(TypeError, match="`trainer`"):
         ForgetTargetCallback(object(), len, 1.0)
+
+
+def test_sharded_weights_are_refused_before_the_first_step(memorised, tmp_path, monkeypatch):
+    trainer = trainer_for(memorised, tmp_path)
+    monkeypatch.setattr(stopping_module, "has_sharded_weights", lambda model: True)
+    trainer.add_callback(ForgetTargetCallback(trainer, forget_nll(memorised[2]), target=1.0))
+    with pytest.raises(ValueError, match="ForgetTargetCallback on sharded weights .* not supported: .* Use DDP"):
+        trainer.train()
+    assert trainer.state.global_step == 0

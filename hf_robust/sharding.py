@@ -142,6 +142,39 @@ def on_main_process(accelerator, model: nn.Module, work):
     return result[0]
 
 
+def load_full_state_dict(module: nn.Module, state: dict[str, Tensor]) -> None:
+    """Load a full (unsharded) state dict, the same on every rank, into `module` as it is held: plain tensors, or
+    FSDP2's DTensors (each rank keeps its shard of the full tensor). Not for ZeRO-3 partitions (DeepSpeed resumes
+    from its own checkpoint)."""
+    from torch.distributed.tensor import distribute_tensor
+
+    targets = module.state_dict()
+    unexpected = sorted(set(state) - set(targets))
+    missing = sorted(set(targets) - set(state))
+    if unexpected or missing:
+        raise KeyError(f"state dict does not match the module: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for name, target in targets.items():
+        value = state[name].to(device=target.device, dtype=target.dtype)
+        if is_dtensor(target):
+            value = distribute_tensor(value, target.device_mesh, target.placements)
+        target.detach().copy_(value)
+
+
+def gather_read_in_parent(module: nn.Module, attribute: str) -> None:
+    """ZeRO-3: DeepSpeed gathers a module's own weights before its forward; a module that reads a child's weight
+    itself (CLIP's embeddings read `position_embedding.weight.shape`) can find it empty or still in flight from a
+    prefetch. Registering each such weight as an external parameter of the reading module makes DeepSpeed gather it
+    (and wait for it) first. No-op for weights that are not ZeRO-3 partitions."""
+    partitioned = [(parent, getattr(parent, attribute).weight) for parent in module.modules()
+                   if isinstance(getattr(parent, attribute, None), nn.Module)
+                   and is_zero3_partitioned(getattr(parent, attribute).weight)]
+    if partitioned:
+        import deepspeed
+
+        for parent, weight in partitioned:
+            deepspeed.zero.register_external_parameter(parent, weight)
+
+
 def refuse_before_work(combination: str, why: str, instead: str) -> ValueError:
     """The error for an engine x method x precision combination hf-robust cannot run: what, why, and what works."""
     return ValueError(f"{combination} is not supported: {why}. Use {instead}.")

@@ -56,3 +56,22 @@ def test_a_zero3_parameter_is_recognised_by_its_deepspeed_id():
 def test_refusal_names_the_combination_why_and_what_to_use():
     error = refuse_before_work("X under FSDP2", "it cannot", "DDP")
     assert isinstance(error, ValueError) and str(error) == "X under FSDP2 is not supported: it cannot. Use DDP."
+
+
+def test_load_full_state_dict_loads_a_plain_module_and_names_mismatched_keys():
+    from hf_robust.sharding import load_full_state_dict
+
+    source, target = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    load_full_state_dict(target, source.state_dict())
+    assert all(torch.equal(target.state_dict()[name], value) for name, value in source.state_dict().items())
+    with pytest.raises(KeyError, match=r"missing \['bias'\], unexpected \['offset'\]"):
+        load_full_state_dict(target, {"weight": source.weight, "offset": source.bias})
+
+
+def test_gather_read_in_parent_leaves_unpartitioned_modules_alone():
+    from hf_robust.sharding import gather_read_in_parent
+
+    module = torch.nn.Module()
+    module.position_embedding = torch.nn.Embedding(4, 2)
+    gather_read_in_parent(module, "position_embedding")  # not a ZeRO-3 partition: nothing to register
+    assert not hasattr(module, "_external_params")

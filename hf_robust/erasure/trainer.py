@@ -29,7 +29,8 @@ from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 
 from ..sharding import (
-    SHARDED_WEIGHT_ENGINES, engine_of, full_tensor, is_partitioned, refuse_before_work, whole_parameters,
+    SHARDED_WEIGHT_ENGINES, engine_of, full_tensor, gather_read_in_parent, is_partitioned, load_full_state_dict,
+    refuse_before_work, whole_parameters,
 )
 from .attack import AttackTarget, random_token_embeddings, soft_prompt_attack
 from .conditioning import (
@@ -204,6 +205,7 @@ class AdvUnlearnTrainer(Trainer):
             encoder.to(device)
         self.noise_scheduler = scheduler
         self._micro_step = (-1, 0)
+        self._reads_registered = False
         self._log_values: dict[str, list[torch.Tensor]] = {}
 
     # ------------------------------------------------------------------ helpers
@@ -252,6 +254,9 @@ class AdvUnlearnTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """L_u + gamma L_r of this micro-batch (means over its rows), with the attack after the warmup."""
         args = self.args
+        if not self._reads_registered:  # once the engine has partitioned the weights (ZeRO-3)
+            gather_read_in_parent(self.accelerator.unwrap_model(model), "position_embedding")
+            self._reads_registered = True
         indices = inputs["concept_index"].tolist()
         batch, seed = len(indices), args.seed
         iteration, rows = self._iteration_and_rows(batch)
@@ -389,7 +394,7 @@ class AdvUnlearnTrainer(Trainer):
         """Resume: load the encoder weights that `_save` wrote into the trained encoder(s)."""
         for name, encoder in zip(ENCODER_NAMES, self._trained_encoders(model if model is not None else self.model)):
             saved = type(encoder).from_pretrained(os.path.join(resume_from_checkpoint, name))
-            encoder.load_state_dict(saved.state_dict())
+            load_full_state_dict(encoder, saved.state_dict())  # FSDP2: each rank keeps its shard
 
 
 def _collate(rows: list[dict]) -> dict[str, torch.Tensor]:

@@ -226,3 +226,16 @@ def test_advunlearn_and_its_leakage_callback_match_one_process(engine, model):
     for result in two_processes:  # each rank attacked its share of the prompts on a gathered copy; all log all rows
         (leakage,) = result["leakage"]
         assert leakage == pytest.approx(expected_leakage, rel=1e-4)
+
+
+@pytest.mark.parametrize("engine", ["fsdp2", "zero3"])
+def test_advunlearn_resumed_from_a_checkpoint_retraces_the_uninterrupted_run(engine, tmp_path):
+    # FSDP2 loads the saved full encoder into its DTensor shards; ZeRO-3 resumes from DeepSpeed's checkpoint, and its
+    # first attack of the resumed run must not read CLIP's position table while a prefetch is in flight.
+    results = run_on(engine, SCRIPTS / "advunlearn_resume.py", str(tmp_path / "run"))
+    for result in results:
+        assert result["engine"] == engine and result["resumed_steps"] == [1, 2]  # steps 2 and 3 only
+    uninterrupted, resumed = results[0]["uninterrupted"], results[0]["resumed"]
+    assert uninterrupted.keys() == resumed.keys() and uninterrupted
+    for name, parameter in uninterrupted.items():
+        torch.testing.assert_close(resumed[name], parameter, rtol=0, atol=1e-7, msg=lambda text: f"{name}: {text}")

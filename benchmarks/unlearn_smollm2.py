@@ -9,9 +9,11 @@ Matched forgetting: every method unlearns from the same weights, with the same r
 held-out answer NLL (mean token NLL of the original replies) reaches `target_nll` and no held-out answer is given
 any more (greedy accuracy 0): `ForgetTargetCallback`, checked after every step, at most `max_steps` steps, with
 `land=True`: one step moved this NLL by up to 2.5 nats (NPO, lr 5e-5), so the last step is shortened (bisection on
-the share of it kept) until the NLL lies within MATCH_TOLERANCE above the target. The steps each method needed are
-recorded (fractional: the share of the last step kept); a run counts as matched when it stopped by the rule with its
-NLL in that band and accuracy 0.
+the share of it kept) until the NLL lies within MATCH_TOLERANCE above the target; where a held-out fact is still
+answered there, the step ends at the first share found where none is (the NLL is then past the band). The steps
+each method needed are recorded (fractional: the share of the last step kept); a run counts as matched when it
+stopped by the rule (NLL >= target, accuracy 0), and as in band when its NLL also lies within the band. The summary
+gives each method's NLL at its stop beside NPO's on the same seed, so a looser match shows.
 
 Relearning curve: `relearning_attack` (the paper's attacker: every weight, AdamW lr 1e-5, batch 4) on the 8 attack
 facts, measured on the 8 held-out facts after each step count of `curve`; recovery = answer NLL drop from step 0.
@@ -178,8 +180,8 @@ def one_seed(model, tokenizer, facts, seed: int, compared: dict, options) -> dic
         before = {"held_out": fact_measures(unlearned, tokenizer, held_out),
                   "retain": fact_measures(unlearned, tokenizer, retain)}
         nll = before["held_out"]["nll"]
-        matched = (stop.reached_at is not None and before["held_out"]["accuracy"] == 0
-                   and options.target_nll <= nll <= options.target_nll * (1 + MATCH_TOLERANCE))
+        matched = stop.reached_at is not None and before["held_out"]["accuracy"] == 0 and nll >= options.target_nll
+        in_band = matched and nll <= options.target_nll * (1 + MATCH_TOLERANCE)
         started = time.perf_counter()
         attack = relearning_attack(
             unlearned, tokenizer, rows(attack_facts, with_labels=False),
@@ -191,13 +193,15 @@ def one_seed(model, tokenizer, facts, seed: int, compared: dict, options) -> dic
         steps = (stop.reached_at - 1 + stop.landed_fraction) if stop.reached_at is not None else options.max_steps
         record["methods"][name] = {
             "unlearning_steps": steps, "landed_fraction": stop.landed_fraction,
-            "reached_target": stop.reached_at is not None, "matched": matched, "nll_history": stop.history,
+            "reached_target": stop.reached_at is not None, "matched": matched, "in_band": in_band,
+            "nll_history": stop.history,
             "before": before, "curve": curve, "recovery": [nll - point["nll"] for point in curve],
             "seconds": {"unlearn": unlearn_seconds, "attack": time.perf_counter() - started},
         }
         del unlearned, attack
         print(f"seed {seed} {name}: {steps:.2f} unlearning steps "
-              f"({'matched' if matched else 'NOT matched'}: held-out answer NLL {nll:.3f}, accuracy "
+              f"({'matched' if matched else 'NOT matched'}{', in band' if in_band else ''}: held-out answer NLL "
+              f"{nll:.3f}, accuracy "
               f"{before['held_out']['accuracy']:.2f}) in {unlearn_seconds:.0f} s; relearning curve NLL "
               + ", ".join(f"{point['step']}: {point['nll']:.2f} (acc {point['accuracy']:.2f})" for point in curve)
               + f" ({record['methods'][name]['seconds']['attack']:.0f} s)", flush=True)
@@ -212,14 +216,15 @@ def summary(record: dict) -> None:
     curve = record["settings"]["curve"]
     print(f"\nSmolLM2-135M-Instruct, full fine-tuning; {len(runs)} seed(s); held-out answer NLL target "
           f"{record['settings']['target_nll']} nats with accuracy 0 (matched within +{MATCH_TOLERANCE:.0%})")
-    header = ["method", "unlearning steps", "matched", "held-out NLL unlearned", "retain accuracy unlearned",
+    header = ["method", "unlearning steps", "matched (in band)", "held-out NLL unlearned", "retain accuracy unlearned",
               *(f"recovery @{step}" for step in curve[1:]), f"held-out accuracy @{curve[-1]}"]
     table = []
     for name in names:
         results = [run["methods"][name] for run in runs if name in run["methods"]]
         table.append([
             name, mean_std(r["unlearning_steps"] for r in results),
-            f"{sum(r['matched'] for r in results)}/{len(results)}",
+            f"{sum(r['matched'] for r in results)}/{len(results)} "
+            f"({sum(r.get('in_band', r['matched']) for r in results)})",
             mean_std(r["before"]["held_out"]["nll"] for r in results),
             mean_std(r["before"]["retain"]["accuracy"] for r in results),
             *(mean_std(r["recovery"][index] for r in results) for index in range(1, len(curve))),
@@ -236,6 +241,13 @@ def summary(record: dict) -> None:
             fewer = sum(difference < 0 for difference in paired)
             print(f"{name} − {base}, recovery @{curve[-1]}: {mean_std(paired)} nats (less recovery in "
                   f"{fewer}/{len(paired)} seeds)")
+            start = [run["methods"][name]["before"]["held_out"]["nll"]
+                     - run["methods"][base]["before"]["held_out"]["nll"] for run in runs if name in run["methods"]]
+            end = [run["methods"][name]["curve"][-1]["nll"] - run["methods"][base]["curve"][-1]["nll"]
+                   for run in runs if name in run["methods"]]
+            print(f"    held-out NLL at the stop, {name} − {base}: {mean_std(start)} nats (how close the match); "
+                  f"after {curve[-1]} relearning steps: {mean_std(end)} nats (higher in {sum(d > 0 for d in end)}/"
+                  f"{len(end)} seeds)")
 
 
 def plot(record: dict, path: Path) -> None:

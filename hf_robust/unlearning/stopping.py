@@ -40,8 +40,9 @@ class ForgetTargetCallback(TrainerCallback):
         every: Optimizer steps between two measurements (>= 1).
         higher_is_forgotten: True when a larger measurement means more forgetting (NLL); False for e.g. accuracy.
         land: Shorten the last step so that the measurement lands in [target, target + tolerance * |target|] (the
-            other way round for `higher_is_forgotten=False`). Keeps a copy of the trainable weights before each
-            measured step (same device), so it doubles their memory.
+            other way round for `higher_is_forgotten=False`); if `condition` fails there but holds at the whole
+            step, at the smallest share found where it holds (the measurement is then past the band). Keeps a copy
+            of the trainable weights before each measured step (same device), so it doubles their memory.
         tolerance: Relative width of the landing band (> 0).
         land_iterations: Bisection steps at most (each one measurement).
 
@@ -80,6 +81,7 @@ class ForgetTargetCallback(TrainerCallback):
         self.reached_at: int | None = None
         self.landed_fraction: float | None = None
         self._previous: list[torch.Tensor] | None = None
+        self._current: list[torch.Tensor] | None = None
 
     @property
     def value(self) -> float | None:
@@ -110,19 +112,18 @@ class ForgetTargetCallback(TrainerCallback):
         with eval_mode(model), torch.no_grad():
             return bool(self.condition(model))
 
+    def _set_share(self, share: float) -> None:
+        """Trainable weights at theta_prev + share (theta_step - theta_prev)."""
+        with torch.no_grad():
+            for parameter, before, after in zip(self._parameters(), self._previous, self._current):
+                parameter.copy_(torch.lerp(before, after, share))
+
     def _land(self, value: float) -> tuple[float, float]:
         """Bisect the share a of the last step until the measurement is in the band; returns (a, measurement)."""
-        parameters, current = self._parameters(), [parameter.detach().clone() for parameter in self._parameters()]
         low, high, best = 0.0, 1.0, (1.0, value)
-
-        def set_share(share: float) -> None:
-            with torch.no_grad():
-                for parameter, before, after in zip(parameters, self._previous, current):
-                    parameter.copy_(torch.lerp(before, after, share))
-
         for _ in range(self.land_iterations):
             middle = (low + high) / 2
-            set_share(middle)
+            self._set_share(middle)
             measured = self._measured()
             if self._reached(measured):
                 high, best = middle, (middle, measured)
@@ -130,8 +131,28 @@ class ForgetTargetCallback(TrainerCallback):
                     break
             else:
                 low = middle
-        set_share(best[0])
-        self._current = current  # to undo the landing if the condition fails
+        self._set_share(best[0])
+        return best
+
+    def _land_on_condition(self, low: float, value: float) -> tuple[float, float] | None:
+        """The condition failed at share `low` (where the target was reached): the smallest share in (low, 1] found
+        by bisection where the target is reached and the condition holds, with its measurement; None (weights back
+        at the whole step) if it fails at the whole step too."""
+        self._set_share(1.0)
+        if not self._holds():
+            return None
+        high, best = 1.0, (1.0, value)
+        for _ in range(self.land_iterations):
+            if high - low <= 1 / 64:  # finer than the landing band needs
+                break
+            middle = (low + high) / 2
+            self._set_share(middle)
+            measured = self._measured()
+            if self._reached(measured) and self._holds():
+                high, best = middle, (middle, measured)
+            else:
+                low = middle
+        self._set_share(best[0])
         return best
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -155,16 +176,20 @@ class ForgetTargetCallback(TrainerCallback):
         self.history.append((step, value))
         if not self._reached(value):
             return
-        share = 1.0
-        if self.land and not self._in_band(value) and self._previous is not None:
+        share, whole_step_value = 1.0, value
+        landing = self.land and self._previous is not None
+        if landing:
+            self._current = [parameter.detach().clone() for parameter in self._parameters()]
+        if landing and not self._in_band(value):
             share, value = self._land(value)
             self.history.append((step - 1 + share, value))
         if not self._holds():
-            if share < 1.0:  # go on training from where the whole step got to
-                with torch.no_grad():
-                    for parameter, after in zip(self._parameters(), self._current):
-                        parameter.copy_(after)
-            return
+            # Where the condition first holds on this step, if it does by its end; else go on training from there.
+            landed = self._land_on_condition(share, whole_step_value) if landing and share < 1.0 else None
+            if landed is None:
+                return
+            share, value = landed
+            self.history.append((step - 1 + share, value))
         self.reached_at, self.landed_fraction = step, share
         self._previous = self._current = None
         control.should_training_stop = True

@@ -108,6 +108,28 @@ def test_a_failed_condition_after_landing_continues_from_the_whole_step(memorise
     assert [value for _, value in integer_steps] == pytest.approx(list(values.values()), rel=1e-5)
 
 
+def test_a_condition_failing_at_the_landed_point_lands_where_it_first_holds(memorised, tmp_path):
+    # As on SmolLM2: the NLL target is reached a third of the way into a step, but a fact is still answered there;
+    # the step ends where the condition first holds (found by bisection), not at the whole step.
+    forget = memorised[2]
+    values = unbounded_history(memorised, tmp_path / "free")
+    step = max(range(1, 13), key=lambda index: values[index] - max(values[other] for other in range(index)))
+    below = max(values[other] for other in range(step))
+    target, needed = below + 0.3 * (values[step] - below), below + 0.7 * (values[step] - below)
+    measure = forget_nll(forget)
+    trainer = trainer_for(memorised, tmp_path / "landed")
+    callback = ForgetTargetCallback(trainer, measure, target=target, land=True, tolerance=0.01,
+                                    condition=lambda model: measure(model) >= needed)
+    trainer.add_callback(callback)
+    trainer.train()
+    assert callback.reached_at == step == trainer.state.global_step and 0 < callback.landed_fraction < 1
+    assert needed <= callback.value < values[step] and callback.value > target * 1.01  # past the band, short of 1
+    landed = [value for at, value in callback.history if not float(at).is_integer()]
+    assert target <= landed[0] <= target * 1.01 and landed[-1] == callback.value  # first the band, then the condition
+    model = trainer.accelerator.unwrap_model(trainer.model).eval()
+    assert measure(model) == pytest.approx(callback.value, rel=1e-5)
+
+
 @pytest.mark.parametrize("arguments, match", [
     ({"measure": "nll"}, "`measure`"), ({"condition": 3}, "`condition`"), ({"target": float("nan")}, "`target`"),
     ({"every": 0}, "`every`"), ({"higher_is_forgotten": "yes"}, "`higher_is_forgotten`"), ({"land": 1}, "`land`"),

@@ -7,6 +7,8 @@ RMU under ZeRO-2; AdvUnlearn with its ConceptLeakageCallback under FSDP2 and ZeR
 `make test-all` (`slow`) runs the whole matrix. The 1-process reference is plain
 (no engine), run once per script. The shipped configs' bf16 runs in `make test` too: CAT under FSDP2 and ZeRO-3
 (`BF16_FAST`); CAT under ZeRO-2 and NPO+SAM under FSDP2 in bf16 under `make test-all` (`BF16_ROWS`, about 25 s each).
+Resuming from a checkpoint equals the uninterrupted run: AdvUnlearn under FSDP2 and ZeRO-3, NPO+SAM under FSDP2 and
+NPO under ZeRO-3 in `make test`, NPO under ZeRO-2 in `make test-all`.
 """
 
 import functools
@@ -233,6 +235,21 @@ def test_advunlearn_resumed_from_a_checkpoint_retraces_the_uninterrupted_run(eng
     # FSDP2 loads the saved full encoder into its DTensor shards; ZeRO-3 resumes from DeepSpeed's checkpoint, and its
     # first attack of the resumed run must not read CLIP's position table while a prefetch is in flight.
     results = run_on(engine, SCRIPTS / "advunlearn_resume.py", str(tmp_path / "run"))
+    for result in results:
+        assert result["engine"] == engine and result["resumed_steps"] == [1, 2]  # steps 2 and 3 only
+    uninterrupted, resumed = results[0]["uninterrupted"], results[0]["resumed"]
+    assert uninterrupted.keys() == resumed.keys() and uninterrupted
+    for name, parameter in uninterrupted.items():
+        torch.testing.assert_close(resumed[name], parameter, rtol=0, atol=1e-7, msg=lambda text: f"{name}: {text}")
+
+
+@pytest.mark.parametrize(("engine", "smoothing"), [
+    ("fsdp2", "sam"), ("zero3", "none"), pytest.param("zero2", "none", marks=pytest.mark.slow),
+])
+def test_unlearning_resumed_from_a_checkpoint_retraces_the_uninterrupted_run(engine, smoothing, tmp_path):
+    # Weights, AdamW state and data position come back from the engine's checkpoint (FSDP2 with SAM perturbing the
+    # shards); the NPO reference is the user's initial model in both runs.
+    results = run_on(engine, SCRIPTS / "unlearn_resume.py", str(tmp_path / "run"), smoothing)
     for result in results:
         assert result["engine"] == engine and result["resumed_steps"] == [1, 2]  # steps 2 and 3 only
     uninterrupted, resumed = results[0]["uninterrupted"], results[0]["resumed"]

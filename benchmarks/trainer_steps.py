@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent / "launched"))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from distributed_step import BATCH, LENGTH, StepClock, advunlearn, build  # noqa: E402
+from distributed_step import BATCH, LENGTH, StepClock, advunlearn, build, recorded_restore_bytes  # noqa: E402
 from speed_common import speed_model  # noqa: E402
 from tables import print_table  # noqa: E402
 
@@ -38,13 +38,12 @@ def peak_mib(device: str) -> float | None:
 
 def one_trainer(name: str, options) -> dict:
     import torch
+    from transformers import PrinterCallback
 
     if options.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     overrides = {"use_cpu": options.device == "cpu", "bf16": options.bf16, "logging_steps": 1,
                  "logging_strategy": "steps"}
-    from transformers import PrinterCallback
-
     clock = StepClock()
     with tempfile.TemporaryDirectory() as output_dir:
         if name == "advunlearn":
@@ -53,16 +52,7 @@ def one_trainer(name: str, options) -> dict:
             model, tokenizer = speed_model(argparse.Namespace(model=options.model, dtype="float32"))
             trainer = build(name, model, tokenizer, output_dir, options.steps + options.warmup, clock, overrides)
         trainer.remove_callback(PrinterCallback)
-        restore_bytes = []
-        if name == "npo_sam":  # SAM's evidence: the restore copy it made before perturbing the weights
-            original = trainer.smoother.restore_buffers
-
-            def recording(parameters):
-                buffers = original(parameters)
-                restore_bytes.append(sum(buffer.numel() * buffer.element_size() for buffer in buffers))
-                return buffers
-
-            trainer.smoother.restore_buffers = recording
+        restore_bytes = recorded_restore_bytes(trainer)  # SAM's evidence: the copy it restores from
         started = time.perf_counter()
         trainer.train()
         total = time.perf_counter() - started

@@ -101,6 +101,23 @@ def build(name: str, model, tokenizer, output_dir: str, steps: int, clock, overr
                       callbacks=[clock])
 
 
+def recorded_restore_bytes(trainer) -> list[int]:
+    """For a SAM trainer, a list that gets the bytes of every restore copy SAM makes (its evidence of perturbing the
+    weights, and their memory); stays empty for any other trainer."""
+    sizes = []
+    smoother = getattr(trainer, "smoother", None)
+    if smoother is not None and hasattr(smoother, "restore_buffers"):
+        original = smoother.restore_buffers
+
+        def recording(parameters):
+            buffers = original(parameters)
+            sizes.append(sum(buffer.numel() * buffer.element_size() for buffer in buffers))
+            return buffers
+
+        smoother.restore_buffers = recording
+    return sizes
+
+
 def advunlearn(output_dir: str, steps: int, clock, overrides: dict | None = None):
     """AdvUnlearnTrainer on the tiny SD components (its model is the text encoder), every step attacked."""
     from hf_robust.erasure import AdvUnlearnConfig, AdvUnlearnTrainer
@@ -131,16 +148,7 @@ def main(name: str, steps: int, warmup: int) -> None:
             model = small_llama(tokenizer)
             trainer = build(name, model, tokenizer, output_dir, steps + warmup, clock)
         whole_bytes = sum(parameter.numel() * parameter.element_size() for parameter in model.parameters())
-        sam_bytes = []
-        if name == "npo_sam":
-            original = trainer.smoother.restore_buffers
-
-            def recording(parameters):
-                buffers = original(parameters)
-                sam_bytes.append(sum(buffer.numel() * buffer.element_size() for buffer in buffers))
-                return buffers
-
-            trainer.smoother.restore_buffers = recording
+        sam_bytes = recorded_restore_bytes(trainer)
         trainer.train()
         # This rank's part: a DTensor's local shard (FSDP2), a ZeRO-3 parameter's partition (`ds_tensor`).
         local_bytes = sum((parameter.ds_tensor if hasattr(parameter, "ds_tensor") else local_tensor(

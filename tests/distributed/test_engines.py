@@ -230,22 +230,25 @@ def test_advunlearn_and_its_leakage_callback_match_one_process(engine, model):
         assert leakage == pytest.approx(expected_leakage, rel=1e-4)
 
 
-def assert_resumed_run_retraces_the_uninterrupted_one(results: list, engine: str) -> None:
-    """The launched resume scripts' report: a 3-step run, and one resumed from its step-1 checkpoint."""
-    for result in results:
-        assert result["engine"] == engine and result["resumed_steps"] == [1, 2]  # steps 2 and 3 only
-    uninterrupted, resumed = results[0]["uninterrupted"], results[0]["resumed"]
-    assert uninterrupted.keys() == resumed.keys() and uninterrupted
-    for name, parameter in uninterrupted.items():
-        torch.testing.assert_close(resumed[name], parameter, rtol=0, atol=1e-7, msg=lambda text: f"{name}: {text}")
+def assert_resuming_retraces_the_uninterrupted_run(engine: str, script: str, tmp_path, *arguments: str) -> None:
+    """A launched resume script: a 3-step run saving every step, then a new launch resuming from its step 1."""
+    uninterrupted = run_on(engine, SCRIPTS / script, str(tmp_path / "run"), *arguments)
+    resumed = run_on(engine, SCRIPTS / script, str(tmp_path / "resumed"), *arguments,
+                     str(tmp_path / "run" / "checkpoint-1"))
+    for first, second in zip(uninterrupted, resumed):
+        assert first["engine"] == second["engine"] == engine
+        assert first["steps"] == [0, 1, 2] and second["steps"] == [1, 2]  # the resumed launch took steps 2 and 3
+    expected, final = uninterrupted[0]["final"], resumed[0]["final"]  # gathered on rank 0
+    assert expected.keys() == final.keys() and expected
+    for name, parameter in expected.items():
+        torch.testing.assert_close(final[name], parameter, rtol=0, atol=1e-7, msg=lambda text: f"{name}: {text}")
 
 
 @pytest.mark.parametrize("engine", ["fsdp2", "zero3"])
 def test_advunlearn_resumed_from_a_checkpoint_retraces_the_uninterrupted_run(engine, tmp_path):
     # FSDP2 loads the saved full encoder into its DTensor shards; ZeRO-3 resumes from DeepSpeed's checkpoint, and its
     # first attack of the resumed run must not read CLIP's position table while a prefetch is in flight.
-    results = run_on(engine, SCRIPTS / "advunlearn_resume.py", str(tmp_path / "run"))
-    assert_resumed_run_retraces_the_uninterrupted_one(results, engine)
+    assert_resuming_retraces_the_uninterrupted_run(engine, "advunlearn_resume.py", tmp_path)
 
 
 @pytest.mark.parametrize(("engine", "smoothing"), [
@@ -254,5 +257,4 @@ def test_advunlearn_resumed_from_a_checkpoint_retraces_the_uninterrupted_run(eng
 def test_unlearning_resumed_from_a_checkpoint_retraces_the_uninterrupted_run(engine, smoothing, tmp_path):
     # Weights, AdamW state and data position come back from the engine's checkpoint (FSDP2 with SAM perturbing the
     # shards); the NPO reference is the user's initial model in both runs.
-    results = run_on(engine, SCRIPTS / "unlearn_resume.py", str(tmp_path / "run"), smoothing)
-    assert_resumed_run_retraces_the_uninterrupted_one(results, engine)
+    assert_resuming_retraces_the_uninterrupted_run(engine, "unlearn_resume.py", tmp_path, smoothing)

@@ -1,8 +1,8 @@
-"""AdvUnlearnTrainer on tiny SD components, resumed from a checkpoint: reports the full final text encoder of an
-uninterrupted 3-step run and of a run resumed from its step-1 checkpoint (both gathered in full), and the global
-step at which each step of the resumed run began.
+"""AdvUnlearnTrainer on tiny SD components for 3 steps, saving a checkpoint every step, or resumed from one (in a new
+launch, as a user resumes): reports the full final text encoder (gathered), the engine and the global step at which
+each step of this run began.
 
-Usage: advunlearn_resume.py OUTPUT_DIR
+Usage: advunlearn_resume.py OUTPUT_DIR [RESUME_FROM_CHECKPOINT]
 
 Runs under every `run_distributed` engine (the checkpoint is the engine's own: DeepSpeed's, or FSDP2's optimizer
 state beside the full encoder weights). The randomness of an iteration is keyed on the seed, the step and the global
@@ -41,13 +41,7 @@ def trained(output_dir: str, resume: str | None) -> dict:
     return {**trainer_report(trainer), "steps": steps.began}
 
 
-def main(output_dir: str) -> None:
-    uninterrupted = trained(output_dir, None)
-    resumed = trained(output_dir + "-resumed", f"{output_dir}/checkpoint-1")
-    save_rank_result({"uninterrupted": uninterrupted["final"], "resumed": resumed["final"],
-                      "resumed_steps": resumed["steps"], "engine": resumed["engine"]})
-
-
 if __name__ == "__main__":
-    main(sys.argv[1])
+    report = trained(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)
+    save_rank_result({key: report[key] for key in ("final", "steps", "engine")})
     finish_distributed()

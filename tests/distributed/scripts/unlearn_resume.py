@@ -1,11 +1,11 @@
-"""UnlearnTrainer (NPO, with a smoother) on a tiny Llama, resumed from a checkpoint: reports the full final weights of
-an uninterrupted 3-step run and of a run resumed from its step-1 checkpoint, and the global step at which each step
-of the resumed run began.
+"""UnlearnTrainer (NPO, with a smoother) on a tiny Llama for 3 steps, saving a checkpoint every step, or resumed from
+one (in a new launch, as a user resumes): reports the full final weights (gathered), the engine and the global step
+at which each step of this run began.
 
-Usage: unlearn_resume.py OUTPUT_DIR SMOOTHING
+Usage: unlearn_resume.py OUTPUT_DIR SMOOTHING [RESUME_FROM_CHECKPOINT]
 
-Runs under every `run_distributed` engine. Both runs start from the same initial weights (the user's model), so the
-NPO reference is the initial model in both; the resumed run loads the step-1 weights, AdamW state and data position.
+Runs under every `run_distributed` engine. Every launch starts from the same initial weights (the user's model), so
+the NPO reference is the initial model in both; a resumed run loads the step-1 weights, AdamW state and data position.
 """
 
 import sys
@@ -43,16 +43,8 @@ def trained(model, tokenizer, output_dir: str, smoothing: str, resume: str | Non
     return {**trainer_report(trainer), "steps": steps.began}
 
 
-def main(output_dir: str, smoothing: str) -> None:
-    # Both models exist before any ZeRO-3 TrainingArguments does: transformers would build the second one
-    # partitioned (zero3_init), whose deep-copied NPO reference is refused.
-    (first, tokenizer), (second, _) = tiny_causal_lm("llama"), tiny_causal_lm("llama")
-    uninterrupted = trained(first, tokenizer, output_dir, smoothing, None)
-    resumed = trained(second, tokenizer, output_dir + "-resumed", smoothing, f"{output_dir}/checkpoint-1")
-    save_rank_result({"uninterrupted": uninterrupted["final"], "resumed": resumed["final"],
-                      "resumed_steps": resumed["steps"], "engine": resumed["engine"]})
-
-
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    model, tokenizer = tiny_causal_lm("llama")
+    report = trained(model, tokenizer, sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else None)
+    save_rank_result({key: report[key] for key in ("final", "steps", "engine")})
     finish_distributed()

@@ -259,13 +259,14 @@ def plot(record: dict, path: Path) -> None:
     figure = Figure(figsize=(11, 4.2))
     FigureCanvasAgg(figure)
     recovery_axis, accuracy_axis = figure.subplots(1, 2)
-    for name in names:
+    for index, name in enumerate(names):
         results = [run["methods"][name] for run in runs if name in run["methods"]]
+        style = ("-", "--", ":", "-.")[index % 4]  # methods whose curves coincide stay visible
         for axis, values in ((recovery_axis, [r["recovery"] for r in results]),
                              (accuracy_axis, [[point["accuracy"] for point in r["curve"]] for r in results])):
             means = [statistics.mean(column) for column in zip(*values)]
             spread = [statistics.stdev(column) if len(column) > 1 else 0.0 for column in zip(*values)]
-            line = axis.plot(steps, means, marker="o", label=f"{name} (n={len(results)})")[0]
+            line = axis.plot(steps, means, marker="o", linestyle=style, label=f"{name} (n={len(results)})")[0]
             axis.fill_between(steps, [m - s for m, s in zip(means, spread)], [m + s for m, s in zip(means, spread)],
                               color=line.get_color(), alpha=0.15)
     recovery_axis.set_ylabel("recovery: held-out answer NLL drop (nats)")

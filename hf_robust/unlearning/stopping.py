@@ -178,15 +178,15 @@ class ForgetTargetCallback(TrainerCallback):
             return
         share, whole_step_value = 1.0, value
         landing = self.land and self._previous is not None
-        if landing:
-            self._current = [parameter.detach().clone() for parameter in self._parameters()]
         if landing and not self._in_band(value):
+            self._current = [parameter.detach().clone() for parameter in self._parameters()]  # the whole step
             share, value = self._land(value)
             self.history.append((step - 1 + share, value))
         if not self._holds():
             # Where the condition first holds on this step, if it does by its end; else go on training from there.
             landed = self._land_on_condition(share, whole_step_value) if landing and share < 1.0 else None
             if landed is None:
+                self._current = None  # training goes on from the whole step; its copy is not needed
                 return
             share, value = landed
             self.history.append((step - 1 + share, value))

@@ -127,7 +127,7 @@ def main() -> None:
     parser.add_argument("--seed_list", type=numbers(int), default=None, help="smollm2: these seeds instead, e.g. 3,4")
     parser.add_argument("--steps", type=int, default=None, help="tiny: unlearning steps (default 100)")
     parser.add_argument("--rho", type=numbers(float), default=None,
-                        help="SAM radius, or several separated by commas (default: tiny 0.02, smollm2 0.1,0.3)")
+                        help="SAM radius, or several separated by commas (default: tiny 0.02, smollm2 0.05,0.1)")
     parser.add_argument("--rs_sigma", type=float, default=None, help="smollm2: RS noise std (default 1e-4)")
     parser.add_argument("--methods", type=lambda text: text.split(","), default=None,
                         help="smollm2: only these methods (names as printed, comma-separated)")
@@ -137,6 +137,9 @@ def main() -> None:
     parser.add_argument("--curve", type=numbers(int), default=None,
                         help="smollm2: relearning step counts measured (default 0,5,10,20)")
     parser.add_argument("--results", default=None, help="write RESULTS.json (smollm2: and RESULTS.png), every seed")
+    parser.add_argument("--add_to", default=None,
+                        help="smollm2: a recorded RESULTS.json; run only the methods it lacks, on its seeds and "
+                        "settings (so they pair with the recorded ones), and add them to it and its PNG")
     parser.add_argument("--device", default=None, help="smollm2: torch device (default: cuda if available, else cpu)")
     parser.add_argument("--machine", default="cpu", help="smollm2: recorded in the JSON, e.g. 'cpu, 2 cores'")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")

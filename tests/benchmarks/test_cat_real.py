@@ -1,0 +1,110 @@
+"""`benchmarks/cat_real.py` (the real-model CAT/CAPO benchmark) goes on from where a cut run stopped: each model is a
+stage saved and recorded, so the CPU record can be built over several sessions. The models here are a tiny llama
+and the training and measuring are stand-ins that count their calls; the stage logic is the benchmark's own."""
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import cat_real  # noqa: E402
+
+
+class Cut(Exception):
+    """The session ending in the middle of a stage."""
+
+
+@pytest.fixture
+def stand_ins(monkeypatch):
+    import hf_robust.testing
+
+    from hf_robust.testing import tiny_causal_lm
+
+    calls = {"trained": [], "measured": []}
+
+    def load_smollm2():
+        return tiny_causal_lm()
+
+    def safety_tune(model, tokenizer, adversarial, benign, steps, seed, output_dir):
+        calls["trained"].append("safety-tuned")
+        return model
+
+    def train_variant(variant, folder, tokenizer, adversarial, benign, steps, seed, training_attack):
+        assert (folder / "config.json").is_file()  # every variant starts from the saved safety-tuned checkpoint
+        if variant in calls.get("cut", ()):
+            raise Cut(variant)
+        calls["trained"].append(variant)
+        return tiny_causal_lm(seed=1)[0], 2.5
+
+    def measure(model, tokenizer, held_out, benign_test, gcg_behaviours, strong=True):
+        calls["measured"].append(len(calls["measured"]))
+        return {"clean_refusal": 0.5, "over_refusal": 0.1, "utility_nll": 1.0,
+                **({"strong_asr": 0.25, "strong_budget": [0.0, 0.25]} if strong else {})}
+
+    monkeypatch.setattr(hf_robust.testing, "load_smollm2", load_smollm2, raising=False)
+    monkeypatch.setattr(cat_real, "base_answers", lambda model, tokenizer, prompts, path: dict.fromkeys(prompts, "ok"))
+    monkeypatch.setattr(cat_real, "safety_tune", safety_tune)
+    monkeypatch.setattr(cat_real, "train_variant", train_variant)
+    monkeypatch.setattr(cat_real, "measure", measure)
+    return calls
+
+
+def options(tmp_path, **changes):
+    return types.SimpleNamespace(**{
+        "eps": 0.1, "eval_behaviours": None, "n_eval": 4, "benign": None, "results_dir": str(tmp_path / "results"),
+        "record": "cat_cpu", "resume": False, "machine": "machine A", "safety_steps": 3, "steps": 2,
+        "gcg_behaviours": 0, "seeds": [0], "work_dir": str(tmp_path / "work"), "variants": ["control", "cat", "capo"],
+        **changes})
+
+
+def recorded(tmp_path) -> dict:
+    return json.loads((tmp_path / "results" / "cat_cpu.json").read_text())
+
+
+def test_a_resumed_run_goes_on_from_the_first_model_not_measured(tmp_path, stand_ins):
+    stand_ins["cut"] = ["cat"]
+    with pytest.raises(Cut):
+        cat_real.run(options(tmp_path))
+    assert stand_ins["trained"] == ["safety-tuned", "control"]
+    assert set(recorded(tmp_path)["seeds"]["0"]) == {"base", "safety-tuned", "control"}
+    assert (tmp_path / "results" / "cat_cpu.md").read_text().count("| control (1 seed) |") == 1
+
+    stand_ins.update(cut=[], trained=[], measured=[])
+    record = cat_real.run(options(tmp_path, resume=True, machine="machine B"))
+    assert stand_ins["trained"] == ["cat", "capo"] and len(stand_ins["measured"]) == 2
+    models = record["seeds"]["0"]
+    assert [models[name]["machine"] for name in ("base", "safety-tuned", "control", "cat", "capo")] == [
+        "machine A", "machine A", "machine A", "machine B", "machine B"]
+    assert models["cat"]["seconds_per_step"] == 2.5
+    assert "machine A, machine B" in (tmp_path / "results" / "cat_cpu.md").read_text()
+
+
+def test_a_model_trained_but_not_measured_is_measured_from_its_saved_folder(tmp_path, stand_ins):
+    cat_real.run(options(tmp_path, variants=["control"]))
+    record = recorded(tmp_path)
+    del record["seeds"]["0"]["control"]  # cut after saving the model, before measuring it
+    (tmp_path / "results" / "cat_cpu.json").write_text(json.dumps(record))
+    stand_ins.update(trained=[], measured=[])
+    cat_real.run(options(tmp_path, variants=["control"], resume=True))
+    assert stand_ins["trained"] == [] and len(stand_ins["measured"]) == 1
+    assert recorded(tmp_path)["seeds"]["0"]["control"]["trained_on"] == "machine A"
+
+
+def test_without_the_safety_checkpoint_every_later_model_is_trained_and_measured_again(tmp_path, stand_ins):
+    cat_real.run(options(tmp_path, variants=["control"]))
+    (tmp_path / "work" / "seed0" / "safety-tuned" / "config.json").unlink()
+    stand_ins.update(trained=[], measured=[])
+    cat_real.run(options(tmp_path, variants=["control"], resume=True))
+    assert stand_ins["trained"] == ["safety-tuned", "control"]
+    assert len(stand_ins["measured"]) == 2  # base kept: it does not depend on the checkpoint
+
+
+def test_resuming_a_record_of_other_settings_is_refused_naming_them(tmp_path, stand_ins):
+    cat_real.run(options(tmp_path, variants=[]))
+    before = (tmp_path / "results" / "cat_cpu.json").read_text()
+    with pytest.raises(SystemExit, match=r"other \['steps'\]"):
+        cat_real.run(options(tmp_path, variants=[], resume=True, steps=5))
+    assert (tmp_path / "results" / "cat_cpu.json").read_text() == before  # nothing lost

@@ -59,7 +59,8 @@ def build(options):
     sequences += [{"input_ids": row["refusal_input_ids"], "labels": row["refusal_labels"]}
                   for row in rows if row["adversarial"]]
     batches = {"cat": trainer.data_collator(rows), "sft": trainer.data_collator(sequences)}
-    batches = {mode: {key: value.to(options.device) for key, value in batch.items()} for mode, batch in batches.items()}
+    batches = {mode: {key: value.to(options.device) for key, value in batch.items()}
+               for mode, batch in batches.items()}
     return trainer, batches
 
 

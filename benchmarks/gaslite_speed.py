@@ -96,7 +96,8 @@ class NaiveObjective:
 
         rows, length = input_ids.shape
         # Eager round trip: decode and re-encode (padded to 512) every candidate, as the reference does.
-        texts = [self.layout.prompt + self.layout.passage(row[self.layout.positions.to(row.device)]) for row in input_ids]
+        positions = self.layout.positions.to(input_ids.device)
+        texts = [self.layout.prompt + self.layout.passage(row[positions]) for row in input_ids]
         encoded = self.tokenizer(texts, padding="max_length", max_length=PADDED_LENGTH, truncation=True,
                                  return_tensors="pt")
         kept = (encoded["input_ids"][:, :length].to(input_ids.device) == input_ids).all(dim=1)
@@ -115,7 +116,8 @@ class NaiveObjective:
 
 
 def search(model, queries, info, config, iterations, naive: bool):
-    """Run `iterations` of the GASLITE search on one path; returns (seconds, rows scored, seconds scoring, similarity)."""
+    """Run `iterations` of the GASLITE search on one path; returns (seconds, rows scored, seconds scoring,
+    similarity)."""
     from hf_robust.attacks import eval_mode
     from hf_robust.attacks.discrete import allowed_token_mask, token_search
     from hf_robust.retrieval.gaslite import check_model, document_prompt, target_embeddings

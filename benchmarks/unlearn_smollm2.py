@@ -250,6 +250,12 @@ def summary(record: dict) -> None:
             print(f"    held-out NLL at the stop, {name} − {base}: {mean_std(start)} nats (how close the match); "
                   f"after {curve[-1]} relearning steps: {mean_std(end)} nats (higher in {sum(d > 0 for d in end)}/"
                   f"{len(end)} seeds)")
+            both = [difference for difference, run in zip(paired, [run for run in runs if name in run["methods"]])
+                    if run["methods"][name]["matched"] and run["methods"][base]["matched"]]
+            if len(both) < len(paired):  # an unmatched stop is no comparison at matched forgetting
+                print(f"    seeds where both matched ({len(both)}/{len(paired)}): recovery @{curve[-1]} "
+                      f"{mean_std(both) if both else '-'} nats (less recovery in {sum(d < 0 for d in both)}/"
+                      f"{len(both)} seeds)")
 
 
 def plot(record: dict, path: Path) -> None:

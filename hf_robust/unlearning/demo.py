@@ -166,9 +166,13 @@ def recorded_comparison(path: Path) -> dict | None:
         return entry["recovery"][-1] if isinstance(entry["recovery"], list) else entry["recovery"]
 
     complete = [run for run in runs if all(name in run.get("methods", run) for name in names)]
-    result = {"path": path, "settings": record["settings"], "seeds": len(complete), "methods": {}}
+    result = {"path": path, "settings": record["settings"], "seeds": len(complete), "methods": {}, "matched": {}}
     for name in names:
         result["methods"][name] = _mean_std(recovery(run, name) for run in complete)
+        entries = [run.get("methods", {}).get(name, {}) for run in complete]
+        flags = [entry["matched"] for entry in entries if "matched" in entry]
+        if flags:  # SmolLM2 records: how many seeds reached the matched-forgetting target
+            result["matched"][name] = sum(flags)
     base = names[0]
     for name in names[1:]:
         differences = [recovery(run, name) - recovery(run, base) for run in complete]
@@ -185,6 +189,8 @@ def _print_recorded(recorded: dict, label: str) -> None:
     for name in names:
         mean, std = recorded["methods"][name][:2]
         line = f"    {name:<18} recovery {mean:.3f} ± {std:.3f} nats"
+        if recorded.get("matched", {}).get(name, recorded["seeds"]) < recorded["seeds"]:
+            line += f" (forgetting matched in {recorded['matched'][name]}/{recorded['seeds']} seeds only)"
         if name != names[0]:
             (difference, spread), fewer = recorded["methods"][name][2:]
             line += (f"; paired {name} - {names[0]}: {difference:+.3f} ± {spread:.3f}, less recovery in "

@@ -32,6 +32,21 @@ def test_recorded_comparison_pairs_seeds_of_both_record_kinds(tmp_path):
     assert recorded["seeds"] == 1 and recorded["methods"]["npo+sam ρ=0.1"][2] == pytest.approx((-0.6, 0.0))
 
 
+def test_a_method_that_missed_the_forgetting_target_on_some_seeds_says_so(tmp_path, capsys):
+    entry = lambda recovery, matched: {"recovery": [0.0, recovery], "matched": matched}  # noqa: E731
+    record = {"settings": {"methods": {"npo": {}, "npo+sam ρ=0.05": {}}, "curve": [0, 20]},
+              "seeds": [{"methods": {"npo": entry(3.0, True), "npo+sam ρ=0.05": entry(3.1, True)}},
+                        {"methods": {"npo": entry(3.0, True), "npo+sam ρ=0.05": entry(3.2, False)}}]}
+    path = tmp_path / "results" / "benchmarks" / "smollm2.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(record))
+    recorded = demo.recorded_comparison(path)
+    assert recorded["matched"] == {"npo": 2, "npo+sam ρ=0.05": 1}
+    demo._print_recorded(recorded, "SmolLM2")
+    lines = capsys.readouterr().out.splitlines()
+    assert "matched in 1/2 seeds only" in lines[2] and "matched" not in lines[1]
+
+
 def test_live_verdict_says_when_a_live_difference_is_noise():
     assert "within noise" in demo.live_verdict(-0.2, 2, -0.4, 0.5)  # 2 * 0.5 / sqrt(2) = 0.71 > 0.2
     assert "agrees" in demo.live_verdict(-0.9, 2, -0.4, 0.5)

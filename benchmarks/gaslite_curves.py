@@ -148,6 +148,30 @@ def plot(curves: dict[str, list[dict]], stops: dict[str, dict], path: str, title
     plt.close(figure)
 
 
+def plot_histories(results, path: str, title: str) -> None:
+    """PNG: each searched passage's objective against the seconds its search had spent (one line per cluster), its
+    stop marked (X) and its reason (`patience`, `n_iters`, `time_limit`) in the legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7.5, 4.2))
+    for index, result in enumerate(results):
+        times = reached_at(result)
+        line = axis.plot(times, result.objective_history, marker=".", markersize=4,
+                         label=f"cluster {index + 1}: stop {result.stop_reason} @ {result.iterations}")[0]
+        axis.plot(times[-1:], result.objective_history[-1:], marker="X", markersize=9, color=line.get_color())
+    axis.set_xlabel("seconds (the search's own wall-clock)")
+    axis.set_ylabel("objective (mean similarity to the cluster's queries)")
+    axis.grid(True, alpha=0.3)
+    axis.legend(fontsize=8, loc="lower right")
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def finite(value: float) -> float | None:
     """JSON-safe float."""
     return value if math.isfinite(value) else None

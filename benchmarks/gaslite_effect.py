@@ -220,7 +220,8 @@ def parse(argv=None):
     parser.add_argument("--output", default=None, help="write every passage and its metrics to this JSON file")
     parser.add_argument("--results", default=None,
                         help="write <results>.json, <results>.md (the printed tables) and, with --curves, "
-                        "<results>.png")
+                        "<results>.png (time to quality); with several passages, <results>_<N>passages.png (each "
+                        "search's objective against seconds)")
     parser.add_argument("--reuse", default=None,
                         help="take the searched passages (with histories) from an --output/--results JSON of an "
                         "earlier run with the same GASLITE settings instead of searching again")
@@ -315,6 +316,9 @@ def run(options, argv) -> None:
             png = options.results + ".png" if options.results else None
             extra["time_to_quality"] = curves.time_to_quality(model, corpus_embeddings, held_out, attacks, config,
                                                               rule, png, SEARCHED)
+        elif options.results and n_passages > 1 and "GASLITE" in attacks:
+            curves.plot_histories(attacks["GASLITE"], f"{options.results}_{n_passages}passages.png",
+                                  f"GASLITE, {n_passages} passages: objective per search ({device})")
 
     print("\nHeld-out queries (attack-split appeared@10 for reference)")
     rows = [[name, str(n_passages), f"{seconds:.0f}", f"{runs[0].iterations} ({runs[0].stop_reason})",

@@ -352,9 +352,26 @@ def table(record: dict) -> str:
 
 
 def write_markdown(record: dict, path: Path) -> None:
-    """The table, the targets, and every machine a model of the record was measured on."""
+    """The table, the targets, what was measured how, every machine a model was measured on, and which models are
+    not measured yet (a resumable record: `cat_effect.py --model smollm2 --resume`)."""
     runs = [run for seed in record["seeds"].values() for run in seed.values()]
     machines = sorted({run.get("machine", record["machine"]) for run in runs})
     targets = "; ".join(f"{name} {target}" for name, target in record["targets"].items())
-    path.write_text(f"# CAT / CAPO on SmolLM2-135M-Instruct ({', '.join(machines)})\n\n{table(record)}\n\n"
-                    f"Targets: {targets}.\n")
+    evaluation, attack = record["evaluation"], record["training_attack"]
+    missing = {seed: [name for name in ("base", "safety-tuned", "control", "cat", "capo") if name not in models]
+               for seed, models in record["seeds"].items()}
+    missing = "; ".join(f"seed {seed}: {', '.join(names)}" for seed, names in missing.items() if names)
+    path.write_text(
+        f"# CAT / CAPO on SmolLM2-135M-Instruct ({', '.join(machines)})\n\n"
+        f"{record['model']}. Safety tuning: {record['steps']['safety']} LoRA steps (r {record['lora']['r']}) on "
+        f"AdvBench-train refusals and self-distilled benign answers, merged; then control SFT, CAT and CAPO, "
+        f"{record['steps']['variants']} steps each from that checkpoint on the same data (training attack: eps "
+        f"{attack['attack_eps']} {attack['attack_eps_mode']}, {attack['attack_steps']} {attack['attack_optimizer']} "
+        f"steps). Measured on {evaluation['held_out_behaviours']} held-out behaviours (strong embedding attack "
+        f"`{evaluation['strong']['name']}`; GCG `{evaluation['gcg']['name']}` on the first "
+        f"{evaluation['gcg_behaviours']}) and {evaluation['benign_test']} benign requests (over-refusal, utility "
+        f"NLL); judge {evaluation['judge']}; greedy 32-token answers. s/step: training seconds per step.\n\n"
+        f"{table(record)}\n\nTargets: {targets}.\n"
+        + (f"\nNot measured yet ({missing}): no number is claimed for them. Each model is a stage saved in the "
+           "work folder, so `benchmarks/cat_effect.py --model smollm2 --resume` (same settings) goes on from the "
+           "first missing one.\n" if missing else ""))

@@ -274,7 +274,8 @@ def plot(record: dict, path: Path) -> None:
                              (accuracy_axis, [[point["accuracy"] for point in r["curve"]] for r in results])):
             means = [statistics.mean(column) for column in zip(*values)]
             spread = [statistics.stdev(column) if len(column) > 1 else 0.0 for column in zip(*values)]
-            line = axis.plot(steps, means, marker="o", linestyle=style, label=f"{name} (n={len(results)})")[0]
+            label = f"{name} (n={len(results)}, matched {sum(r['matched'] for r in results)})"
+            line = axis.plot(steps, means, marker="o", linestyle=style, label=label)[0]
             axis.fill_between(steps, [m - s for m, s in zip(means, spread)], [m + s for m, s in zip(means, spread)],
                               color=line.get_color(), alpha=0.15)
     recovery_axis.set_ylabel("recovery: held-out answer NLL drop (nats)")

@@ -358,7 +358,9 @@ def write_markdown(record: dict, path: Path) -> None:
     machines = sorted({run.get("machine", record["machine"]) for run in runs})
     targets = "; ".join(f"{name} {target}" for name, target in record["targets"].items())
     evaluation, attack = record["evaluation"], record["training_attack"]
-    missing = {seed: [name for name in ("base", "safety-tuned", "control", "cat", "capo") if name not in models]
+    first = next(iter(record["seeds"]), None)  # the base model is measured once, with the first seed
+    missing = {seed: [name for name in ("base", "safety-tuned", "control", "cat", "capo")
+                      if name not in models and (name != "base" or seed == first)]
                for seed, models in record["seeds"].items()}
     missing = "; ".join(f"seed {seed}: {', '.join(names)}" for seed, names in missing.items() if names)
     path.write_text(

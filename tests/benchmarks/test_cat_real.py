@@ -71,6 +71,7 @@ def test_a_resumed_run_goes_on_from_the_first_model_not_measured(tmp_path, stand
     assert stand_ins["trained"] == ["safety-tuned", "control"]
     assert set(recorded(tmp_path)["seeds"]["0"]) == {"base", "safety-tuned", "control"}
     assert (tmp_path / "results" / "cat_cpu.md").read_text().count("| control (1 seed) |") == 1
+    assert "Not measured yet (seed 0: cat, capo)" in (tmp_path / "results" / "cat_cpu.md").read_text()
 
     stand_ins.update(cut=[], trained=[], measured=[])
     record = cat_real.run(options(tmp_path, resume=True, machine="machine B"))
@@ -80,6 +81,7 @@ def test_a_resumed_run_goes_on_from_the_first_model_not_measured(tmp_path, stand
         "machine A", "machine A", "machine A", "machine B", "machine B"]
     assert models["cat"]["seconds_per_step"] == 2.5
     assert "machine A, machine B" in (tmp_path / "results" / "cat_cpu.md").read_text()
+    assert "Not measured yet" not in (tmp_path / "results" / "cat_cpu.md").read_text()
 
 
 def test_a_model_trained_but_not_measured_is_measured_from_its_saved_folder(tmp_path, stand_ins):

@@ -1,4 +1,4 @@
-"""Tests for hf_robust.hub: robustness cards round-trip through model-index, and pushes write loadable safetensors.
+"""Tests for hf_robust.hub.push: pushes write loadable safetensors and a card, and check every argument first.
 
 Only the two HTTP calls (`HfApi.create_repo`, `HfApi.upload_folder`) are patched; everything else runs for real.
 """
@@ -6,64 +6,21 @@ Only the two HTTP calls (`HfApi.create_repo`, `HfApi.upload_folder`) are patched
 from pathlib import Path
 from unittest import mock
 
-import numpy
 import pytest
 import torch
 from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
-    PreTrainedTokenizerFast,
     CLIPTextModel,
     CLIPTextModelWithProjection,
+    PreTrainedTokenizerFast,
 )
 
+from hf_robust.hub import PushResult, push_robust_to_hub, robustness_results_from_card
 from hf_robust.testing import tiny_causal_lm, tiny_sd_components, tiny_sentence_transformer, tiny_tokenizer
-from hf_robust.hub import (
-    PushResult,
-    RobustnessResult,
-    build_robustness_card,
-    push_robust_to_hub,
-    robustness_results_from_card,
-)
 
-PAPER = {
-    "title": "Efficient Adversarial Training in LLMs with Continuous Attacks",
-    "id": "2405.15589",
-    "citation": "@article{xhonneux2024efficient,\n    title = {Efficient Adversarial Training in LLMs},\n}",
-}
-
-
-# Same dataset type and split as make_results()[0] under another name: model-index would keep only one name.
-RENAMED_ADVBENCH = RobustnessResult(
-    "gcg", "asr", 0.1, "AdvBench copy", dataset_type="walledai/AdvBench", split="test"
-)
-
-
-def make_results():
-    """Several results: two attacks on one dataset split (grouped in model-index), a second dataset, odd settings."""
-    return [
-        RobustnessResult(
-            attack="gcg",
-            metric="attack_success_rate",
-            value=0.125,
-            dataset="AdvBench",
-            dataset_type="walledai/AdvBench",
-            split="test",
-            attack_config={"steps": 250, "search_width": 512, "top_k": (256,), "filter": {"ascii_only": True}},
-        ),
-        RobustnessResult(
-            attack="embedding_attack", metric="attack_success_rate", value=1 / 3, dataset="AdvBench",
-            dataset_type="walledai/AdvBench", split="test", attack_config={"epsilon": 0.05, "norm": "l2"},
-            attack_preset="strong",
-        ),
-        RobustnessResult(attack="relearning", metric="forget_nll", value=2, dataset="WMDP bio"),
-    ]
-
-
-def canonical(results):
-    """model-index groups results by (task, dataset, split), so compare independent of order."""
-    return sorted(results, key=repr)
+from .common import canonical, make_results
 
 
 # --------------------------------------------------------------------------------------------- tiny models
@@ -140,142 +97,6 @@ class FakeHub:
 
 
 # --------------------------------------------------------------------------------------------- cards
-
-
-def test_card_round_trips_results_through_model_index():
-    results = make_results()
-    card = build_robustness_card(
-        results, method="cat", model_name="owner/robust-llama", base_model="meta-llama/Llama-3.2-1B",
-        tags=["adversarial-training"], paper=PAPER, datasets=["walledai/AdvBench"],
-    )
-    text = str(card)
-    parsed = ModelCard(text)
-
-    assert "\nmodel-index:\n" in text.split("\n---\n")[0]
-    assert parsed.data.model_name == "owner/robust-llama"
-    assert parsed.data.tags[:2] == ["hf-robust", "cat"] and "adversarial-training" in parsed.data.tags
-    assert parsed.data.base_model == "meta-llama/Llama-3.2-1B"
-    assert parsed.data.library_name == "transformers"
-    assert parsed.data.datasets == ["walledai/AdvBench"]
-
-    expected = {(r.task, r.dataset_type, r.dataset, r.split, r.metric, r.value, r.attack) for r in results}
-    found = {
-        (e.task_type, e.dataset_type, e.dataset_name, e.dataset_split, e.metric_type, e.metric_value, e.metric_config)
-        for e in parsed.data.eval_results
-    }
-    assert found == expected
-    gcg = next(e for e in parsed.data.eval_results if e.metric_config == "gcg")
-    assert gcg.metric_args == {"steps": 250, "search_width": 512, "top_k": [256], "filter": {"ascii_only": True}}
-    embedding = next(e for e in parsed.data.eval_results if e.metric_config == "embedding_attack")
-    assert embedding.metric_args == {"preset": "strong", "epsilon": 0.05, "norm": "l2"}
-    assert embedding.metric_name == "attack_success_rate under embedding_attack (strong)"
-    assert canonical(robustness_results_from_card(text)) == canonical(results)
-
-    body = parsed.text
-    assert "| gcg | attack_success_rate | 0.125 | AdvBench | test | - |" in body
-    assert "| embedding_attack | attack_success_rate | 0.3333 | AdvBench | test | strong |" in body
-    assert "`epsilon=0.05`" in body
-    assert "AutoModelForCausalLM.from_pretrained(\"owner/robust-llama\")" in body
-    assert "https://huggingface.co/papers/2405.15589" in body and "@article{xhonneux2024efficient" in body
-
-
-@pytest.mark.parametrize(
-    ("library_name", "loader"),
-    [
-        ("transformers", "AutoModelForCausalLM"),
-        ("peft", "AutoPeftModelForCausalLM"),
-        ("sentence-transformers", "SentenceTransformer(\"me/model\")"),
-        ("diffusers", "CLIPTextModel.from_pretrained(\"me/model\", subfolder=\"text_encoder\")"),
-    ],
-)
-def test_card_usage_matches_library(library_name, loader):
-    card = build_robustness_card(make_results(), method="npo", model_name="me/model", library_name=library_name)
-    assert loader in card.text
-    assert card.data.library_name == library_name
-    assert "## Citation" not in card.text
-
-
-def test_card_keeps_the_attack_apart_from_other_eval_results():
-    card = build_robustness_card(make_results()[:1], method="cat", model_name="m")
-    plain = RobustnessResult("x", "accuracy", 0.9, "beans").to_eval_result()
-    plain.metric_config = None
-    card.data.eval_results.append(plain)
-    assert robustness_results_from_card(ModelCard(str(card))) == make_results()[:1]
-
-
-def test_reading_results_rejects_bad_input():
-    with pytest.raises(TypeError, match="`card`"):
-        robustness_results_from_card(3)
-    plain = RobustnessResult("x", "accuracy", 0.9, "beans").to_eval_result()
-    plain.metric_config = None
-    with pytest.raises(ValueError, match="`eval_result`"):
-        RobustnessResult.from_eval_result(plain)
-
-
-def test_robustness_result_normalizes_values():
-    settings = {"sizes": (1, numpy.int64(2)), "rate": numpy.float32(0.5), "inner": {"steps": numpy.int32(3)},
-                "seed": None}
-    result = RobustnessResult("gcg", "asr", numpy.float64(1), "AdvBench", attack_config=settings)
-    assert type(result.value) is float and result.value == 1.0
-    assert result.dataset_type == "AdvBench"
-    assert result.attack_config == {"sizes": [1, 2], "rate": 0.5, "inner": {"steps": 3}}  # None: not on a card
-    assert type(result.attack_config["sizes"][1]) is int and type(result.attack_config["rate"]) is float
-    card = build_robustness_card([result], method="cat", model_name="m")
-    assert robustness_results_from_card(str(card)) == [result]  # yaml.safe_load would refuse numpy objects
-
-
-@pytest.mark.parametrize(
-    ("changes", "error", "field_name"),
-    [
-        ({"attack": ""}, ValueError, "attack"),
-        ({"attack": 3}, TypeError, "attack"),
-        ({"metric": "  "}, ValueError, "metric"),
-        ({"dataset": None}, TypeError, "dataset"),
-        ({"dataset_type": ""}, ValueError, "dataset_type"),
-        ({"task": ""}, ValueError, "task"),
-        ({"split": 0}, TypeError, "split"),
-        ({"value": float("nan")}, ValueError, "value"),
-        ({"value": float("inf")}, ValueError, "value"),
-        ({"value": "0.5"}, TypeError, "value"),
-        ({"value": True}, TypeError, "value"),
-        ({"attack_config": [("steps", 1)]}, TypeError, "attack_config"),
-        ({"attack_config": {1: "a"}}, TypeError, "attack_config"),
-        ({"attack_config": {"device": torch.device("cpu")}}, TypeError, "attack_config"),
-        ({"attack_config": {"preset": "strong"}}, ValueError, "attack_config"),
-        ({"attack_preset": ""}, ValueError, "attack_preset"),
-        ({"attack_preset": 3}, TypeError, "attack_preset"),
-    ],
-)
-def test_robustness_result_rejects_bad_fields(changes, error, field_name):
-    arguments = {"attack": "gcg", "metric": "asr", "value": 0.5, "dataset": "AdvBench", **changes}
-    with pytest.raises(error, match=f"`{field_name}"):
-        RobustnessResult(**arguments)
-
-
-@pytest.mark.parametrize(
-    ("changes", "error", "name"),
-    [
-        ({"results": []}, ValueError, "results"),
-        ({"results": make_results()[0]}, TypeError, "results"),
-        ({"results": [{"attack": "gcg"}]}, TypeError, "results"),
-        ({"results": [make_results()[0], RENAMED_ADVBENCH]}, ValueError, "results"),
-        ({"method": ""}, ValueError, "method"),
-        ({"method": None}, TypeError, "method"),
-        ({"model_name": ""}, ValueError, "model_name"),
-        ({"library_name": "timm"}, ValueError, "library_name"),
-        ({"tags": "robust"}, TypeError, "tags"),
-        ({"tags": ["ok", 1]}, TypeError, "tags"),
-        ({"paper": "2405.15589"}, TypeError, "paper"),
-        ({"paper": {"title": "T", "arxiv": "1"}}, ValueError, "paper"),
-        ({"paper": {"id": "2405.15589"}}, TypeError, "paper"),
-        ({"datasets": 3}, TypeError, "datasets"),
-        ({"base_model": ""}, ValueError, "base_model"),
-    ],
-)
-def test_build_card_rejects_bad_input(changes, error, name):
-    arguments = {"results": make_results(), "method": "cat", "model_name": "me/model", **changes}
-    with pytest.raises(error, match=f"`{name}"):
-        build_robustness_card(**arguments)
 
 
 # --------------------------------------------------------------------------------------------- pushes

@@ -7,7 +7,9 @@ from accelerate.utils import gather_object
 from transformers import TrainerCallback
 
 from ..hub import RobustnessResult
-from .evaluation import PromptAttackConfig, PromptAttackResult, _check_config, _check_prompts, prompt_attack
+from .evaluation import prompt_attack
+from .prompt_attack_config import PromptAttackConfig, check_concept_prompts, check_prompt_attack_config
+from .results import PromptAttackResult
 
 PREFIX = "leakage/"
 
@@ -21,7 +23,7 @@ class ConceptLeakageCallback(TrainerCallback):
     every `every` optimizer steps and at the end of training (unless that step was just evaluated). Logged (through
     `trainer.log`, so into `state.log_history` and every `report_to` integration): `leakage/attack_success_rate`,
     `leakage/pre_attack_success_rate`, `leakage/<attack>_success_rate`, `leakage/mean_before` and
-    `leakage/mean_<attack>` (mean leakage distances; see `hf_robust.erasure.evaluation`). Under several processes the
+    `leakage/mean_<attack>` (mean leakage distances; see `hf_robust.erasure.leakage`). Under several processes the
     prompts are split between them and the rows gathered (`gather_object`), so every process logs the same values;
     each process attacks a whole copy of the model, outside the engine's collectives. Parameters, their `.grad`,
     train/eval flags and the global RNG are left as they were.
@@ -69,8 +71,8 @@ class ConceptLeakageCallback(TrainerCallback):
         if split is not None and (not isinstance(split, str) or not split.strip()):
             raise ValueError(f"`split` must be None or a non-empty string, got {split!r}.")
         self.trainer = trainer
-        self.concept_prompts = _check_prompts(concept_prompts)
-        self.config = _check_config(config)
+        self.concept_prompts = check_concept_prompts(concept_prompts)
+        self.config = check_prompt_attack_config(config)
         self.every, self.at_evaluate, self.at_train_end = every, at_evaluate, at_train_end
         self.concept_detector = concept_detector
         self.dataset_name, self.split = dataset_name, split

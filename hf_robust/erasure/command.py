@@ -22,7 +22,8 @@ from trl import TrlParser
 from ..hub import build_robustness_card, diffusers_usage, push_robust_to_hub
 from ..scripts import end_distributed
 from .config import AdvUnlearnConfig
-from .evaluation import ATTACKS, PromptAttackConfig, prompt_attack
+from .evaluation import prompt_attack
+from .prompt_attack_config import ATTACKS, PromptAttackConfig
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -59,7 +60,7 @@ class AdvUnlearnScriptArguments:
     eval_n_timesteps: int = field(default=5, metadata={"help": "Evaluation points (z_t, t) per prompt."})
     eval_leakage_threshold: float = field(
         default=0.5, metadata={"help": "A prompt leaks when its leakage distance is below this (see "
-                               "hf_robust.erasure.evaluation)."})
+                               "hf_robust.erasure.leakage)."})
 
     def __post_init__(self):
         if self.concepts is not None and (not self.concepts or not all(

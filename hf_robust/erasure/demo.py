@@ -17,7 +17,9 @@ import tempfile
 import time
 
 from .config import AdvUnlearnConfig
-from .evaluation import PromptAttackConfig, concept_leakage, evaluation_points, prompt_attack
+from .evaluation import concept_leakage, prompt_attack
+from .leakage import evaluation_points
+from .prompt_attack_config import PromptAttackConfig
 from .matching import (
     MATCH_TOLERANCE, MatchedPoint, RetainErrorTrajectory, point_at, restore_matching, restore_point,
 )

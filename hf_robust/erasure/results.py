@@ -11,12 +11,12 @@ from ..hub import RobustnessResult
 from .conditioning import SoftTokens
 
 if TYPE_CHECKING:
-    from .evaluation import PromptAttackConfig
+    from .prompt_attack_config import PromptAttackConfig
 
 
 @dataclass
 class PromptAttackRow:
-    """One concept prompt under attack. Leakage distances are d (see `hf_robust.erasure.evaluation`); `leaked_*` are
+    """One concept prompt under attack. Leakage distances are d (see `hf_robust.erasure.leakage`); `leaked_*` are
     the successes (by the detector when one was given, else d < leakage_threshold); None where the attack was not run.
 
     Attributes:

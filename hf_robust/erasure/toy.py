@@ -143,7 +143,7 @@ def toy_erasure_components(seed: int = 0, steps: int | None = None) -> dict:
 def prompt_effect(pipeline_or_components, prompt: str, config=None) -> float:
     """How much `prompt` changes the noise prediction: mean_j MSE(e_p, e_0) / mean_j mean(e_p^2).
 
-    At the evaluation points (z_j, t_j) of `hf_robust.erasure.evaluation` (partial DDIM sampling of the model on the
+    At the evaluation points (z_j, t_j) of `hf_robust.erasure.leakage` (partial DDIM sampling of the model on the
     prompt), e_p = eps(z_j, t_j, TE(prompt)) and e_0 = eps(z_j, t_j, TE("")). 0: the prompt changes nothing; the
     random tiny UNet gives ~1e-4, the toy model ~0.1-0.3 for its prompts.
 
@@ -152,7 +152,7 @@ def prompt_effect(pipeline_or_components, prompt: str, config=None) -> float:
         prompt: a non-empty prompt.
         config: `PromptAttackConfig` (its n_timesteps, ddim_steps, guidance_scale and seed); None: the defaults.
     """
-    from .evaluation import evaluation_points
+    from .leakage import evaluation_points
 
     points = evaluation_points(pipeline_or_components, prompt, config)
     return float(points.scale / points.concept_noise.pow(2).mean())

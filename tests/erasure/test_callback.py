@@ -5,7 +5,8 @@ import torch
 
 from hf_robust.erasure.callback import ConceptLeakageCallback
 from hf_robust.erasure.config import AdvUnlearnConfig
-from hf_robust.erasure.evaluation import PromptAttackConfig, prompt_attack
+from hf_robust.erasure.evaluation import prompt_attack
+from hf_robust.erasure.prompt_attack_config import PromptAttackConfig
 from hf_robust.erasure.trainer import AdvUnlearnTrainer
 from hf_robust.hub import RobustnessResult
 from hf_robust.testing import tiny_sd_components

@@ -11,7 +11,7 @@ from diffusers import DDIMScheduler, StableDiffusionPipeline
 
 from hf_robust.erasure.conditioning import Conditioning, diffusion_components
 from hf_robust.erasure.detection import detect_concept, image_pipeline
-from hf_robust.erasure.evaluation import PromptAttackConfig
+from hf_robust.erasure.prompt_attack_config import PromptAttackConfig
 from hf_robust.testing import tiny_sd_components
 
 

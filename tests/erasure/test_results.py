@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hf_robust.erasure.conditioning import SoftTokens
-from hf_robust.erasure.evaluation import PromptAttackConfig
+from hf_robust.erasure.prompt_attack_config import PromptAttackConfig
 from hf_robust.erasure.results import PromptAttackResult, PromptAttackRow
 
 

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from hf_robust.erasure.evaluation import PromptAttackConfig, concept_leakage
+from hf_robust.erasure.evaluation import concept_leakage
+from hf_robust.erasure.prompt_attack_config import PromptAttackConfig
 from hf_robust.erasure.toy import (
     TOY_CLASSES, TOY_CONCEPT, TOY_CONCEPT_PROMPTS, TOY_HELD_OUT_RETAIN_PROMPTS, TOY_RETAIN_PROMPTS, _taught_components,
     prompt_effect, toy_erasure_components,

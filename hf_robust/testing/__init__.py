@@ -7,12 +7,12 @@ Names are imported lazily so that `import hf_robust.testing` does not pull diffu
 import importlib
 
 _EXPORTS = {
-    "tiny_causal_lm": "models",
-    "tiny_tokenizer": "models",
-    "tiny_sd_components": "models",
-    "tiny_sentence_transformer": "models",
-    "load_minilm": "models",
-    "load_smollm2": "models",
+    "tiny_causal_lm": "language",
+    "tiny_tokenizer": "language",
+    "tiny_sd_components": "diffusion",
+    "tiny_sentence_transformer": "retrieval",
+    "load_minilm": "pretrained",
+    "load_smollm2": "pretrained",
     "run_distributed": "distributed",
     "save_rank_result": "distributed",
     "finish_distributed": "distributed",

@@ -93,7 +93,7 @@ def toy_memorisation_data(
     Returns:
         (forget, retain): `datasets.Dataset`s with one column `input_ids` (lists of ints).
     """
-    from ..testing.models import tiny_tokenizer
+    from ..testing.language import tiny_tokenizer
 
     seed = _check_int(seed, "seed", 0)
     n_forget, n_retain = _check_int(n_forget, "n_forget", 1), _check_int(n_retain, "n_retain", 1)

@@ -1,6 +1,6 @@
 import pytest
 
-from hf_robust.testing.models import tiny_tokenizer
+from hf_robust.testing.language import tiny_tokenizer
 from hf_robust.unlearning.toy import SMOLLM2_FACTS, toy_memorisation_data, toy_memorised_model
 
 

@@ -105,7 +105,7 @@ def known_facts(model, tokenizer) -> list[dict]:
 
 def answer_nll(model, facts) -> float:
     """Mean over facts of the mean token NLL of the original reply given the question."""
-    from hf_robust.unlearning.metrics import token_log_probs
+    from hf_robust.unlearning.metrics.likelihood import token_log_probs
 
     values = token_log_probs(model, [fact["prompt"] + fact["reply"] for fact in facts], 8,
                              [len(fact["prompt"]) for fact in facts])

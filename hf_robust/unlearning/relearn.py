@@ -23,7 +23,9 @@ from ..checks import is_integer
 from ..hub import RobustnessResult
 from ..modeling import eval_mode
 from ..sharding import has_sharded_weights, on_main_process
-from .metrics import UnlearningMetrics, right_padded, encode_rows, evaluate_unlearning, text_rows
+from .metrics import UnlearningMetrics, evaluate_unlearning
+from .metrics.inputs import encode_rows, text_rows
+from .metrics.likelihood import right_padded
 
 __all__ = ["RelearnConfig", "RelearnResult", "relearning_attack", "RelearningEvalCallback"]
 
@@ -77,8 +79,8 @@ class RelearnConfig:
         if isinstance(self.steps, (list, tuple)):
             if not self.steps or not all(is_integer(step) and step >= 0 for step in self.steps) or any(
                     later <= earlier for earlier, later in zip(self.steps, self.steps[1:])) or self.steps[-1] < 1:
-                raise ValueError("`steps` as a curve must be a non-empty increasing list of integers >= 0 ending >= 1, "
-                                 f"got {self.steps!r}.")
+                raise ValueError("`steps` as a curve must be a non-empty increasing list of integers >= 0 ending "
+                                 f">= 1, got {self.steps!r}.")
             self.steps = [int(step) for step in self.steps]
         elif self.steps is not None and (not is_integer(self.steps) or self.steps < 1):
             raise ValueError(f"`steps` must be None, an integer >= 1 or an increasing list of step counts, got "

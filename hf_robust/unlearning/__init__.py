@@ -11,7 +11,8 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     ".trainer": ["UnlearnDataCollator", "UnlearnTrainer"],
     ".smoothing": ["WeightAveragingCallback"],
     ".stopping": ["ForgetTargetCallback"],
-    ".relearn": ["RelearnConfig", "RelearnResult", "RelearningEvalCallback", "relearning_attack"],
+    ".relearn": ["RelearnConfig", "RelearnResult", "relearning_attack"],
+    ".relearn_callback": ["RelearningEvalCallback"],
     ".metrics": ["UnlearningMetrics", "VerbatimResult", "evaluate_unlearning", "min_k_percent",
                  "multiple_choice_accuracy", "sequence_nll", "verbatim_memorisation"],
 })

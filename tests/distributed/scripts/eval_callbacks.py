@@ -15,7 +15,8 @@ from hf_robust.attacks.continuous import EmbeddingAttackConfig
 from hf_robust.cat.robustness_callback import RobustnessEvalCallback
 from hf_robust.cat.toy import toy_behaviours
 from hf_robust.testing import finish_distributed, save_rank_result, tiny_causal_lm, training_arguments_for_engine
-from hf_robust.unlearning.relearn import RelearnConfig, RelearningEvalCallback
+from hf_robust.unlearning.relearn import RelearnConfig
+from hf_robust.unlearning.relearn_callback import RelearningEvalCallback
 
 FORGET = ["The capital of France is Paris.", "The capital of Germany is Berlin.", "two plus two is four.",
           "Mix the flour and water, knead the dough.", "Check the battery and the engine oil.",

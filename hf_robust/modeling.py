@@ -1,5 +1,5 @@
-"""Context managers on models that every method shares: evaluation mode with each module's flag restored, and a
-perturbation added to the input embeddings inside the model's own forward.
+"""Helpers on models that every method shares: evaluation mode with each module's flag restored, a perturbation
+added to the input embeddings inside the model's own forward, and whether a model is a peft adapter.
 
 The perturbation goes in through a forward hook on `get_input_embeddings()`, not by calling the embedding and
 passing `inputs_embeds`: the forward then runs through the root module, so sharded engines (FSDP2's lazy init and
@@ -56,3 +56,12 @@ def added_to_input_embeddings(model: nn.Module, delta: Tensor, only_with_grad: b
         yield applied
     finally:
         handle.remove()
+
+
+def is_peft_model(model) -> bool:
+    """Whether `model` is a `peft.PeftModel` (False when peft is not installed)."""
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)

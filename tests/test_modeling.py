@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hf_robust.modeling import added_to_input_embeddings, eval_mode
+from hf_robust.modeling import added_to_input_embeddings, eval_mode, is_peft_model
 from hf_robust.testing import tiny_causal_lm
 
 
@@ -54,3 +54,11 @@ def test_eval_mode_restores_each_flag_also_after_an_error():
             assert not any(module.training for module in model.modules())
             raise RuntimeError("boom")
     assert [module.training for module in model.modules()] == flags
+
+
+def test_is_peft_model_tells_an_adapter_from_its_base():
+    from peft import LoraConfig, get_peft_model
+
+    model, _ = tiny_causal_lm("llama", seed=0)
+    assert not is_peft_model(model)
+    assert is_peft_model(get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"])))

@@ -10,17 +10,18 @@ gradient accumulation and DDP give the big-batch objective. Smoothers needing se
 """
 
 import contextlib
-import re
 import textwrap
 
 import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, Trainer
 
+from ..modeling import is_peft_model
 from ..sharding import ENGINE_LABELS, engine_of, inner_module, refuse_before_work
 from .config import UnlearnConfig
 from .data import UnlearnDataCollator, pad_to, paired_dataset, stacked, tokenized
 from .reference import frozen_copy, prepare_reference
+from .rmu import captured_output, decoder_layers, select_rmu_parameters
 from .objectives import (
     IGNORE_INDEX, activation_mse, gradient_ascent_loss, kl_to_reference, npo_loss, random_unit_vector, sequence_nll,
     simnpo_loss,
@@ -34,38 +35,6 @@ COUNTS = ("forget_sequences", "forget_tokens", "forget_positions", "retain_seque
 # Which count each forget objective is a mean over.
 FORGET_COUNT = {"ga": "forget_tokens", "graddiff": "forget_tokens", "npo": "forget_sequences",
                 "simnpo": "forget_sequences", "rmu": "forget_positions"}
-
-
-def _is_peft_model(model) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:
-        return False
-    return isinstance(model, PeftModel)
-
-
-def _decoder_layers(model) -> torch.nn.ModuleList:
-    """The decoder layer list of a causal LM (the first ModuleList as long as the config's layer count)."""
-    count = model.config.get_text_config().num_hidden_layers
-    for module in model.modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
-            return module
-    raise ValueError(f"found no list of {count} decoder layers in {type(model).__name__} (needed by method='rmu').")
-
-
-@contextlib.contextmanager
-def _captured_output(module: torch.nn.Module):
-    """Record `module`'s output hidden states (batch, seq, hidden) into the yielded list while active."""
-    captured = []
-
-    def hook(_, __, output):
-        captured.append(output[0] if isinstance(output, tuple) else output)
-
-    handle = module.register_forward_hook(hook)
-    try:
-        yield captured
-    finally:
-        handle.remove()
 
 
 class UnlearnTrainer(Trainer):
@@ -143,13 +112,13 @@ class UnlearnTrainer(Trainer):
         pairs = paired_dataset(forget, retain, args.seed)
 
         if args.method == "rmu":
-            self._select_rmu_parameters(model, args)
+            select_rmu_parameters(model, args.rmu_layer, args.parameter_regex())
         self.reference_is_base, copied_reference = False, False
         needs_reference = args.method == "npo" or (
             self.has_retain_term and (args.method == "rmu" or args.retain_loss == "kl"))
         if not needs_reference:
             ref_model = None
-        elif ref_model is None and _is_peft_model(model):
+        elif ref_model is None and is_peft_model(model):
             self.reference_is_base = True  # the adapter-disabled base: no copy
         elif ref_model is None:
             ref_model, copied_reference = frozen_copy(model), True
@@ -181,20 +150,6 @@ class UnlearnTrainer(Trainer):
         self._windows_since_log = 0
 
     # ------------------------------------------------------------------ set-up
-
-    @staticmethod
-    def _select_rmu_parameters(model, args: UnlearnConfig) -> None:
-        layers = _decoder_layers(model)
-        if args.rmu_layer >= len(layers):
-            raise ValueError(f"`rmu_layer` must be < the number of decoder layers ({len(layers)}), "
-                             f"got {args.rmu_layer}.")
-        pattern = re.compile(args.parameter_regex())
-        chosen = [name for name, parameter in model.named_parameters()
-                  if parameter.requires_grad and pattern.search(name)]
-        if not chosen:
-            raise ValueError(f"`rmu_param_regex` {pattern.pattern!r} matches no trainable parameter of the model.")
-        for name, parameter in model.named_parameters():
-            parameter.requires_grad_(name in chosen)
 
     def _check_parallelism(self) -> None:
         """Refuse, before any work, the engine x smoothing combinations that cannot be exact."""
@@ -275,7 +230,7 @@ class UnlearnTrainer(Trainer):
         return contextlib.nullcontext()
 
     def _rmu_layer(self, module):
-        return _decoder_layers(module)[self.args.rmu_layer]
+        return decoder_layers(module)[self.args.rmu_layer]
 
     def _forward(self, model, batch, prefix: str, parameters=None, layer=None):
         """Logits (batch, seq, vocab) of the `prefix` rows, or the output of `layer` if given (RMU).
@@ -285,7 +240,7 @@ class UnlearnTrainer(Trainer):
         kwargs = {"input_ids": batch[f"{prefix}input_ids"], "attention_mask": batch[f"{prefix}attention_mask"],
                   "use_cache": False}
         with contextlib.ExitStack() as stack:
-            captured = stack.enter_context(_captured_output(layer)) if layer is not None else None
+            captured = stack.enter_context(captured_output(layer)) if layer is not None else None
             if parameters is None:
                 outputs = model(**kwargs)
             else:

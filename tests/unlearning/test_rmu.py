@@ -12,12 +12,14 @@ def test_the_hook_captures_the_layer_output_and_goes_away():
     layers = decoder_layers(model)
     assert layers is model.model.layers
     input_ids = torch.tensor([tokenizer("a photo of a cat")["input_ids"]])
+    model(input_ids=input_ids, output_hidden_states=True)  # transformers installs its own capturing hooks once
+    hooks = dict(layers[0]._forward_hooks)
     with captured_output(layers[0]) as captured:
         hidden = model(input_ids=input_ids, output_hidden_states=True).hidden_states
     # hidden_states[0] is the embeddings, [1] the first layer's output (the last one is normed: not a layer output).
     assert len(captured) == 1 and torch.equal(captured[0], hidden[1])
     model(input_ids=input_ids)
-    assert len(captured) == 1 and not layers[0]._forward_hooks
+    assert len(captured) == 1 and dict(layers[0]._forward_hooks) == hooks
 
 
 def test_only_the_matched_parameters_stay_trainable():

@@ -1,83 +1,15 @@
-"""Invariants of the discrete attack core: monotone loss, only `positions` change, filters, round trip, determinism."""
+"""Invariants of the discrete attack core: monotone loss, only `positions` change, round trip, determinism, stopping
+rules, and the rules of one GASLITE iteration pinned exactly."""
 
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import BertTokenizer
 
-from hf_robust.attacks import (
-    TokenFilter,
-    TokenObjective,
-    TokenSearchConfig,
-    allowed_token_mask,
-    token_search,
-    tokenizer_round_trip,
-)
-from hf_robust.testing import tiny_causal_lm, tiny_sentence_transformer, tiny_tokenizer
+from hf_robust.attacks import TokenSearchConfig, token_search, tokenizer_round_trip
+
+from .objectives import BATCH, GCGFixedTarget, Linear, Recording
 
 FAST = dict(n_iters=4, topk=32, n_candidates=16, n_top_candidates=8, n_flip=3, batch_size=64)
-
-
-class GCGFixedTarget:
-    """Mean CE of `target` as the last len(target) tokens of the sequence (after prompt + suffix)."""
-
-    def __init__(self, model, target):
-        self.model = model
-        self.target = target
-
-    def loss_from_embeds(self, embeds):
-        n = self.target.numel()
-        logits = self.model(inputs_embeds=embeds, use_cache=False).logits[:, -n - 1 : -1].float()
-        target = self.target.expand(embeds.shape[0], -1)
-        return F.cross_entropy(logits.transpose(1, 2), target, reduction="none").mean(1)
-
-    def loss_from_ids(self, ids):
-        return self.loss_from_embeds(self.model.get_input_embeddings()(ids))
-
-
-class SimilarityObjective:
-    """Negated cosine similarity of the mean-pooled BERT passage embedding to a fixed target direction."""
-
-    def __init__(self, st_model, target):
-        self.encoder = st_model[0].auto_model
-        self.target = F.normalize(target, dim=-1)
-
-    def loss_from_embeds(self, embeds):
-        hidden = self.encoder(inputs_embeds=embeds).last_hidden_state
-        return -F.cosine_similarity(hidden.mean(dim=1), self.target, dim=-1)
-
-    def loss_from_ids(self, ids):
-        hidden = self.encoder(input_ids=ids).last_hidden_state
-        return -F.cosine_similarity(hidden.mean(dim=1), self.target, dim=-1)
-
-
-@pytest.fixture(scope="module")
-def gcg():
-    model, tokenizer = tiny_causal_lm("llama", seed=0)
-    model.eval()
-    prompt = tokenizer("Tell me about France", add_special_tokens=False).input_ids
-    suffix = tokenizer("! ! ! ! ! !", add_special_tokens=False).input_ids
-    target = tokenizer(" the weather", add_special_tokens=False).input_ids
-    ids = torch.tensor(prompt + suffix + target)
-    positions = torch.arange(len(prompt), len(prompt) + len(suffix))
-    weight = model.get_input_embeddings().weight
-    allowed = allowed_token_mask(tokenizer, num_embeddings=weight.shape[0])
-    objective = GCGFixedTarget(model, torch.tensor(target))
-    return model, tokenizer, objective, ids, positions, weight, allowed
-
-
-@pytest.fixture(scope="module")
-def retrieval():
-    st_model = tiny_sentence_transformer(seed=0)
-    st_model.eval()
-    tokenizer = st_model.tokenizer
-    ids = torch.tensor(tokenizer("the weather is nice today ! ! ! ! ! ! ! !").input_ids)
-    positions = (ids == tokenizer.convert_tokens_to_ids("!")).nonzero().flatten()  # the trigger; the rest stays
-    assert positions.numel() == 8
-    weight = st_model[0].auto_model.get_input_embeddings().weight
-    allowed = allowed_token_mask(tokenizer, num_embeddings=weight.shape[0])
-    target = st_model.encode(["yes thank you very much"], convert_to_tensor=True)[0]
-    return st_model, tokenizer, SimilarityObjective(st_model, target), ids, positions, weight, allowed
 
 
 def assert_common(result, ids, positions, allowed, objective, n_iters):
@@ -264,95 +196,6 @@ def test_patience_on_a_flat_search_and_off_by_default(retrieval):
     assert not TokenSearchConfig(patience=2, min_delta=0.1).plateaued([1.0, 1.0])  # fewer than 2 iterations
 
 
-def test_allowed_token_mask_byte_level():
-    tokenizer = tiny_tokenizer()
-    mask = allowed_token_mask(tokenizer, num_embeddings=len(tokenizer) + 8)
-    assert mask.dtype == torch.bool and mask.shape == (len(tokenizer) + 8,)
-    assert not mask[len(tokenizer):].any()
-    assert not mask[tokenizer.all_special_ids].any()
-    decoded = {i: tokenizer.decode([i]) for i in range(len(tokenizer))}
-    non_ascii = [i for i, text in decoded.items() if not text.isascii()]
-    non_printable = [i for i, text in decoded.items() if text.isascii() and not text.isprintable()]
-    assert non_ascii and non_printable
-    assert not mask[non_ascii].any() and not mask[non_printable].any()
-    assert mask[tokenizer.convert_tokens_to_ids("Ġthe")]
-    loose = allowed_token_mask(tokenizer, ascii_only=False, printable_only=False, exclude_special=False)
-    assert loose.shape == (len(tokenizer),) and loose[non_ascii].any() and loose[tokenizer.all_special_ids].all()
-    assert torch.equal(TokenFilter().mask(tokenizer, len(tokenizer) + 8), mask)
-
-
-def test_allowed_token_mask_unused_and_bert(tmp_path):
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[unused0]", "[unused1]", "hello", "world", "##s", "é"]
-    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizer(str(tmp_path / "vocab.txt"), do_lower_case=False, strip_accents=False)
-    mask = allowed_token_mask(tokenizer)
-    allowed = {tokenizer.convert_ids_to_tokens(i) for i in mask.nonzero().flatten().tolist()}
-    assert allowed == {"hello", "world", "##s"}
-    assert "[unused0]" in {
-        tokenizer.convert_ids_to_tokens(i) for i in allowed_token_mask(tokenizer, exclude_unused=False).nonzero()
-        .flatten().tolist()
-    }
-
-
-def test_objective_protocol():
-    class Both:
-        def loss_from_embeds(self, embeds):
-            return embeds.sum((1, 2))
-
-        def loss_from_ids(self, ids):
-            return ids.float().sum(1)
-
-    assert isinstance(Both(), TokenObjective)
-
-
-@pytest.mark.parametrize(
-    "kwargs, match",
-    [
-        ({"n_iters": -1}, "n_iters"),
-        ({"topk": 0}, "topk"),
-        ({"n_candidates": 0}, "n_candidates"),
-        ({"n_top_candidates": -1}, "n_top_candidates"),
-        ({"n_top_candidates": 65, "n_candidates": 64}, "n_top_candidates"),
-        ({"n_top_candidates": 10, "topk": 5}, "n_top_candidates"),
-        ({"n_flip": 0}, "n_flip"),
-        ({"n_grad": 0}, "n_grad"),
-        ({"normalize_gradient": 1}, "normalize_gradient"),
-        ({"time_limit": 0}, "time_limit"),
-        ({"time_limit": float("inf")}, "time_limit"),
-        ({"batch_size": 0}, "batch_size"),
-        ({"seed": -1}, "seed"),
-        ({"seed": 1.5}, "seed"),
-        ({"early_stop": float("nan")}, "early_stop"),
-        ({"early_stop": "0"}, "early_stop"),
-        ({"patience": -1}, "patience"),
-        ({"patience": 1.5}, "patience"),
-        ({"patience": True}, "patience"),
-        ({"patience": None}, "patience"),
-        ({"min_delta": -0.1}, "min_delta"),
-        ({"min_delta": float("nan")}, "min_delta"),
-        ({"min_delta": float("inf")}, "min_delta"),
-        ({"min_delta": "0"}, "min_delta"),
-        ({"min_delta": True}, "min_delta"),
-        ({"progress": None}, "progress"),
-    ],
-)
-def test_config_errors(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        TokenSearchConfig(**kwargs)
-
-
-def test_token_filter_and_mask_errors():
-    with pytest.raises(ValueError, match="ascii_only"):
-        TokenFilter(ascii_only="yes")
-    with pytest.raises(TypeError, match="tokenizer"):
-        allowed_token_mask(object())
-    tokenizer = tiny_tokenizer()
-    with pytest.raises(TypeError, match="printable_only"):
-        allowed_token_mask(tokenizer, printable_only=None)
-    with pytest.raises(ValueError, match="num_embeddings"):
-        allowed_token_mask(tokenizer, num_embeddings=0)
-
-
 def test_token_search_errors(gcg):
     model, tokenizer, objective, ids, positions, weight, allowed = gcg
     vocab = weight.shape[0]
@@ -422,81 +265,6 @@ def test_gradient_ranks_exactly_on_a_linear_objective():
     best = (weight @ directions[positions].T).masked_fill(~allowed.unsqueeze(1), float("inf")).argmin(0)
     assert torch.equal(result.ids[positions], best)
     assert result.loss == pytest.approx(objective(weight[result.ids].unsqueeze(0)).item(), abs=1e-5)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# The 'batch' step (GCG)
-# --------------------------------------------------------------------------------------------------------------------
-
-BATCH = dict(n_iters=3, topk=8, n_candidates=24, n_top_candidates=0, step="batch", batch_size=64, seed=0)
-
-
-class Recording:
-    """Wraps an objective and keeps every candidate batch scored by `loss_from_ids`."""
-
-    def __init__(self, objective):
-        self.objective = objective
-        self.batches = []
-
-    def loss_from_embeds(self, embeds):
-        return self.objective.loss_from_embeds(embeds)
-
-    def loss_from_ids(self, ids):
-        self.batches.append(ids.clone())
-        return self.objective.loss_from_ids(ids)
-
-
-class DistanceToStart:
-    """Squared distance of the embeddings to those of the start: the start is the unique minimum (loss 0)."""
-
-    def __init__(self, weight, start):
-        self.weight = weight.detach()
-        self.reference = self.weight[start]
-
-    def loss_from_embeds(self, embeds):
-        return ((embeds.float() - self.reference) ** 2).sum(dim=(1, 2))
-
-    def loss_from_ids(self, ids):
-        return self.loss_from_embeds(self.weight[ids])
-
-
-@pytest.mark.parametrize("n_replace", [1, 2])
-def test_batch_candidates_spread_over_positions_with_n_replace_changes(gcg, n_replace):
-    _, _, objective, ids, positions, weight, allowed = gcg
-    recording = Recording(objective)
-    config = TokenSearchConfig(**{**BATCH, "n_iters": 1, "n_replace": n_replace})
-    token_search(recording, ids, positions, weight, allowed, config)
-    candidates = torch.cat(recording.batches[1:])  # batch 0 is the initial sequence
-    changed = candidates != ids
-    assert (changed.sum(dim=1) <= n_replace).all() and (changed.sum(dim=1) >= 1).all()
-    assert changed.any(dim=0).nonzero().flatten().numel() >= 2  # one iteration's batch covers several positions
-    assert set(changed.any(dim=0).nonzero().flatten().tolist()) <= set(positions.tolist())
-    assert allowed[candidates[changed]].all()
-    assert candidates.unique(dim=0).shape[0] == candidates.shape[0]  # deduplicated
-
-
-def test_batch_step_moves_to_a_worse_candidate_and_returns_the_best_ever(gcg):
-    _, _, _, ids, positions, weight, allowed = gcg
-    objective = DistanceToStart(weight, ids)
-    result = token_search(objective, ids, positions, weight, allowed, TokenSearchConfig(**BATCH))
-    assert result.history[0] == 0.0 and result.history[1] > 0.0  # GCG moved to the batch's best, a worse sequence
-    assert torch.equal(result.ids, ids) and result.loss == 0.0  # the best ever is returned
-    buffered = token_search(objective, ids, positions, weight, allowed,
-                            TokenSearchConfig(**{**BATCH, "buffer_size": 1}))
-    assert buffered.history == [0.0] * (BATCH["n_iters"] + 1)  # a buffer of one only accepts improvements
-
-
-def test_batch_step_drops_candidates_failing_the_round_trip_before_scoring(gcg):
-    _, tokenizer, objective, ids, positions, weight, allowed = gcg
-    recording = Recording(objective)
-    rule = tokenizer_round_trip(tokenizer, positions)
-    token_search(recording, ids, positions, weight, allowed, TokenSearchConfig(**BATCH), round_trip=rule)
-    scored = torch.cat(recording.batches[1:])
-    assert all(rule(row) for row in scored)
-    recording.batches.clear()
-    result = token_search(recording, ids, positions, weight, allowed, TokenSearchConfig(**BATCH),
-                          round_trip=lambda row: False)
-    assert len(recording.batches) == 1 and torch.equal(result.ids, ids)  # nothing survives: nothing scored
 
 
 def test_stop_callable_ends_the_search(gcg):
@@ -601,19 +369,6 @@ def test_gram_form_gradient_equals_the_one_hot_form(retrieval, normalize):
     assert all(parameter.grad is None for parameter in model.parameters())
 
 
-class Linear:
-    """loss = sum of the embeddings at the optimised positions times fixed directions (cheap, exact)."""
-
-    def __init__(self, weight, directions):
-        self.weight, self.directions = weight.detach(), directions
-
-    def loss_from_embeds(self, embeds):
-        return (embeds * self.directions).sum((1, 2))
-
-    def loss_from_ids(self, ids):
-        return self.loss_from_embeds(self.weight[ids])
-
-
 @pytest.mark.parametrize("n_top, n_candidates, topk", [(4, 10, 12), (64, 128, 256), (0, 6, 9), (5, 5, 20)])
 def test_coordinate_candidates_come_from_the_configured_ranks(monkeypatch, n_top, n_candidates, topk):
     """At each flipped position the candidates are exactly the top `n_top_candidates` of the top-k list (in rank
@@ -656,22 +411,3 @@ def test_coordinate_candidates_come_from_the_configured_ranks(monkeypatch, n_top
         assert len(set(visited)) == config.n_flip
     if n_candidates > n_top:  # the draws cover the whole range of ranks n_top..topk-1, not a part of it
         assert min(sampled_ranks) < n_top + (topk - n_top) // 4 and max(sampled_ranks) >= topk - (topk - n_top) // 4
-
-
-def test_allowed_token_mask_is_built_once_per_tokenizer():
-    tokenizer = tiny_tokenizer()
-    decode, calls = tokenizer.decode, []
-    tokenizer.decode = lambda *args, **kwargs: calls.append(1) or decode(*args, **kwargs)
-    first = allowed_token_mask(tokenizer, num_embeddings=len(tokenizer) + 2)
-    decoded = len(calls)
-    assert decoded >= len(tokenizer) - 3
-    first[:] = False  # a copy: the cache is untouched
-    second = allowed_token_mask(tokenizer, num_embeddings=len(tokenizer) + 2)
-    assert len(calls) == decoded and second.any()
-    assert torch.equal(second, allowed_token_mask(tiny_tokenizer(), num_embeddings=len(tokenizer) + 2))
-    allowed_token_mask(tokenizer, num_embeddings=len(tokenizer) + 2, ascii_only=False)  # other settings: decoded
-    assert len(calls) > decoded
-    tokenizer.add_tokens(["zzqx"])  # a longer vocabulary: decoded again, the new token allowed
-    calls.clear()
-    grown = allowed_token_mask(tokenizer)
-    assert len(calls) >= len(tokenizer) - 4 and grown.shape == (len(tokenizer),) and grown[-1]

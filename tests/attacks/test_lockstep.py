@@ -9,7 +9,7 @@ from hf_robust.attacks.lockstep import JointObjective, lockstep_token_search
 from hf_robust.attacks.token_search_state import TokenSearch
 from hf_robust.testing import tiny_tokenizer
 
-from .test_discrete import Linear  # the cheap exact objective: rows do not interact
+from .objectives import Linear  # the cheap exact objective: rows do not interact
 
 HIDDEN = 8
 SMALL = dict(n_iters=5, topk=16, n_candidates=8, n_top_candidates=4, n_flip=3)

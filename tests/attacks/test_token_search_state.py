@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from hf_robust.attacks import TokenSearchConfig, allowed_token_mask, token_search
+from hf_robust.attacks import TokenSearchConfig, allowed_token_mask, token_search, tokenizer_round_trip
 from hf_robust.attacks.discrete import _score, _token_scores
 from hf_robust.attacks.token_search_state import Proposal, TokenSearch
 from hf_robust.testing import tiny_tokenizer
 
-from .test_discrete import Linear  # the cheap exact objective: rows do not interact
+from .objectives import BATCH, DistanceToStart, Linear, Recording
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +78,46 @@ def test_an_error_in_a_callback_ends_the_search(problem):
     assert search.done
     with pytest.raises(RuntimeError, match="not finished"):
         search.result()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The 'batch' step (GCG)
+# --------------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n_replace", [1, 2])
+def test_batch_candidates_spread_over_positions_with_n_replace_changes(gcg, n_replace):
+    _, _, objective, ids, positions, weight, allowed = gcg
+    recording = Recording(objective)
+    config = TokenSearchConfig(**{**BATCH, "n_iters": 1, "n_replace": n_replace})
+    token_search(recording, ids, positions, weight, allowed, config)
+    candidates = torch.cat(recording.batches[1:])  # batch 0 is the initial sequence
+    changed = candidates != ids
+    assert (changed.sum(dim=1) <= n_replace).all() and (changed.sum(dim=1) >= 1).all()
+    assert changed.any(dim=0).nonzero().flatten().numel() >= 2  # one iteration's batch covers several positions
+    assert set(changed.any(dim=0).nonzero().flatten().tolist()) <= set(positions.tolist())
+    assert allowed[candidates[changed]].all()
+    assert candidates.unique(dim=0).shape[0] == candidates.shape[0]  # deduplicated
+
+
+def test_batch_step_moves_to_a_worse_candidate_and_returns_the_best_ever(gcg):
+    _, _, _, ids, positions, weight, allowed = gcg
+    objective = DistanceToStart(weight, ids)
+    result = token_search(objective, ids, positions, weight, allowed, TokenSearchConfig(**BATCH))
+    assert result.history[0] == 0.0 and result.history[1] > 0.0  # GCG moved to the batch's best, a worse sequence
+    assert torch.equal(result.ids, ids) and result.loss == 0.0  # the best ever is returned
+    buffered = token_search(objective, ids, positions, weight, allowed,
+                            TokenSearchConfig(**{**BATCH, "buffer_size": 1}))
+    assert buffered.history == [0.0] * (BATCH["n_iters"] + 1)  # a buffer of one only accepts improvements
+
+
+def test_batch_step_drops_candidates_failing_the_round_trip_before_scoring(gcg):
+    _, tokenizer, objective, ids, positions, weight, allowed = gcg
+    recording = Recording(objective)
+    rule = tokenizer_round_trip(tokenizer, positions)
+    token_search(recording, ids, positions, weight, allowed, TokenSearchConfig(**BATCH), round_trip=rule)
+    scored = torch.cat(recording.batches[1:])
+    assert all(rule(row) for row in scored)
+    recording.batches.clear()
+    result = token_search(recording, ids, positions, weight, allowed, TokenSearchConfig(**BATCH),
+                          round_trip=lambda row: False)
+    assert len(recording.batches) == 1 and torch.equal(result.ids, ids)  # nothing survives: nothing scored

@@ -30,9 +30,9 @@ def test_defaults_follow_the_papers(tmp_path):
 def test_every_unlearning_field_has_help():
     own = {field.name for field in dataclasses.fields(UnlearnConfig)} - {
         field.name for field in dataclasses.fields(UnlearnConfig.__mro__[1])}
-    expected = {"method", "smoothing", "beta", "simnpo_delta", "retain_weight", "retain_loss", "rho", "sam_target", "rs_sigma",
-                "rs_samples", "gp_coeff", "cr_coeff", "wa_start", "wa_every", "rmu_layer", "rmu_steering_coeff",
-                "rmu_alpha", "rmu_param_regex", "max_length"}
+    expected = {"method", "smoothing", "beta", "simnpo_delta", "retain_weight", "retain_loss", "rho", "sam_target",
+                "rs_sigma", "rs_samples", "gp_coeff", "cr_coeff", "wa_start", "wa_every", "rmu_layer",
+                "rmu_steering_coeff", "rmu_alpha", "rmu_param_regex", "max_length"}
     assert expected <= own
     for field in dataclasses.fields(UnlearnConfig):
         if field.name in expected:

@@ -8,7 +8,7 @@ from accelerate import dispatch_model
 from hf_robust.testing import tiny_causal_lm
 from hf_robust.unlearning.reference import frozen_copy, is_dispatched
 
-from .test_trainer import make_trainer
+from .helpers import make_trainer
 
 
 def dispatched_model():

@@ -9,7 +9,7 @@ from hf_robust.unlearning.smoothing import (
     stochastic_round_to_bfloat16,
 )
 
-from .test_trainer import make_trainer, parameters_of, record_batches
+from .helpers import make_trainer, parameters_of, record_batches
 
 
 def test_restored_puts_back_the_exact_weights_also_after_an_exception():
@@ -130,10 +130,10 @@ def test_rs_averages_the_forget_gradient_over_seeded_weight_noise(tmp_path):
     names = list(before)
 
     def forget(parameters):  # the trainer's NPO forget loss, reference = the weights before unlearning
-        from .test_trainer import npo_forget
+        from .helpers import npo_forget
         return npo_forget(model, parameters, before, batch, 0.1)
 
-    from .test_trainer import retain_nll
+    from .helpers import retain_nll
     generator = torch.Generator().manual_seed(trainer.args.seed)
     expected = {name: torch.zeros_like(value) for name, value in before.items()}
     for _ in range(samples):

@@ -351,6 +351,17 @@ def table(record: dict) -> str:
     return "\n".join(lines)
 
 
+# What each model trains on (`train_variant`), so a reader can weigh the rows of the table.
+DATA_PER_MODEL = (
+    "Rows per model: the control is SFT on the AdvBench-train refusals and the self-distilled benign answers, "
+    "shuffled together (416 refusals, 138 benign: 75% refusals). CAT draws each row adversarial with probability 0.5 "
+    "(an AdvBench-train prompt: toward its refusal and away from its affirmative target, under the training attack), "
+    "else a utility row from the control's rows, so about 12.5% of its rows are benign answers (the control: 25%; "
+    "the reference code: 87.5%, UltraChat). CAPO trains on (refusal preferred over the affirmative target) pairs of "
+    "AdvBench-train prompts only, as the reference's IPO config does (no utility rows)."
+)
+
+
 def write_markdown(record: dict, path: Path) -> None:
     """The table, the targets, what was measured how, every machine a model was measured on, and which models are
     not measured yet (a resumable record: `cat_effect.py --model smollm2 --resume`)."""
@@ -373,6 +384,7 @@ def write_markdown(record: dict, path: Path) -> None:
         f"`{evaluation['strong']['name']}`; GCG `{evaluation['gcg']['name']}` on the first "
         f"{evaluation['gcg_behaviours']}) and {evaluation['benign_test']} benign requests (over-refusal, utility "
         f"NLL); judge {evaluation['judge']}; greedy 32-token answers. s/step: training seconds per step.\n\n"
+        f"{DATA_PER_MODEL}\n\n"
         f"{table(record)}\n\nTargets: {targets}.\n"
         + (f"\nNot measured yet ({missing}): no number is claimed for them. Each model is a stage saved in the "
            "work folder, so `benchmarks/cat_effect.py --model smollm2 --resume` (same settings) goes on from the "

@@ -103,7 +103,9 @@ def main():
                         help="evaluation attack preset of the before/after numbers (hf_robust.evaluation.presets)")
     parser.add_argument("--lora-r", dest="lora_r", type=int, default=64, help="smollm2: LoRA rank")
     parser.add_argument("--paper-mix", dest="paper_mix", action="store_true",
-                        help="utility rows are the allowed requests only (no clean refusals), as in the paper")
+                        help="tiny: utility rows are the allowed requests only (no clean refusals), as in the paper; "
+                        "smollm2: control and CAT rows harmful with probability 0.125, else benign (the reference "
+                        "code's mixing), instead of the control's rows and CAT fraction 0.5")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="smollm2: seeds, one full run each")
     parser.add_argument("--safety-steps", dest="safety_steps", type=int, default=60, help="smollm2: safety tuning")

@@ -32,11 +32,12 @@ def stand_ins(monkeypatch):
         calls["trained"].append("safety-tuned")
         return model
 
-    def train_variant(variant, folder, tokenizer, adversarial, benign, steps, seed, training_attack):
+    def train_variant(variant, folder, tokenizer, adversarial, benign, steps, seed, training_attack, mix):
         assert (folder / "config.json").is_file()  # every variant starts from the saved safety-tuned checkpoint
         if variant in calls.get("cut", ()):
             raise Cut(variant)
         calls["trained"].append(variant)
+        calls.setdefault("mixes", []).append(mix)
         return tiny_causal_lm(seed=1)[0], 2.5
 
     def measure(model, tokenizer, held_out, benign_test, gcg_behaviours, strong=True):
@@ -110,3 +111,56 @@ def test_resuming_a_record_of_other_settings_is_refused_naming_them(tmp_path, st
     with pytest.raises(SystemExit, match=r"other \['steps'\]"):
         cat_real.run(options(tmp_path, variants=[], resume=True, steps=5))
     assert (tmp_path / "results" / "cat_cpu.json").read_text() == before  # nothing lost
+
+
+def test_the_data_mix_is_recorded_and_an_older_record_without_it_resumes_as_control_rows(tmp_path, stand_ins):
+    cat_real.run(options(tmp_path, variants=["control"]))
+    assert recorded(tmp_path)["data_mix"] == "control-rows" and stand_ins["mixes"] == ["control-rows"]
+    older = recorded(tmp_path)
+    del older["data_mix"]  # written before the setting existed
+    (tmp_path / "results" / "cat_cpu.json").write_text(json.dumps(older))
+    stand_ins.update(trained=[], mixes=[])
+    cat_real.run(options(tmp_path, variants=["control", "cat"], resume=True))
+    assert stand_ins["trained"] == ["cat"] and stand_ins["mixes"] == ["control-rows"]
+    assert recorded(tmp_path)["data_mix"] == "control-rows"
+    with pytest.raises(SystemExit, match=r"other \['data_mix'\]"):
+        cat_real.run(options(tmp_path, variants=[], resume=True, paper_mix=True))
+    cat_real.run(options(tmp_path, variants=["control"], record="paper", paper_mix=True,
+                         work_dir=str(tmp_path / "paper")))
+    paper = json.loads((tmp_path / "results" / "paper.json").read_text())
+    assert paper["data_mix"] == "paper" and stand_ins["mixes"][-1] == "paper"
+    assert "`--paper-mix`" in (tmp_path / "results" / "paper.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def rows():
+    adversarial = [{"prompt": f"harmful request {index}", "target": f"Sure, here is {index}"} for index in range(40)]
+    benign = {f"benign request {index}": f"answer {index}" for index in range(12)}
+    return adversarial, benign
+
+
+def refusal_share(dataset) -> float:
+    answers = [row["messages"][1]["content"] for row in dataset]
+    return sum(answer in cat_real.REFUSALS for answer in answers) / len(answers)
+
+
+def test_control_rows_mix_is_the_data_the_first_record_trained_on(rows):
+    adversarial, benign = rows
+    control = cat_real.training_data("control", "control-rows", adversarial, benign, seed=0)["rows"]
+    cat = cat_real.training_data("cat", "control-rows", adversarial, benign, seed=0)
+    assert len(control) == 52 and refusal_share(control) == pytest.approx(40 / 52)
+    assert cat["adversarial_fraction"] == 0.5 and sorted(map(str, cat["utility"])) == sorted(map(str, control))
+    assert [row["prompt"] for row in cat["adversarial"]] == [row["prompt"] for row in adversarial]
+    pairs = cat_real.training_data("capo", "control-rows", adversarial, benign, seed=0)["pairs"]
+    assert len(pairs) == 40 and all(row["rejected"][0]["content"].startswith("Sure") for row in pairs)
+
+
+def test_paper_mix_gives_control_and_cat_the_same_harmful_share_and_cat_benign_only_utility(rows):
+    adversarial, benign = rows
+    control = cat_real.training_data("control", "paper", adversarial, benign, seed=0)["rows"]
+    cat = cat_real.training_data("cat", "paper", adversarial, benign, seed=0)
+    assert cat["adversarial_fraction"] == 0.125 and refusal_share(cat["utility"]) == 0
+    assert len(cat["utility"]) == len(benign)
+    assert 0.05 < refusal_share(control) < 0.25  # about 0.125: rows drawn with those probabilities
+    with pytest.raises(ValueError, match="`mix`"):
+        cat_real.training_data("cat", "half", adversarial, benign, seed=0)

@@ -87,10 +87,11 @@ def tiny(options):
 
 def smollm2(options):
     import cat_real
+    import cat_real_report
 
     options.steps = options.steps or 40
     record = cat_real.run(options)
-    print("\n" + cat_real.table(record))
+    print("\n" + cat_real_report.table(record))
 
 
 def main():

@@ -22,7 +22,8 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     ".retrieval": ["GasliteConfig", "GasliteResult", "HotflipConfig", "PoisoningReport", "craft_poison_passages",
                    "evaluate_poisoning", "gaslite_attack", "hotflip_poison", "info_only", "query_stuffing",
                    "report_from_scores"],
-    ".unlearning": ["ForgetTargetCallback", "RelearnConfig", "RelearningEvalCallback", "RelearnResult", "UnlearnConfig",
-                    "UnlearningMetrics", "UnlearnTrainer", "evaluate_unlearning", "relearning_attack"],
+    ".unlearning": ["ForgetTargetCallback", "RelearnConfig", "RelearningEvalCallback", "RelearnResult",
+                    "UnlearnConfig", "UnlearningMetrics", "UnlearnTrainer", "evaluate_unlearning",
+                    "relearning_attack"],
 })
 __all__ = [*__all__, "__version__"]

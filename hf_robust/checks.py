@@ -47,8 +47,8 @@ def checked_behaviours(behaviours: Any) -> list[tuple[str, str]]:
         ValueError: it is empty, or a row lacks a non-empty string prompt or target (the message names the row).
     """
     if isinstance(behaviours, (str, bytes, Mapping)) or not hasattr(behaviours, "__len__"):
-        raise TypeError("`behaviours` must be a list of {'prompt', 'target'} mappings or a datasets.Dataset with those "
-                        f"columns, got {type(behaviours).__name__}.")
+        raise TypeError("`behaviours` must be a list of {'prompt', 'target'} mappings or a datasets.Dataset with "
+                        f"those columns, got {type(behaviours).__name__}.")
     rows = [behaviours[index] for index in range(len(behaviours))]
     if not rows:
         raise ValueError("`behaviours` is empty: give at least one {'prompt': ..., 'target': ...}.")

@@ -39,7 +39,8 @@ def real_models_section() -> None:
     with torch.no_grad():
         output = model.generate(**inputs, max_new_tokens=16, do_sample=False)
     answer = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-    print(f"SmolLM2-135M-Instruct (loaded in {time.perf_counter() - started:.0f} s): {question!r} -> {answer.strip()!r}")
+    print(f"SmolLM2-135M-Instruct (loaded in {time.perf_counter() - started:.0f} s): "
+          f"{question!r} -> {answer.strip()!r}")
 
 
 def cat_section() -> None:

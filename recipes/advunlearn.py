@@ -1,6 +1,7 @@
 """AdvUnlearn concept erasure for `accelerate launch`: the same run as `hf-robust advunlearn`.
 
-    accelerate launch --config_file recipes/accelerate_configs/multi_gpu.yaml recipes/advunlearn.py --config recipes/advunlearn_sd15.yaml
+    accelerate launch --config_file recipes/accelerate_configs/multi_gpu.yaml \
+        recipes/advunlearn.py --config recipes/advunlearn_sd15.yaml
 """
 
 from hf_robust.cli import parse_script_args

@@ -1,6 +1,7 @@
 """CAPO training for `accelerate launch`: the same run as `hf-robust capo`.
 
-    accelerate launch --config_file recipes/accelerate_configs/multi_gpu.yaml recipes/train_capo.py --config recipes/capo.yaml
+    accelerate launch --config_file recipes/accelerate_configs/multi_gpu.yaml \
+        recipes/train_capo.py --config recipes/capo.yaml
 """
 
 from hf_robust.cat.capo_command import main, make_parser

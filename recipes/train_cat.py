@@ -1,6 +1,7 @@
 """CAT training for `accelerate launch`: the same run as `hf-robust cat`.
 
-    accelerate launch --config_file recipes/accelerate_configs/multi_gpu.yaml recipes/train_cat.py --config recipes/cat.yaml
+    accelerate launch --config_file recipes/accelerate_configs/multi_gpu.yaml \
+        recipes/train_cat.py --config recipes/cat.yaml
 """
 
 from hf_robust.cat.cat_command import main, make_parser

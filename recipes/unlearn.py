@@ -1,6 +1,7 @@
 """Unlearning for `accelerate launch`: the same run as `hf-robust unlearn`.
 
-    accelerate launch --config_file recipes/accelerate_configs/multi_gpu.yaml recipes/unlearn.py --config recipes/unlearn_npo_sam.yaml
+    accelerate launch --config_file recipes/accelerate_configs/multi_gpu.yaml \
+        recipes/unlearn.py --config recipes/unlearn_npo_sam.yaml
 """
 
 from hf_robust.cli import parse_script_args

@@ -260,6 +260,9 @@ def embedding_attack(
 
 
 def _accepts_logits_to_keep(model: nn.Module) -> bool:
-    """Whether the causal LM's forward takes `logits_to_keep` (every transformers causal LM does; PEFT passes it on)."""
+    """Whether the causal LM's forward takes `logits_to_keep`.
+
+    Every transformers causal LM does; PEFT passes it on.
+    """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "logits_to_keep" in inspect.signature(type(base).forward).parameters

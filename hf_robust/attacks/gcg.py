@@ -163,7 +163,9 @@ def _check_arguments(model: Any, tokenizer: Any, config: Any) -> GCGConfig:
     if not isinstance(config, GCGConfig):
         raise TypeError(f"`config` must be a GCGConfig, got {type(config).__name__}.")
     if not isinstance(model, nn.Module) or not callable(getattr(model, "get_input_embeddings", None)):
-        raise TypeError(f"`model` must be a causal LM nn.Module with get_input_embeddings, got {type(model).__name__}.")
+        raise TypeError(
+            f"`model` must be a causal LM nn.Module with get_input_embeddings, got {type(model).__name__}."
+        )
     if not callable(tokenizer) or not callable(getattr(tokenizer, "decode", None)):
         raise TypeError(f"`tokenizer` must be a Hugging Face tokenizer, got {type(tokenizer).__name__}.")
     if not getattr(tokenizer, "is_fast", False):

@@ -58,7 +58,9 @@ class SuffixTargetLoss:
         try:
             with torch.no_grad():
                 outputs = [self.model(input_ids=prefix, use_cache=True) for prefix in self.prefixes]
-            self.caches = [output["cache"] if "cache" in output else output.get("past_key_values") for output in outputs]
+            self.caches = [
+                output["cache"] if "cache" in output else output.get("past_key_values") for output in outputs
+            ]
             if any(cache is None for cache in self.caches):
                 raise ValueError("the forward returned no cache")
             cached = self.loss_from_ids(suffix)

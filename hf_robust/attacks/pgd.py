@@ -204,8 +204,8 @@ def projected_gradient_descent(
     Each of `config.steps` iterations takes the gradient of `objective(delta).sum()` with respect to `delta` only
     (`torch.autograd.grad`, so the objective's module gets no `.grad`), steps (sign, per-token L2-normalised, Adam, or
     Adam fed the sign of the gradient), and projects: every position with ||delta_t|| > radius is scaled back to
-    `radius`, and positions outside `mask` are reset to exactly 0. Summing the rows makes each row's update independent of the rest of the batch. One extra
-    forward without gradient evaluates the returned last iterate.
+    `radius`, and positions outside `mask` are reset to exactly 0. Summing the rows makes each row's update
+    independent of the rest of the batch. One extra forward without gradient evaluates the returned last iterate.
 
     Args:
         objective: Callable mapping delta (Tensor, shape (batch, positions, hidden), float32) to the per-row loss to

@@ -18,7 +18,8 @@ PAPER = {
     "citation": textwrap.dedent("""\
         @inproceedings{xhonneux2024efficient,
             title     = {{Efficient Adversarial Training in LLMs with Continuous Attacks}},
-            author    = {Sophie Xhonneux and Alessandro Sordoni and Stephan G{\\"u}nnemann and Gauthier Gidel and Leo Schwinn},
+            author    = {Sophie Xhonneux and Alessandro Sordoni and Stephan G{\\"u}nnemann and
+                         Gauthier Gidel and Leo Schwinn},
             year      = 2024,
             booktitle = {Advances in Neural Information Processing Systems},
         }"""),
@@ -32,11 +33,13 @@ class AttackArguments:
 
     attack_eps: float = field(
         default=0.05,
-        metadata={"help": "Per-token L2 budget of the prompt perturbation (relative or absolute, see attack_eps_mode)."},
+        metadata={"help": "Per-token L2 budget of the prompt perturbation (relative or absolute, see "
+                          "attack_eps_mode)."},
     )
     attack_eps_mode: str = field(
         default="relative",
-        metadata={"help": "'relative': radius = eps x mean row norm of the embedding matrix; 'absolute': radius = eps.",
+        metadata={"help": "'relative': radius = eps x mean row norm of the embedding matrix; 'absolute': "
+                          "radius = eps.",
                   "choices": ["relative", "absolute"]},
     )
     attack_steps: int = field(default=10, metadata={"help": "Attack iterations per training step (K). >= 0."})

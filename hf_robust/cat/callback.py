@@ -54,7 +54,9 @@ class EmbeddingAdversaryCallback(TrainerCallback):
         if config.targeted:
             raise ValueError("`config.targeted` must be False: the callback maximises the batch's own label loss.")
         if config.perturb != "prompt":
-            raise ValueError("`config.perturb` must be 'prompt' for the callback: a Trainer batch has no user-turn mask.")
+            raise ValueError(
+                "`config.perturb` must be 'prompt' for the callback: a Trainer batch has no user-turn mask."
+            )
         self.config = config
         self.last_result = None
         self.attack_count = 0

@@ -18,8 +18,8 @@ from .script import EvaluationArguments, attack_success, evaluation_behaviours, 
 @dataclass
 class CATDataArguments:
     adversarial_dataset: str = field(
-        default="toy", metadata={"help": "Rows with `prompt`, `target` (harmful response), `refusal`: a Hub id, a data "
-                                 "file or 'toy'."})
+        default="toy", metadata={"help": "Rows with `prompt`, `target` (harmful response), `refusal`: a Hub id, a "
+                                 "data file or 'toy'."})
     adversarial_split: str = field(default="train", metadata={"help": "Split of `adversarial_dataset`."})
     utility_dataset: str = field(
         default="toy", metadata={"help": "trl conversational (`messages`) or prompt/completion rows: a Hub id, a data "

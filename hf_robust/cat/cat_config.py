@@ -48,7 +48,8 @@ class CATConfig(AttackArguments, SFTConfig):
     )
     toward_cutoff: float = field(
         default=0.5,
-        metadata={"help": "Per row, once the refusal CE falls below this, the toward loss is cutoff + 0.001 CE. >= 0."},
+        metadata={"help": "Per row, once the refusal CE falls below this, the toward loss is cutoff + 0.001 CE. "
+                          ">= 0."},
     )
 
     def __post_init__(self):

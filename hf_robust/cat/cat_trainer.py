@@ -217,7 +217,8 @@ class CATTrainer(SFTTrainer):
         missing = [column for column in ADVERSARIAL_COLUMNS if column not in dataset.column_names]
         if missing:
             raise ValueError(
-                f"`adversarial_dataset` lacks column(s) {missing}; it needs string columns {list(ADVERSARIAL_COLUMNS)}."
+                f"`adversarial_dataset` lacks column(s) {missing}; it needs string columns "
+                f"{list(ADVERSARIAL_COLUMNS)}."
             )
         if len(dataset) == 0:
             raise ValueError("`adversarial_dataset` is empty.")
@@ -239,8 +240,8 @@ class CATTrainer(SFTTrainer):
         kept = tokenized.filter(lambda row: _has_target(row["labels"]) and _has_target(row["refusal_labels"]))
         if len(kept) < len(tokenized):
             warnings.warn(
-                f"CATTrainer: dropped {len(tokenized) - len(kept)} of {len(tokenized)} adversarial rows whose target or "
-                f"refusal is truncated away by max_length={max_length}.",
+                f"CATTrainer: dropped {len(tokenized) - len(kept)} of {len(tokenized)} adversarial rows whose target "
+                f"or refusal is truncated away by max_length={max_length}.",
                 stacklevel=3,
             )
         if len(kept) == 0:

@@ -33,7 +33,8 @@ class EvaluationArguments:
     eval_preset: str = field(
         default="strong",
         metadata={"help": "Evaluation attack preset of the before and after numbers (hf_robust.evaluation.presets): "
-                  f"one of {', '.join(name for name, preset in EVALUATION_PRESETS.items() if preset.kind == 'embedding')}"
+                  "one of "
+                  f"{', '.join(name for name, preset in EVALUATION_PRESETS.items() if preset.kind == 'embedding')}"
                   "; it must be at least as strong as the training attack (same eps_mode, eps and steps >=)."},
     )
 

@@ -137,8 +137,10 @@ class AdvUnlearnTrainer(Trainer):
         "id": "2405.15234",
         "citation": textwrap.dedent("""\
             @inproceedings{zhang2024defensive,
-                title     = {{Defensive Unlearning with Adversarial Training for Robust Concept Erasure in Diffusion Models}},
-                author    = {Yimeng Zhang and Xin Chen and Jinghan Jia and Yihua Zhang and Chongyu Fan and Jiancheng Liu and Mingyi Hong and Ke Ding and Sijia Liu},
+                title     = {{Defensive Unlearning with Adversarial Training for Robust Concept Erasure
+                                in Diffusion Models}},
+                author    = {Yimeng Zhang and Xin Chen and Jinghan Jia and Yihua Zhang and Chongyu Fan and
+                             Jiancheng Liu and Mingyi Hong and Ke Ding and Sijia Liu},
                 year      = 2024,
                 booktitle = {Advances in Neural Information Processing Systems},
             }"""),

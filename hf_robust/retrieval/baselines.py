@@ -41,7 +41,10 @@ from .objective import query_centroid, with_full_stop
 
 @dataclass
 class HotflipConfig:
-    """Settings of `hotflip_poison`; defaults follow Zhong et al. (2023): 50-token passage, top-100, 5000 iterations."""
+    """Settings of `hotflip_poison`.
+
+    Defaults follow Zhong et al. (2023): 50-token passage, top-100, 5000 iterations.
+    """
 
     passage_len: int = field(
         default=50,

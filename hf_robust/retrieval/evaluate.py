@@ -147,7 +147,8 @@ def report_from_scores(clean_scores: Tensor, adv_scores: Tensor, ks: tuple[int, 
     if not (isinstance(clean_scores, Tensor) and isinstance(adv_scores, Tensor) and clean_scores.dim() == 2
             and adv_scores.dim() == 2 and clean_scores.shape[0] == adv_scores.shape[0] and adv_scores.shape[1] > 0):
         raise ValueError("`clean_scores` (m, n) and `adv_scores` (m, p >= 1) must be 2-D tensors with the same m, got "
-                         f"{getattr(clean_scores, 'shape', clean_scores)} and {getattr(adv_scores, 'shape', adv_scores)}")
+                         f"{getattr(clean_scores, 'shape', clean_scores)} and "
+                         f"{getattr(adv_scores, 'shape', adv_scores)}")
     if keep_adv is None:
         keep_adv = torch.ones(adv_scores.shape[1], dtype=torch.bool, device=adv_scores.device)
     elif not (isinstance(keep_adv, Tensor) and keep_adv.dtype == torch.bool

@@ -38,11 +38,13 @@ class UnlearnDataArguments:
 class RelearnArguments:
     relearn_samples: int = field(default=20, metadata={"help": "Forget rows the attacker fine-tunes on. > 0; 0 skips "
                                                        "the attack."})
-    relearn_steps: int | None = field(default=None, metadata={"help": "Attack steps; None: one pass over the samples."})
+    relearn_steps: int | None = field(
+        default=None, metadata={"help": "Attack steps; None: one pass over the samples."})
     relearn_learning_rate: float = field(default=1e-5, metadata={"help": "Attack learning rate (AdamW)."})
     relearn_batch_size: int = field(default=4, metadata={"help": "Attack batch size."})
     relearn_holdout_fraction: float = field(
-        default=0.5, metadata={"help": "Fraction of the forget rows held out from the attacker and measured. In (0, 1)."})
+        default=0.5, metadata={"help": "Fraction of the forget rows held out from the attacker and measured. "
+                               "In (0, 1)."})
     relearn_parameters: str = field(
         default="all", metadata={"help": "What the attacker fine-tunes: 'all' weights (the paper's attacker; a LoRA "
                                  "model merged first) or only the 'trainable' ones (a weaker threat model)."})
@@ -58,7 +60,9 @@ class RelearnArguments:
         from .relearn import PARAMETER_CHOICES, RelearnConfig
 
         if self.relearn_parameters not in PARAMETER_CHOICES:
-            raise ValueError(f"`relearn_parameters` must be one of {PARAMETER_CHOICES}, got {self.relearn_parameters!r}.")
+            raise ValueError(
+                f"`relearn_parameters` must be one of {PARAMETER_CHOICES}, got {self.relearn_parameters!r}."
+            )
         if self.relearn_curve is not None:
             try:
                 RelearnConfig(steps=list(self.relearn_curve))
@@ -91,8 +95,9 @@ def relearn(trainer, model, tokenizer, forget, retain, relearn_args: RelearnArgu
     held_out = max(1, int(len(forget) * relearn_args.relearn_holdout_fraction))
     if len(forget) - held_out < relearn_args.relearn_samples:
         raise ValueError(
-            f"`relearn_samples`={relearn_args.relearn_samples} exceeds the {len(forget) - held_out} forget rows left to "
-            f"the attacker after holding out {held_out} (relearn_holdout_fraction={relearn_args.relearn_holdout_fraction})."
+            f"`relearn_samples`={relearn_args.relearn_samples} exceeds the {len(forget) - held_out} forget rows left "
+            f"to the attacker after holding out {held_out} "
+            f"(relearn_holdout_fraction={relearn_args.relearn_holdout_fraction})."
         )
     attacker, measured = forget.select(range(len(forget) - held_out)), forget.select(range(len(forget) - held_out,
                                                                                            len(forget)))

@@ -21,7 +21,6 @@ import torch
 from ..checks import is_integer
 from ..hub import RobustnessResult
 from ..modeling import eval_mode
-from ..sharding import has_sharded_weights, on_main_process
 from .metrics import UnlearningMetrics, evaluate_unlearning
 from .metrics.inputs import encode_rows, text_rows
 from .metrics.likelihood import right_padded

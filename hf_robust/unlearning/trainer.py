@@ -65,8 +65,10 @@ class UnlearnTrainer(Trainer):
         "id": "2502.05374",
         "citation": textwrap.dedent("""\
             @inproceedings{fan2025towards,
-                title     = {{Towards LLM Unlearning Resilient to Relearning Attacks: A Sharpness-Aware Minimization Perspective and Beyond}},
-                author    = {Chongyu Fan and Jinghan Jia and Yihua Zhang and Anil Ramakrishna and Mingyi Hong and Sijia Liu},
+                title     = {{Towards LLM Unlearning Resilient to Relearning Attacks:
+                                A Sharpness-Aware Minimization Perspective and Beyond}},
+                author    = {Chongyu Fan and Jinghan Jia and Yihua Zhang and Anil Ramakrishna and Mingyi Hong and
+                             Sijia Liu},
                 year      = 2025,
                 booktitle = {International Conference on Machine Learning},
             }"""),

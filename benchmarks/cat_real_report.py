@@ -79,7 +79,9 @@ def data_description(mix: str) -> str:
                 "harmful with probability 0.125 (an AdvBench-train prompt: a refusal for the control; for CAT toward "
                 "its refusal and away from its affirmative target, under the training attack), else a self-distilled "
                 "benign answer. CAPO trains on (refusal preferred over the affirmative target) pairs of "
-                "AdvBench-train prompts only, as the reference's IPO config does (no utility rows).")
+                "AdvBench-train prompts only, as the reference's IPO config does (no utility rows): the same data "
+                "under either mix, so from the same checkpoint and seed it is the same model, measured in the "
+                "`control-rows` record (`cat_effect_smollm2_cpu.md`) and not trained again here.")
     return ("Rows per model: the control is SFT on the AdvBench-train refusals and the self-distilled benign answers, "
             "shuffled together (416 refusals, 138 benign: 75% refusals). CAT draws each row adversarial with "
             "probability 0.5 (an AdvBench-train prompt: toward its refusal and away from its affirmative target, "
@@ -97,8 +99,9 @@ def write_markdown(record: dict, path: Path) -> None:
     targets = "; ".join(f"{name} {target}" for name, target in record["targets"].items())
     evaluation, attack = record["evaluation"], record["training_attack"]
     first = next(iter(record["seeds"]), None)  # the base model is measured once, with the first seed
-    missing = {seed: [name for name in ("base", "safety-tuned", "control", "cat", "capo")
-                      if name not in models and (name != "base" or seed == first)]
+    # CAPO's data does not depend on the mix (`data_description`): a `paper` record does not wait for it.
+    expected = ("base", "safety-tuned", "control", "cat") + (() if record.get("data_mix") == "paper" else ("capo",))
+    missing = {seed: [name for name in expected if name not in models and (name != "base" or seed == first)]
                for seed, models in record["seeds"].items()}
     missing = "; ".join(f"seed {seed}: {', '.join(names)}" for seed, names in missing.items() if names)
     path.write_text(

@@ -36,8 +36,11 @@ def test_markdown_names_the_models_not_measured_and_the_data_each_trained_on(tmp
     path = tmp_path / "record.md"
     cat_real_report.write_markdown(record({"0": {"base": {"clean_refusal": 0.0}, "control": measured(1.0)}}), path)
     text = path.read_text()
-    assert "Not measured yet (seed 0: safety-tuned, cat, capo)" in text
+    assert "Not measured yet (seed 0: safety-tuned, cat)" in text  # CAPO: the same model under either mix
     assert "`--paper-mix`" in text and "Targets: CAT strong ASR <= 50% of control's." in text
+    control_rows = {**record({"0": {"base": {}, "control": measured(1.0)}}), "data_mix": "control-rows"}
+    cat_real_report.write_markdown(control_rows, path)
+    assert "Not measured yet (seed 0: safety-tuned, cat, capo)" in path.read_text()
 
 
 def test_plot_writes_a_png_with_the_strong_attack_curve(tmp_path):

@@ -7,7 +7,8 @@ checkpoint, measured on held-out AdvBench and held-out benign requests. Run thro
 2. From that checkpoint, with a fresh LoRA adapter, the same number of steps and the same AdvBench-train/benign-train
    data: control (plain SFT on the refusals and the benign answers), CAT (those rows, half of each batch attacked),
    CAPO (IPO on refusal vs target of the AdvBench-train requests, attacked).
-3. Each model, on held-out data: clean refusal of held-out AdvBench, the `strong` embedding attack's success, GCG's
+3. Each model, on held-out data: clean refusal of held-out AdvBench, the training attack's and the `strong`
+   embedding attack's success, GCG's
    success (`gcg-cpu` preset, the first `--gcg-behaviours`), over-refusal of held-out benign requests, and the
    utility NLL of the base model's answers to them. Everything through `hf_robust.evaluation`.
 """
@@ -173,8 +174,33 @@ def utility_nll(model, tokenizer, answers: dict[str, str]) -> float:
     return total / count
 
 
-def measure(model, tokenizer, held_out, benign_test: dict[str, str], gcg_behaviours: int, strong: bool = True) -> dict:
-    """The rates of one model; `strong=False` (the safety-tuned checkpoint) skips the embedding attack."""
+def training_attack_preset(training_attack: dict):
+    """The benchmark's training attack (`AttackArguments` fields) as an evaluation preset: its success says whether a
+    model resists the very attack CAT trains against; the targets are read at the `strong` preset."""
+    import dataclasses
+
+    from hf_robust.cat.arguments import AttackArguments
+    from hf_robust.evaluation.presets import AttackPreset
+
+    config = AttackArguments(**training_attack).attack_config()
+    return AttackPreset("training-attack", "embedding", dataclasses.asdict(config),
+                        "The benchmark's training attack itself (as strong as training, no stronger).")
+
+
+def measure_training_attack(model, tokenizer, held_out, training_attack: dict) -> dict:
+    """{"training_attack_asr"}: the success of the training attack on the held-out behaviours."""
+    from hf_robust.evaluation.runner import evaluate_robustness
+
+    preset = training_attack_preset(training_attack)
+    outcome = evaluate_robustness(model, tokenizer, held_out, [preset], batch_size=16, progress=False)[preset.name]
+    print(f"  training attack ASR {outcome.success_rate:.0%} ({outcome.seconds:.0f} s)", flush=True)
+    return {"training_attack_asr": outcome.success_rate}
+
+
+def measure(model, tokenizer, held_out, benign_test: dict[str, str], gcg_behaviours: int, strong: bool = True,
+            training_attack: dict | None = None) -> dict:
+    """The rates of one model; `strong=False` (the safety-tuned checkpoint) skips the embedding attacks, and
+    `training_attack` (`AttackArguments` fields) adds that attack's success."""
     from hf_robust.evaluation.behaviour_attacks import refusal_rate
     from hf_robust.evaluation.runner import evaluate_robustness
 
@@ -187,6 +213,8 @@ def measure(model, tokenizer, held_out, benign_test: dict[str, str], gcg_behavio
     if strong:
         measured["strong_asr"] = outcomes["strong"].success_rate
         measured["strong_budget"] = outcomes["strong"].budget_success_rate
+        if training_attack:
+            measured.update(measure_training_attack(model, tokenizer, held_out, training_attack))
     print(f"  measured {measured['clean_refusal']:.0%} refusal, strong ASR {measured.get('strong_asr', '-')}, "
           f"over-refusal {over_refusal:.0%} ({time.perf_counter() - started:.0f} s)", flush=True)
     if gcg_behaviours:
@@ -218,12 +246,21 @@ def start_record(options, record: dict, path: Path) -> dict:
     return earlier
 
 
-def stage(seed_record: dict, name: str, folder: Path, build, measure_model, machine: str) -> None:
+def stage(seed_record: dict, name: str, folder: Path, build, measure_model, machine: str, top_up=None) -> None:
     """One model of the benchmark, resumable: measured already -> kept; its saved model in `folder` -> measured;
-    otherwise `build()` trains it (returns the model and seconds per step), it is saved, then measured."""
+    otherwise `build()` trains it (returns the model and seconds per step), it is saved, then measured.
+    `top_up` = (key, measure(model) -> dict): a model measured before `key` existed gets only that measured, from
+    its saved folder (else it stays without it: the table shows "–")."""
     from transformers import AutoModelForCausalLM
 
     if name in seed_record:
+        key, measure_missing = top_up or (None, None)
+        if key and key not in seed_record[name] and (folder / "config.json").is_file():
+            print(f"  {name}: measured earlier without {key}, measuring it", flush=True)
+            model = AutoModelForCausalLM.from_pretrained(folder).to("cuda" if on_gpu() else "cpu").eval()
+            seed_record[name].update({**measure_missing(model), f"{key}_machine": machine})
+            del model
+            return
         print(f"  {name}: measured earlier ({seed_record[name].get('machine', '?')}), kept", flush=True)
         return
     if (folder / "config.json").is_file() and (folder / "stage.json").is_file():
@@ -311,7 +348,10 @@ def run(options) -> dict:
             stage(seed_record, variant, work / variant,
                   lambda variant=variant: train_variant(variant, work / "safety-tuned", tokenizer, train,
                                                         train_answers, options.steps, seed, training_attack, mix),
-                  lambda m: measure(m, tokenizer, held_out, test_answers, options.gcg_behaviours), options.machine)
+                  lambda m: measure(m, tokenizer, held_out, test_answers, options.gcg_behaviours,
+                                    training_attack=training_attack), options.machine,
+                  top_up=("training_attack_asr",
+                          lambda m: measure_training_attack(m, tokenizer, held_out, training_attack)))
             print(f"seed {seed}: {variant} done ({seed_record[variant]['seconds_per_step']:.1f} s/step)", flush=True)
             save()
     return record

@@ -12,8 +12,8 @@ def plot(record: dict, path: Path) -> None:
 
     variants = [v for v in ("base", "safety-tuned", "control", "cat", "capo")
                 if any(v in s for s in record["seeds"].values())]
-    metrics = [("clean_refusal", "clean refusal"), ("strong_asr", "strong embedding ASR"), ("gcg_asr", "GCG ASR"),
-               ("over_refusal", "benign over-refusal")]
+    metrics = [("clean_refusal", "clean refusal"), ("training_attack_asr", "training-attack ASR"),
+               ("strong_asr", "strong embedding ASR"), ("gcg_asr", "GCG ASR"), ("over_refusal", "benign over-refusal")]
     figure = Figure(figsize=(12, 4.2), dpi=100)
     FigureCanvasAgg(figure)
     bars, curves = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
@@ -52,7 +52,8 @@ def table(record: dict) -> str:
     """Markdown: one row per model, mean ± std over seeds, the targets beside."""
     import statistics
 
-    keys = [("clean_refusal", "clean refusal"), ("strong_asr", "strong emb. ASR"), ("gcg_asr", "GCG ASR"),
+    keys = [("clean_refusal", "clean refusal"), ("training_attack_asr", "training-attack ASR"),
+            ("strong_asr", "strong emb. ASR"), ("gcg_asr", "GCG ASR"),
             ("over_refusal", "over-refusal"), ("utility_nll", "utility NLL"), ("seconds_per_step", "s/step")]
     lines = ["| model | " + " | ".join(name for _, name in keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for variant in ("base", "safety-tuned", "control", "cat", "capo"):
@@ -113,7 +114,9 @@ def write_markdown(record: dict, path: Path) -> None:
         f"steps). Measured on {evaluation['held_out_behaviours']} held-out behaviours (strong embedding attack "
         f"`{evaluation['strong']['name']}`; GCG `{evaluation['gcg']['name']}` on the first "
         f"{evaluation['gcg_behaviours']}) and {evaluation['benign_test']} benign requests (over-refusal, utility "
-        f"NLL); judge {evaluation['judge']}; greedy 32-token answers. s/step: training seconds per step.\n\n"
+        f"NLL); judge {evaluation['judge']}; greedy 32-token answers. Training-attack ASR: the training attack "
+        f"itself on the held-out behaviours (as strong as training; the targets are read at the strong attack). "
+        f"s/step: training seconds per step.\n\n"
         f"{data_description(record.get('data_mix', 'control-rows'))}\n\n"
         f"{table(record)}\n\nTargets: {targets}.\n"
         + (f"\nNot measured yet ({missing}): no number is claimed for them. Each model is a stage saved in the "

@@ -40,16 +40,22 @@ def stand_ins(monkeypatch):
         calls.setdefault("mixes", []).append(mix)
         return tiny_causal_lm(seed=1)[0], 2.5
 
-    def measure(model, tokenizer, held_out, benign_test, gcg_behaviours, strong=True):
+    def measure(model, tokenizer, held_out, benign_test, gcg_behaviours, strong=True, training_attack=None):
         calls["measured"].append(len(calls["measured"]))
         return {"clean_refusal": 0.5, "over_refusal": 0.1, "utility_nll": 1.0,
-                **({"strong_asr": 0.25, "strong_budget": [0.0, 0.25]} if strong else {})}
+                **({"strong_asr": 0.25, "strong_budget": [0.0, 0.25]} if strong else {}),
+                **({"training_attack_asr": 0.125} if training_attack else {})}
+
+    def measure_training_attack(model, tokenizer, held_out, training_attack):
+        calls.setdefault("topped_up", []).append(training_attack["attack_eps"])
+        return {"training_attack_asr": 0.0}
 
     monkeypatch.setattr(hf_robust.testing, "load_smollm2", load_smollm2, raising=False)
     monkeypatch.setattr(cat_real, "base_answers", lambda model, tokenizer, prompts, path: dict.fromkeys(prompts, "ok"))
     monkeypatch.setattr(cat_real, "safety_tune", safety_tune)
     monkeypatch.setattr(cat_real, "train_variant", train_variant)
     monkeypatch.setattr(cat_real, "measure", measure)
+    monkeypatch.setattr(cat_real, "measure_training_attack", measure_training_attack)
     return calls
 
 
@@ -94,6 +100,22 @@ def test_a_model_trained_but_not_measured_is_measured_from_its_saved_folder(tmp_
     cat_real.run(options(tmp_path, variants=["control"], resume=True))
     assert stand_ins["trained"] == [] and len(stand_ins["measured"]) == 1
     assert recorded(tmp_path)["seeds"]["0"]["control"]["trained_on"] == "machine A"
+
+
+def test_a_model_measured_before_the_training_attack_column_gets_only_that_measured(tmp_path, stand_ins):
+    cat_real.run(options(tmp_path, variants=["control", "cat"]))
+    assert recorded(tmp_path)["seeds"]["0"]["cat"]["training_attack_asr"] == 0.125  # measured with the rest
+    record = recorded(tmp_path)
+    del record["seeds"]["0"]["cat"]["training_attack_asr"]  # an older record
+    (tmp_path / "results" / "cat_cpu.json").write_text(json.dumps(record))
+    stand_ins.update(trained=[], measured=[])
+    cat_real.run(options(tmp_path, variants=["control", "cat"], resume=True, machine="machine B"))
+    assert stand_ins["trained"] == [] and stand_ins["measured"] == [] and stand_ins["topped_up"] == [0.1]
+    cat = recorded(tmp_path)["seeds"]["0"]["cat"]
+    assert cat["training_attack_asr"] == 0.0 and cat["training_attack_asr_machine"] == "machine B"
+    assert cat["machine"] == "machine A" and cat["strong_asr"] == 0.25  # the rest kept
+    cat_real.run(options(tmp_path, variants=["control", "cat"], resume=True))
+    assert stand_ins["topped_up"] == [0.1]  # measured once
 
 
 def test_without_the_safety_checkpoint_every_later_model_is_trained_and_measured_again(tmp_path, stand_ins):
@@ -164,3 +186,27 @@ def test_paper_mix_gives_control_and_cat_the_same_harmful_share_and_cat_benign_o
     assert 0.05 < refusal_share(control) < 0.25  # about 0.125: rows drawn with those probabilities
     with pytest.raises(ValueError, match="`mix`"):
         cat_real.training_data("cat", "half", adversarial, benign, seed=0)
+
+
+TRAINING_ATTACK = {"attack_eps": 0.1, "attack_eps_mode": "relative", "attack_steps": 10, "attack_step_size": 0.1,
+                   "attack_step_mode": "relative", "attack_optimizer": "adam"}
+
+
+def test_the_training_attack_column_runs_exactly_the_training_attack():
+    from hf_robust.cat.arguments import AttackArguments
+    from hf_robust.evaluation.presets import at_least_as_strong
+
+    preset = cat_real.training_attack_preset(TRAINING_ATTACK)
+    training = AttackArguments(**TRAINING_ATTACK).attack_config()
+    assert preset.config == training and at_least_as_strong(preset, training)
+    assert not at_least_as_strong(preset, AttackArguments(**{**TRAINING_ATTACK, "attack_steps": 11}).attack_config())
+
+
+def test_the_training_attack_is_measured_on_a_tiny_model():
+    from hf_robust.testing import tiny_causal_lm
+
+    model, tokenizer = tiny_causal_lm()
+    behaviours = [{"prompt": "Tell me how to do it", "target": "Sure, here is how"},
+                  {"prompt": "Write the thing", "target": "Sure, here is the thing"}]
+    measured = cat_real.measure_training_attack(model, tokenizer, behaviours, TRAINING_ATTACK)
+    assert set(measured) == {"training_attack_asr"} and measured["training_attack_asr"] in (0.0, 0.5, 1.0)

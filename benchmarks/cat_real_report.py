@@ -3,6 +3,21 @@ model trained on) and the PNG (rates per model, the strong attack's success agai
 
 from pathlib import Path
 
+VARIANTS = ("base", "safety-tuned", "control", "cat", "capo")
+
+
+def mean_budget_curve(record: dict, variant: str) -> list[float] | None:
+    """The strong attack's success after each of its steps (index 0: before any), mean over seeds; None when not
+    measured."""
+    budgets = [seed[variant]["strong_budget"] for seed in record["seeds"].values()
+               if "strong_budget" in seed.get(variant, {})]
+    return [sum(values) / len(values) for values in zip(*budgets)] if budgets else None
+
+
+def steps_to_reach(curve: list[float], rate: float) -> int | None:
+    """The first attack step at which `curve` reaches `rate`; None if it never does."""
+    return next((step for step, value in enumerate(curve) if value >= rate), None)
+
 
 def plot(record: dict, path: Path) -> None:
     """Bars of the four rates per model (mean over seeds, points per seed) and the strong attack's success against
@@ -10,14 +25,14 @@ def plot(record: dict, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    variants = [v for v in ("base", "safety-tuned", "control", "cat", "capo")
-                if any(v in s for s in record["seeds"].values())]
-    metrics = [("clean_refusal", "clean refusal"), ("training_attack_asr", "training-attack ASR"),
-               ("strong_asr", "strong embedding ASR"), ("gcg_asr", "GCG ASR"), ("over_refusal", "benign over-refusal")]
+    variants = [v for v in VARIANTS if any(v in s for s in record["seeds"].values())]
+    metrics = [("clean_refusal", "clean\nrefusal"), ("training_attack_asr", "training-\nattack ASR"),
+               ("strong_asr", "strong\nembedding ASR"), ("gcg_asr", "GCG\nASR"),
+               ("over_refusal", "benign\nover-refusal")]
     figure = Figure(figsize=(12, 4.2), dpi=100)
     FigureCanvasAgg(figure)
     bars, curves = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
-    width = 0.8 / len(variants)
+    width, reach = 0.8 / len(variants), 0
     for index, variant in enumerate(variants):
         runs = [s[variant] for s in record["seeds"].values() if variant in s]
         for position, (key, _) in enumerate(metrics):
@@ -27,10 +42,12 @@ def plot(record: dict, path: Path) -> None:
                 bars.bar(x, sum(values) / len(values), width, color=f"C{index}",
                          label=variant if position == 0 else None)
                 bars.scatter([x] * len(values), values, color="black", s=8, zorder=3)
-        budgets = [run["strong_budget"] for run in runs if "strong_budget" in run]
-        if budgets:
-            budget = [sum(values) / len(values) for values in zip(*budgets)]
+        budget = mean_budget_curve(record, variant)
+        if budget:
             curves.plot(range(len(budget)), budget, color=f"C{index}", label=variant)
+            # zoomed to where the curves still move (every curve flat after it), with a margin
+            last_change = max([step for step in range(1, len(budget)) if budget[step] != budget[step - 1]] or [0])
+            reach = max(reach, min(len(budget) - 1, 2 * last_change + 5))
     bars.set_xticks(range(len(metrics)), [name for _, name in metrics], fontsize=8)
     bars.set_ylim(0, 1.05)
     bars.set_ylabel("rate")
@@ -42,6 +59,7 @@ def plot(record: dict, path: Path) -> None:
     curves.set_ylim(-0.02, 1.02)
     if curves.lines:
         curves.legend(fontsize=8)
+        curves.set_xlim(0, reach)
     curves.grid(alpha=0.3)
     figure.suptitle("SmolLM2-135M-Instruct: control SFT vs CAT vs CAPO from one safety-tuned checkpoint")
     figure.tight_layout()
@@ -56,7 +74,7 @@ def table(record: dict) -> str:
             ("strong_asr", "strong emb. ASR"), ("gcg_asr", "GCG ASR"),
             ("over_refusal", "over-refusal"), ("utility_nll", "utility NLL"), ("seconds_per_step", "s/step")]
     lines = ["| model | " + " | ".join(name for _, name in keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    for variant in ("base", "safety-tuned", "control", "cat", "capo"):
+    for variant in VARIANTS:
         runs = [seed[variant] for seed in record["seeds"].values() if variant in seed]
         if not runs:
             continue
@@ -71,6 +89,19 @@ def table(record: dict) -> str:
             cells.append(f"{mean:.0%}{spread}" if key.endswith(("asr", "refusal")) else f"{mean:.2f}{spread}")
         lines.append(f"| {variant} ({len(runs)} seed{'s' if len(runs) > 1 else ''}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def budget_description(record: dict) -> str:
+    """How many strong-attack steps each model takes to reach 50% and 90% success (from the mean curve): where
+    both models end at 100%, the steps still tell them apart."""
+    parts = []
+    for variant in VARIANTS:
+        curve = mean_budget_curve(record, variant)
+        if curve:
+            steps = [steps_to_reach(curve, rate) for rate in (0.5, 0.9)]
+            parts.append(f"{variant} {' / '.join('never' if step is None else str(step) for step in steps)}")
+    return (f"Strong-attack steps to reach 50% / 90% success (of its 100; the PNG has the curves): "
+            f"{'; '.join(parts)}.\n\n" if parts else "")
 
 
 def data_description(mix: str) -> str:
@@ -118,7 +149,7 @@ def write_markdown(record: dict, path: Path) -> None:
         f"itself on the held-out behaviours (as strong as training; the targets are read at the strong attack). "
         f"s/step: training seconds per step.\n\n"
         f"{data_description(record.get('data_mix', 'control-rows'))}\n\n"
-        f"{table(record)}\n\nTargets: {targets}.\n"
-        + (f"\nNot measured yet ({missing}): no number is claimed for them. Each model is a stage saved in the "
+        f"{table(record)}\n\nTargets: {targets}.\n\n{budget_description(record)}"
+        + (f"Not measured yet ({missing}): no number is claimed for them. Each model is a stage saved in the "
            "work folder, so `benchmarks/cat_effect.py --model smollm2 --resume` (same settings) goes on from the "
            "first missing one.\n" if missing else ""))

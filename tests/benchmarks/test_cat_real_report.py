@@ -47,3 +47,13 @@ def test_plot_writes_a_png_with_the_strong_attack_curve(tmp_path):
     path = tmp_path / "record.png"
     cat_real_report.plot(record({"0": {"control": measured(1.0), "cat": measured(0.5)}}), path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_markdown_gives_the_strong_attack_steps_each_model_needs():
+    fast, slow = measured(1.0), measured(1.0)
+    fast["strong_budget"], slow["strong_budget"] = [0.0, 0.6, 1.0], [0.0, 0.0, 0.2, 0.5, 0.9]
+    text = cat_real_report.budget_description(record({"0": {"control": fast, "cat": slow}, "1": {"cat": slow}}))
+    assert "control 1 / 2; cat 3 / 4." in text
+    assert cat_real_report.steps_to_reach([0.0, 0.4], 0.5) is None
+    assert "cat 3 / never" in cat_real_report.budget_description(
+        record({"0": {"cat": {**slow, "strong_budget": [0.0, 0.0, 0.2, 0.5, 0.8]}}}))

@@ -8,9 +8,9 @@ checkpoint, measured on held-out AdvBench and held-out benign requests. Run thro
    data: control (plain SFT on the refusals and the benign answers), CAT (those rows, half of each batch attacked),
    CAPO (IPO on refusal vs target of the AdvBench-train requests, attacked).
 3. Each model, on held-out data: clean refusal of held-out AdvBench, the training attack's and the `strong`
-   embedding attack's success, GCG's
-   success (`gcg-cpu` preset, the first `--gcg-behaviours`), over-refusal of held-out benign requests, and the
-   utility NLL of the base model's answers to them. Everything through `hf_robust.evaluation`.
+   embedding attack's success, GCG's success (`gcg-cpu` preset, the first `--gcg-behaviours`), over-refusal of
+   held-out benign requests, and the utility NLL of the base model's answers to them. Everything through
+   `hf_robust.evaluation`.
 """
 
 import json
@@ -246,25 +246,31 @@ def start_record(options, record: dict, path: Path) -> dict:
     return earlier
 
 
+def load_saved(folder: Path):
+    """A stage's saved model, on the GPU when there is one, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder).to("cuda" if on_gpu() else "cpu").eval()
+
+
 def stage(seed_record: dict, name: str, folder: Path, build, measure_model, machine: str, top_up=None) -> None:
     """One model of the benchmark, resumable: measured already -> kept; its saved model in `folder` -> measured;
     otherwise `build()` trains it (returns the model and seconds per step), it is saved, then measured.
     `top_up` = (key, measure(model) -> dict): a model measured before `key` existed gets only that measured, from
     its saved folder (else it stays without it: the table shows "–")."""
-    from transformers import AutoModelForCausalLM
 
     if name in seed_record:
         key, measure_missing = top_up or (None, None)
         if key and key not in seed_record[name] and (folder / "config.json").is_file():
             print(f"  {name}: measured earlier without {key}, measuring it", flush=True)
-            model = AutoModelForCausalLM.from_pretrained(folder).to("cuda" if on_gpu() else "cpu").eval()
+            model = load_saved(folder)
             seed_record[name].update({**measure_missing(model), f"{key}_machine": machine})
             del model
             return
         print(f"  {name}: measured earlier ({seed_record[name].get('machine', '?')}), kept", flush=True)
         return
     if (folder / "config.json").is_file() and (folder / "stage.json").is_file():
-        model = AutoModelForCausalLM.from_pretrained(folder).to("cuda" if on_gpu() else "cpu").eval()
+        model = load_saved(folder)
         trained = json.loads((folder / "stage.json").read_text())
         print(f"  {name}: trained earlier ({trained['machine']}), measuring", flush=True)
     else:

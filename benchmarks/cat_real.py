@@ -327,7 +327,14 @@ def run(options) -> dict:
         torch.manual_seed(seed)
         work = Path(options.work_dir) / f"seed{seed}"
         seed_record = record["seeds"].setdefault(str(seed), {})
-        if not (work / "safety-tuned" / "config.json").is_file():  # later models start from it: all anew
+        # Later models start from the safety-tuned checkpoint: without it, all anew, unless nothing is left to train
+        # (a seed measured whole is kept even where its saved models are gone, e.g. on a fresh clone).
+        pending = [name for name in ("safety-tuned", *options.variants) if name not in seed_record]
+        if pending and not (work / "safety-tuned" / "config.json").is_file():
+            dropped = [name for name in ("safety-tuned", *options.variants) if name in seed_record]
+            if dropped:
+                print(f"seed {seed}: {work / 'safety-tuned'} is gone, so {dropped} are measured anew "
+                      f"(a new safety-tuned checkpoint would make {pending} incomparable with them)", flush=True)
             for name in ("safety-tuned", *options.variants):
                 seed_record.pop(name, None)
                 shutil.rmtree(work / name, ignore_errors=True)
@@ -336,7 +343,7 @@ def run(options) -> dict:
         answers = base_answers(model, tokenizer, benign_train + benign_test, RESULTS / "smollm2_benign_answers.json")
         train_answers = {p: answers[p] for p in benign_train}
         test_answers = {p: answers[p] for p in benign_test}
-        if seed == options.seeds[0] and "base" not in seed_record:
+        if not any("base" in models for models in record["seeds"].values()):  # measured once, by the first seed
             seed_record["base"] = {**measure(model, tokenizer, held_out, test_answers, 0, strong=False),
                                    "machine": options.machine}
             save()

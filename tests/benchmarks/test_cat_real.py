@@ -3,6 +3,7 @@ stage saved and recorded, so the CPU record can be built over several sessions. 
 and the training and measuring are stand-ins that count their calls; the stage logic is the benchmark's own."""
 
 import json
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -122,9 +123,22 @@ def test_without_the_safety_checkpoint_every_later_model_is_trained_and_measured
     cat_real.run(options(tmp_path, variants=["control"]))
     (tmp_path / "work" / "seed0" / "safety-tuned" / "config.json").unlink()
     stand_ins.update(trained=[], measured=[])
-    cat_real.run(options(tmp_path, variants=["control"], resume=True))
-    assert stand_ins["trained"] == ["safety-tuned", "control"]
-    assert len(stand_ins["measured"]) == 2  # base kept: it does not depend on the checkpoint
+    cat_real.run(options(tmp_path, variants=["control", "cat"], resume=True))  # cat must start from the same one
+    assert stand_ins["trained"] == ["safety-tuned", "control", "cat"]
+    assert len(stand_ins["measured"]) == 3  # base kept: it does not depend on the checkpoint
+
+
+def test_a_seed_measured_whole_is_kept_without_its_saved_models_and_base_is_measured_once(tmp_path, stand_ins):
+    cat_real.run(options(tmp_path, variants=["control"]))
+    shutil.rmtree(tmp_path / "work")  # a fresh clone: the record, not the models
+    stand_ins.update(trained=[], measured=[])
+    record = cat_real.run(options(tmp_path, variants=["control"], seeds=[0, 1], resume=True))
+    assert stand_ins["trained"] == ["safety-tuned", "control"] and len(stand_ins["measured"]) == 2  # seed 1 only
+    assert set(record["seeds"]["0"]) == {"base", "safety-tuned", "control"}
+    assert set(record["seeds"]["1"]) == {"safety-tuned", "control"}
+    stand_ins.update(trained=[], measured=[])
+    cat_real.run(options(tmp_path, variants=["control"], seeds=[1], resume=True))
+    assert stand_ins["trained"] == [] and stand_ins["measured"] == []
 
 
 def test_resuming_a_record_of_other_settings_is_refused_naming_them(tmp_path, stand_ins):

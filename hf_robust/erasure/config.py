@@ -1,5 +1,6 @@
 """`AdvUnlearnConfig`: `TrainingArguments` plus AdvUnlearn's ESD loss, inner soft-prompt attack and retain term."""
 
+import textwrap
 from dataclasses import dataclass, field
 from numbers import Integral
 
@@ -13,8 +14,20 @@ from .conditioning import POSITIONS
 CONCEPT_TYPES = ("nudity", "style", "object")
 DEFAULT_RETAIN_WEIGHT = {"nudity": 0.3, "style": 0.5, "object": 0.5}
 
-
-
+PAPER = {
+    "title": "Defensive Unlearning with Adversarial Training for Robust Concept Erasure in Diffusion Models",
+    "id": "2405.15234",
+    "citation": textwrap.dedent("""\
+        @inproceedings{zhang2024defensive,
+            title     = {{Defensive Unlearning with Adversarial Training for Robust Concept Erasure
+                            in Diffusion Models}},
+            author    = {Yimeng Zhang and Xin Chen and Jinghan Jia and Yihua Zhang and Chongyu Fan and
+                         Jiancheng Liu and Mingyi Hong and Ke Ding and Sijia Liu},
+            year      = 2024,
+            booktitle = {Advances in Neural Information Processing Systems},
+        }"""),
+}
+"""The paper of AdvUnlearn, as trl's `_paper` for the model cards its trainer and command write."""
 
 
 @dataclass

@@ -20,7 +20,6 @@ import dataclasses
 import math
 import os
 import re
-import textwrap
 
 import torch
 from datasets import Dataset
@@ -37,7 +36,7 @@ from .conditioning import (
     Conditioning, DiffusionComponents, SoftTokens, diffusion_components, encode_prompts, predict_noise, time_ids,
     tokenize_prompts,
 )
-from .config import AdvUnlearnConfig
+from .config import PAPER, AdvUnlearnConfig
 from .esd import DEFAULT_RETAIN_PROMPTS, RetainPromptSampler, esd_target, partial_ddim_sample, row_mse
 
 ENCODER_NAMES = ("text_encoder", "text_encoder_2")
@@ -132,19 +131,7 @@ class AdvUnlearnTrainer(Trainer):
 
     _tag_names = ["hf-robust", "advunlearn", "concept-erasure", "diffusers"]
     _name = "AdvUnlearn"
-    _paper = {
-        "title": "Defensive Unlearning with Adversarial Training for Robust Concept Erasure in Diffusion Models",
-        "id": "2405.15234",
-        "citation": textwrap.dedent("""\
-            @inproceedings{zhang2024defensive,
-                title     = {{Defensive Unlearning with Adversarial Training for Robust Concept Erasure
-                                in Diffusion Models}},
-                author    = {Yimeng Zhang and Xin Chen and Jinghan Jia and Yihua Zhang and Chongyu Fan and
-                             Jiancheng Liu and Mingyi Hong and Ke Ding and Sijia Liu},
-                year      = 2024,
-                booktitle = {Advances in Neural Information Processing Systems},
-            }"""),
-    }
+    _paper = PAPER
 
     def __init__(self, pipeline_or_components, args: AdvUnlearnConfig | None = None, concepts=None,
                  retain_prompts=None, **trainer_kwargs):

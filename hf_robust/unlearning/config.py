@@ -2,6 +2,7 @@
 
 import math
 import re
+import textwrap
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
@@ -14,8 +15,21 @@ RETAIN_LOSSES = ("nll", "kl")
 SAM_TARGETS = ("forget", "all")
 DEFAULT_BETA = {"npo": 0.1, "simnpo": 4.5}
 
-
-
+PAPER = {
+    "title": "Towards LLM Unlearning Resilient to Relearning Attacks: A Sharpness-Aware Minimization Perspective "
+             "and Beyond",
+    "id": "2502.05374",
+    "citation": textwrap.dedent("""\
+        @inproceedings{fan2025towards,
+            title     = {{Towards LLM Unlearning Resilient to Relearning Attacks:
+                            A Sharpness-Aware Minimization Perspective and Beyond}},
+            author    = {Chongyu Fan and Jinghan Jia and Yihua Zhang and Anil Ramakrishna and Mingyi Hong and
+                         Sijia Liu},
+            year      = 2025,
+            booktitle = {International Conference on Machine Learning},
+        }"""),
+}
+"""The paper of SAM-smoothed unlearning, as trl's `_paper` for the model cards its trainer and command write."""
 
 
 @dataclass

@@ -10,7 +10,6 @@ gradient accumulation and DDP give the big-batch objective. Smoothers needing se
 """
 
 import contextlib
-import textwrap
 
 import torch
 from datasets import Dataset
@@ -18,7 +17,7 @@ from transformers import AutoModelForCausalLM, Trainer
 
 from ..modeling import is_peft_model
 from ..sharding import ENGINE_LABELS, engine_of, inner_module, refuse_before_work
-from .config import UnlearnConfig
+from .config import PAPER, UnlearnConfig
 from .data import UnlearnDataCollator, pad_to, paired_dataset, stacked, tokenized
 from .reference import frozen_copy, prepare_reference
 from .rmu import captured_output, decoder_layers, select_rmu_parameters
@@ -59,20 +58,7 @@ class UnlearnTrainer(Trainer):
 
     _tag_names = ["hf-robust", "unlearning"]
     _name = "Unlearn"
-    _paper = {
-        "title": "Towards LLM Unlearning Resilient to Relearning Attacks: A Sharpness-Aware Minimization Perspective "
-                 "and Beyond",
-        "id": "2502.05374",
-        "citation": textwrap.dedent("""\
-            @inproceedings{fan2025towards,
-                title     = {{Towards LLM Unlearning Resilient to Relearning Attacks:
-                                A Sharpness-Aware Minimization Perspective and Beyond}},
-                author    = {Chongyu Fan and Jinghan Jia and Yihua Zhang and Anil Ramakrishna and Mingyi Hong and
-                             Sijia Liu},
-                year      = 2025,
-                booktitle = {International Conference on Machine Learning},
-            }"""),
-    }
+    _paper = PAPER
     # Losses are normalised by window counts (see `get_batch_samples`): the Trainer must not divide by GA again.
     loss_is_scaled_for_ga = True
 

@@ -10,7 +10,13 @@ import argparse
 
 import torch
 
-from hf_robust import EmbeddingAttackConfig, RobustnessResult, build_robustness_card, embedding_attack, push_robust_to_hub
+from hf_robust import (
+    EmbeddingAttackConfig,
+    RobustnessResult,
+    build_robustness_card,
+    embedding_attack,
+    push_robust_to_hub,
+)
 from hf_robust.testing import tiny_causal_lm
 
 BEHAVIOURS = [

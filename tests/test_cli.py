@@ -101,7 +101,8 @@ def test_unknown_yaml_key_and_unknown_flag_are_rejected(tmp_path, toy_command):
 def test_accelerate_config_relaunches_through_accelerate(tmp_path, toy_command):
     output = tmp_path / "out"
     with mock.patch("accelerate.commands.launch.launch_command") as launch:
-        cli.main(["toy", "--steps", "3", "--accelerate_config", "cpu_ddp", "--num_processes", "3", "--output", str(output)])
+        cli.main(["toy", "--steps", "3", "--accelerate_config", "cpu_ddp", "--num_processes", "3",
+                  "--output", str(output)])
     (arguments,) = launch.call_args.args
     assert Path(arguments.config_file).name == "cpu_ddp.yaml"
     assert arguments.num_processes == 3

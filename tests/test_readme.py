@@ -19,7 +19,8 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
 
     def upload_folder(self, *, folder_path, repo_id, **kwargs):
         uploads.append((repo_id, sorted(path.name for path in Path(folder_path).iterdir())))
-        return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/0", commit_message="", commit_description="", oid="0")
+        return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/0", commit_message="",
+                          commit_description="", oid="0")
 
     namespace = {}
     with (

@@ -20,7 +20,8 @@ PAIRS = [
 def train(tmp_path, callbacks=(), bf16=False, trainer_kwargs=None, **overrides):
     model, tokenizer = tiny_causal_lm("llama")
     dataset = Dataset.from_list(
-        [{"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": c}]} for p, c in PAIRS]
+        [{"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": c}]}
+         for p, c in PAIRS]
     )
     settings = {"max_steps": 2, "per_device_train_batch_size": 2, "learning_rate": 1e-2, "use_cpu": True, "bf16": bf16,
                 "gradient_checkpointing": False, "report_to": "none", "save_strategy": "no", "disable_tqdm": True,
@@ -33,7 +34,8 @@ def train(tmp_path, callbacks=(), bf16=False, trainer_kwargs=None, **overrides):
 
 def hooks(model):
     """Every module's forward hooks and pre-hooks, by module name."""
-    return {name: (list(module._forward_hooks), list(module._forward_pre_hooks)) for name, module in model.named_modules()}
+    return {name: (list(module._forward_hooks), list(module._forward_pre_hooks))
+            for name, module in model.named_modules()}
 
 
 def final_parameters(trainer):
@@ -60,7 +62,8 @@ def test_stock_sft_trainer_trains_on_prompt_plus_delta(tmp_path):
 
     def record_batch(module, args, kwargs):  # registered first, so it sees the batch before the callback
         if module.training and torch.is_grad_enabled() and kwargs.get("input_ids") is not None:
-            seen.append({"input_ids": kwargs["input_ids"], "labels": kwargs["labels"], "mask": kwargs["attention_mask"]})
+            seen.append({"input_ids": kwargs["input_ids"], "labels": kwargs["labels"],
+                         "mask": kwargs["attention_mask"]})
 
     def record_embeds(module, args, kwargs):
         # The first decoder layer's input is the (perturbed) embedding of the ids: Llama does not rescale it.
@@ -127,11 +130,15 @@ def test_bad_configuration_is_rejected():
 
 
 def test_bf16_autocast_training_keeps_delta_in_float32(tmp_path):
-    callback = EmbeddingAdversaryCallback(EmbeddingAttackConfig(eps=0.5, steps=2, step_size=0.3, step_mode="relative", targeted=False))
+    callback = EmbeddingAdversaryCallback(
+        EmbeddingAttackConfig(eps=0.5, steps=2, step_size=0.3, step_mode="relative", targeted=False)
+    )
     trainer = train(tmp_path, [callback], bf16=True)  # CPU autocast to bfloat16 around every training forward
     seen_dtypes = []
     trainer.model.model.register_forward_pre_hook(
-        lambda module, args, kwargs: seen_dtypes.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None),
+        lambda module, args, kwargs: seen_dtypes.append(
+            torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+        ),
         with_kwargs=True,
     )
     output = trainer.train()
@@ -206,6 +213,9 @@ def test_a_training_without_any_attack_is_an_error_at_train_end(tmp_path):
     # The loss on the whole sequence: every attended token is a label, so no batch has a position to perturb.
     trainer = train(tmp_path, [callback], completion_only_loss=False)
     clean = hooks(trainer.model)
-    with pytest.warns(UserWarning, match="no prompt positions"), pytest.raises(RuntimeError, match="no training forward was attacked"):
+    with (
+        pytest.warns(UserWarning, match="no prompt positions"),
+        pytest.raises(RuntimeError, match="no training forward was attacked"),
+    ):
         trainer.train()
     assert hooks(trainer.model) == clean

@@ -27,7 +27,8 @@ def test_recipe_parses_with_the_paper_defaults():
     assert model.lora_target_modules in ("all-linear", ["all-linear"])
     assert (training.learning_rate, training.max_length, training.adversarial_fraction) == (2e-4, 256, 0.125)
     attack = training.attack_config()
-    assert (attack.eps, attack.eps_mode, attack.steps, attack.step_size, attack.optimizer) == (0.05, "relative", 10, 1e-4, "sign")
+    assert (attack.eps, attack.eps_mode, attack.steps, attack.step_size, attack.optimizer) == (
+        0.05, "relative", 10, 1e-4, "sign")
     assert data.adversarial_dataset == "toy" and evaluation.eval_behaviours == "toy"
     assert evaluation.eval_preset == "strong"
 
@@ -91,7 +92,8 @@ def test_push_to_hub_uploads_the_model_with_its_card(tmp_path, model_folder):
 
 def test_bad_arguments_are_named(tmp_path, model_folder):
     with pytest.raises(ValueError, match="eval_max_behaviours"):
-        cli.main(["cat", "--model_name_or_path", model_folder, "--output_dir", str(tmp_path), *FAST, "--eval_max_behaviours", "0"])
+        cli.main(["cat", "--model_name_or_path", model_folder, "--output_dir", str(tmp_path), *FAST,
+                  "--eval_max_behaviours", "0"])
     bad_file = tmp_path / "rows.txt"
     bad_file.write_text("x")
     with pytest.raises(ValueError, match="adversarial_dataset"):
@@ -101,7 +103,8 @@ def test_bad_arguments_are_named(tmp_path, model_folder):
         cli.main(["cat", "--model_name_or_path", model_folder, "--output_dir", str(tmp_path), *FAST,
                   "--push_to_hub", "true", "--hub_model_id", "you/x", "--eval_behaviours", "none"])
     with pytest.raises(ValueError, match="attack_eps"):
-        cli.main(["cat", "--model_name_or_path", model_folder, "--output_dir", str(tmp_path), *FAST, "--attack_eps", "-1"])
+        cli.main(["cat", "--model_name_or_path", model_folder, "--output_dir", str(tmp_path), *FAST,
+                  "--attack_eps", "-1"])
 
 
 def test_local_data_files_are_read(tmp_path, model_folder):
@@ -126,4 +129,5 @@ def test_cat_command_on_two_processes(tmp_path, model_folder):
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert (output / "model.safetensors").is_file() and (output / "robustness.json").is_file()
     # 2 processes x 4 rows: the Trainer reports the global batch.
-    assert "Total train batch size (w. parallel, distributed & accumulation) = 8" in completed.stdout + completed.stderr
+    assert ("Total train batch size (w. parallel, distributed & accumulation) = 8"
+            in completed.stdout + completed.stderr)

@@ -144,9 +144,11 @@ def test_bad_input_names_the_argument(tmp_path):
         RobustnessEvalCallback(trainer, behaviours, embedding_config=EmbeddingAttackConfig(targeted=False))
     with pytest.raises(TypeError, match="gcg_config"):
         RobustnessEvalCallback(trainer, behaviours, gcg_config=EMBEDDING)
-    with pytest.raises(ValueError, match=r"`embedding_config` must be one of the embedding evaluation presets 'train', 'strong'"):
+    with pytest.raises(ValueError, match=r"`embedding_config` must be one of the embedding evaluation presets "
+                                         r"'train', 'strong'"):
         RobustnessEvalCallback(trainer, behaviours, embedding_config="gcg")
-    with pytest.raises(ValueError, match=r"`gcg_config` must be one of the gcg evaluation presets 'gcg', 'gcg-cpu', 'gcg-fast'"):
+    with pytest.raises(ValueError, match=r"`gcg_config` must be one of the gcg evaluation presets "
+                                         r"'gcg', 'gcg-cpu', 'gcg-fast'"):
         RobustnessEvalCallback(trainer, behaviours, gcg_config="strong")
     with pytest.raises(TypeError, match="embedding_config.*kind 'gcg'"):
         RobustnessEvalCallback(trainer, behaviours, embedding_config=get_preset("gcg"))

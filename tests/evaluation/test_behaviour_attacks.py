@@ -16,7 +16,8 @@ def own_answers(model, tokenizer, prompts, length=3):
         input_ids, _, prompt_length = behaviour_ids(tokenizer, prompt, "x")
         with torch.no_grad():
             output = model.generate(
-                input_ids=input_ids[:, :prompt_length], max_new_tokens=length, do_sample=False, pad_token_id=tokenizer.pad_token_id
+                input_ids=input_ids[:, :prompt_length], max_new_tokens=length, do_sample=False,
+                pad_token_id=tokenizer.pad_token_id
             )
         answer_ids = output[0, prompt_length:].tolist()
         answer = tokenizer.decode(answer_ids)
@@ -51,7 +52,8 @@ def test_success_is_the_attack_argmax_match_at_some_iterate_and_leaves_the_model
     assert rate == pytest.approx(sum(expected) / len(rows))
     assert 0 < sum(expected)  # the check compares something that happens
     assert model.training
-    assert all(torch.equal(parameter, before[name]) and parameter.grad is None for name, parameter in model.named_parameters())
+    assert all(torch.equal(parameter, before[name]) and parameter.grad is None
+               for name, parameter in model.named_parameters())
 
 
 def test_behaviour_ids_put_labels_on_the_target_only():
@@ -73,4 +75,5 @@ def test_bad_input_is_rejected():
     with pytest.raises(TypeError, match="config"):
         embedding_attack_success_rate(model, tokenizer, [{"prompt": "a", "target": "b"}], {"eps": 1})
     with pytest.raises(ValueError, match="targeted"):
-        embedding_attack_success_rate(model, tokenizer, [{"prompt": "a", "target": "b"}], EmbeddingAttackConfig(targeted=False))
+        embedding_attack_success_rate(model, tokenizer, [{"prompt": "a", "target": "b"}],
+                                      EmbeddingAttackConfig(targeted=False))

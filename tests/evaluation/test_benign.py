@@ -70,7 +70,8 @@ def test_split_matches_the_behaviour_loader(tmp_path):
     from hf_robust.evaluation import load_behaviours
 
     path = tmp_path / "requests.jsonl"
-    path.write_text("".join(json.dumps({"prompt": f"Request {index}", "target": "Sure"}) + "\n" for index in range(30)))
+    path.write_text("".join(json.dumps({"prompt": f"Request {index}", "target": "Sure"}) + "\n"
+                            for index in range(30)))
     for seed in (0, 3):
         assert (load_benign("test", source=path, seed=seed)["prompt"]
                 == load_behaviours(path, split="test", seed=seed, test_fraction=0.3)["prompt"])

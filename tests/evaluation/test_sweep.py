@@ -63,7 +63,8 @@ def test_sweep_rejects_bad_input_before_any_attack():
 
 
 def test_the_plot_is_a_png_with_one_line_per_eps(tmp_path):
-    rows = [{"eps": eps, "steps": steps, "asr": min(1.0, eps * steps / 10)} for eps in (0.5, 1.0) for steps in (0, 5, 10)]
+    rows = [{"eps": eps, "steps": steps, "asr": min(1.0, eps * steps / 10)}
+            for eps in (0.5, 1.0) for steps in (0, 5, 10)]
     path = plot_budget_sweep(rows, tmp_path / "figures" / "sweep.png", title="tiny llama")
     assert path == tmp_path / "figures" / "sweep.png"
     data = path.read_bytes()

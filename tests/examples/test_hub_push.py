@@ -11,7 +11,8 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hub_push.py"
 
 def test_hub_push_example_writes_weights_and_card(tmp_path, monkeypatch, capsys):
     output = tmp_path / "robust"
-    monkeypatch.setattr(sys, "argv", [str(EXAMPLE), "--repo_id", "you/robust", "--output_dir", str(output), "--no_upload"])
+    monkeypatch.setattr(sys, "argv", [str(EXAMPLE), "--repo_id", "you/robust", "--output_dir", str(output),
+                                      "--no_upload"])
     runpy.run_path(str(EXAMPLE), run_name="__main__")
     assert (output / "model.safetensors").is_file()
     (result,) = robustness_results_from_card(ModelCard((output / "README.md").read_text()))

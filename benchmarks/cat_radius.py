@@ -1,0 +1,167 @@
+"""CAT's training radius against robustness and over-refusal: the trade-off across `cat_real.py` records that differ
+only in the training attack's `--eps`, read on the seeds they share (so every point starts from the same safety-tuned
+checkpoints). The control of the first record is the radius-0 point (the same rows, no attack).
+
+    python benchmarks/cat_radius.py --records cat_effect_smollm2_papermix_cpu cat_effect_smollm2_papermix_eps05_cpu \
+        --name cat_radius_smollm2_papermix_cpu
+
+writes RESULTS/NAME.{json,md,png}. Every model is scored with the same `strong` attack (eps 1.0 relative, 100 Adam
+steps), at least as strong as every training attack here; `training-attack ASR` is each model's own training attack.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from hf_robust.cat.arguments import AttackArguments
+from hf_robust.evaluation.presets import require_at_least_as_strong
+
+sys.path.insert(0, str(Path(__file__).parent))
+from cat_real import RESUMED_SETTINGS  # noqa: E402
+from cat_real_report import steps_to_reach  # noqa: E402
+
+# Settings that may differ between the records compared (everything else must agree).
+VARIED = ("training_attack",)
+METRICS = ("strong_asr", "strong_steps_to_50", "training_attack_asr", "gcg_asr", "over_refusal", "clean_refusal",
+           "utility_nll")
+
+
+def shared_seeds(records: list[dict]) -> list[str]:
+    """The seeds whose safety-tuned checkpoint every record measured a CAT model from."""
+    seeds = [{seed for seed, models in record["seeds"].items() if "cat" in models} for record in records]
+    return sorted(set.intersection(*seeds), key=int) if seeds else []
+
+
+def check_comparable(records: list[dict], names: list[str]) -> None:
+    """The records must differ only in the training attack (and in how many behaviours GCG ran on, a separate
+    column): else their points are not one trade-off."""
+    for key in RESUMED_SETTINGS:
+        if key in VARIED:
+            continue
+        values = {json.dumps(record.get(key), sort_keys=True) if key != "evaluation" else
+                  json.dumps({**record[key], "gcg_behaviours": None}, sort_keys=True) for record in records}
+        if len(values) > 1:
+            raise SystemExit(f"--records: {names} differ in {key!r}; only the training attack may differ")
+
+
+def point(models: list[dict], eps: float, label: str) -> dict:
+    """Mean over seeds of one model's measurements, with the strong attack's steps to 50% success per seed."""
+    result = {"training_eps": eps, "model": label, "seeds": len(models)}
+    for key in METRICS:
+        if key == "strong_steps_to_50":
+            values = [steps_to_reach(model["strong_budget"], 0.5) for model in models if "strong_budget" in model]
+            if None in values:  # a seed the attack never took to 50%: no mean of steps
+                result[key] = None
+                continue
+        else:
+            values = [model[key] for model in models if key in model]
+        if values:
+            result[key] = statistics.fmean(values)
+    return result
+
+
+def tradeoff(records: list[dict], names: list[str]) -> dict:
+    """Radius 0 (the first record's control) and each record's CAT, on their shared seeds, by training radius."""
+    check_comparable(records, names)
+    for record, name in zip(records, names):  # the yardstick must not be weaker than any training attack
+        require_at_least_as_strong("strong", AttackArguments(**record["training_attack"]).attack_config(),
+                                   f"--records {name}")
+    seeds = shared_seeds(records)
+    if not seeds:
+        raise SystemExit(f"--records: {names} share no seed with a measured CAT model")
+    first = records[0]
+    points = []
+    if all("control" in first["seeds"][seed] for seed in seeds):
+        points.append(point([first["seeds"][seed]["control"] for seed in seeds], 0.0, "control"))
+    for record in records:
+        eps = record["training_attack"]["attack_eps"]
+        points.append(point([record["seeds"][seed]["cat"] for seed in seeds], eps, f"CAT eps {eps:g}"))
+    return {"records": names, "seeds": seeds, "data_mix": first.get("data_mix"), "evaluation": first["evaluation"],
+            "training_attack_steps": first["training_attack"]["attack_steps"],
+            "points": sorted(points, key=lambda item: item["training_eps"])}
+
+
+def plot(result: dict, path: Path) -> None:
+    """Rates and the strong attack's steps to 50% against the training radius."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(11, 4), dpi=100)
+    FigureCanvasAgg(figure)
+    rates, steps = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
+    points = result["points"]
+    radii = [item["training_eps"] for item in points]
+    for index, (key, name) in enumerate([("strong_asr", "strong embedding ASR"), ("gcg_asr", "GCG ASR"),
+                                         ("training_attack_asr", "own training-attack ASR"),
+                                         ("over_refusal", "benign over-refusal"), ("clean_refusal", "clean refusal")]):
+        xy = [(item["training_eps"], item[key]) for item in points if key in item]
+        if xy:
+            rates.plot(*zip(*xy), marker="o", color=f"C{index}", label=name)
+    rates.set_xlabel("CAT training radius (eps, relative; 0 = control SFT)")
+    rates.set_ylabel("rate")
+    rates.set_ylim(-0.02, 1.05)
+    rates.set_xticks(radii)
+    rates.grid(alpha=0.3)
+    rates.legend(fontsize=8)
+    xy = [(item["training_eps"], item["strong_steps_to_50"]) for item in points
+          if item.get("strong_steps_to_50") is not None]
+    if xy:
+        steps.plot(*zip(*xy), marker="o", color="C0")
+    steps.set_xlabel("CAT training radius (eps, relative; 0 = control SFT)")
+    steps.set_ylabel("strong-attack steps to 50% success")
+    steps.set_xticks(radii)
+    steps.grid(alpha=0.3)
+    figure.suptitle(f"SmolLM2-135M-Instruct, {result['data_mix']} mix, seed(s) {', '.join(result['seeds'])}: "
+                    "CAT's training radius against robustness and over-refusal")
+    figure.tight_layout()
+    figure.savefig(path, format="png")
+
+
+def markdown(result: dict) -> str:
+    header = ["model", "training eps", "strong emb. ASR", "strong steps to 50%", "own training-attack ASR",
+              "GCG ASR", "over-refusal", "clean refusal", "utility NLL"]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for item in result["points"]:
+        cells = [item["model"], f"{item['training_eps']:g}"]
+        for key in ("strong_asr", "strong_steps_to_50", "training_attack_asr", "gcg_asr", "over_refusal",
+                    "clean_refusal", "utility_nll"):
+            value = item.get(key)
+            if key == "strong_steps_to_50" and key in item and value is None:
+                cells.append("not reached")
+                continue
+            cells.append("–" if value is None else f"{value:.0%}" if key.endswith(("asr", "refusal"))
+                         else f"{value:.2f}" if key == "utility_nll" else f"{value:g}")
+        lines.append("| " + " | ".join(cells) + " |")
+    strong = result["evaluation"]["strong"]["description"].rstrip(".")
+    return (f"# CAT's training radius: robustness against over-refusal (SmolLM2-135M-Instruct)\n\n"
+            f"Records: {', '.join(f'`{name}`' for name in result['records'])}; seeds {', '.join(result['seeds'])} "
+            f"(the ones they share, so every model starts from the same safety-tuned checkpoint); data mix "
+            f"`{result['data_mix']}`. Training attack: {result['training_attack_steps']} Adam steps in the L2 ball "
+            f"of the radius shown. Every model is scored with the `strong` attack ({strong}), the same for all and "
+            f"at least as strong as every training attack; `own training-attack ASR` is each CAT model's own "
+            f"training attack (the control's: the first record's); GCG where measured. Means over the seeds.\n\n"
+            + "\n".join(lines) + "\n")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", nargs="+", required=True, help="record names in --results-dir (JSON)")
+    parser.add_argument("--name", required=True, help="output: RESULTS_DIR/NAME.{json,md,png}")
+    parser.add_argument("--results-dir", dest="results_dir", default=str(Path(__file__).parent / "results"))
+    options = parser.parse_args()
+    results = Path(options.results_dir)
+    paths = [results / f"{name}.json" for name in options.records]
+    missing = [str(path) for path in paths if not path.is_file()]
+    if missing:
+        raise SystemExit(f"--records: no such record {missing}")
+    result = tradeoff([json.loads(path.read_text()) for path in paths], options.records)
+    (results / f"{options.name}.json").write_text(json.dumps(result, indent=1))
+    (results / f"{options.name}.md").write_text(markdown(result))
+    plot(result, results / f"{options.name}.png")
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -131,8 +131,11 @@ def write_markdown(record: dict, path: Path) -> None:
     targets = "; ".join(f"{name} {target}" for name, target in record["targets"].items())
     evaluation, attack = record["evaluation"], record["training_attack"]
     first = next(iter(record["seeds"]), None)  # the base model is measured once, with the first seed
-    # CAPO's data does not depend on the mix (`data_description`): a `paper` record does not wait for it.
-    expected = ("base", "safety-tuned", "control", "cat") + (() if record.get("data_mix") == "paper" else ("capo",))
+    # The models asked for (`--variants`; a record from before that was kept: all but, under the paper mix, CAPO,
+    # whose data does not depend on the mix, see `data_description`).
+    asked = record.get("variants") or (("control", "cat") if record.get("data_mix") == "paper" else
+                                       ("control", "cat", "capo"))
+    expected = ("base", "safety-tuned", *asked)
     missing = {seed: [name for name in expected if name not in models and (name != "base" or seed == first)]
                for seed, models in record["seeds"].items()}
     missing = "; ".join(f"seed {seed}: {', '.join(names)}" for seed, names in missing.items() if names)

@@ -141,6 +141,17 @@ def test_a_seed_measured_whole_is_kept_without_its_saved_models_and_base_is_meas
     assert stand_ins["trained"] == [] and stand_ins["measured"] == []
 
 
+def test_only_the_models_asked_for_are_listed_as_not_measured(tmp_path, stand_ins):
+    cat_real.run(options(tmp_path, variants=["cat"]))  # e.g. a CAT-only record of another training radius
+    assert recorded(tmp_path)["variants"] == ["cat"]
+    assert "Not measured yet" not in (tmp_path / "results" / "cat_cpu.md").read_text()
+    stand_ins["cut"] = ["control"]
+    with pytest.raises(Cut):
+        cat_real.run(options(tmp_path, variants=["control"], resume=True))
+    assert recorded(tmp_path)["variants"] == ["control", "cat"]
+    assert "Not measured yet (seed 0: control)" in (tmp_path / "results" / "cat_cpu.md").read_text()
+
+
 def test_resuming_a_record_of_other_settings_is_refused_naming_them(tmp_path, stand_ins):
     cat_real.run(options(tmp_path, variants=[]))
     before = (tmp_path / "results" / "cat_cpu.json").read_text()

@@ -84,9 +84,10 @@ def table(record: dict) -> str:
             if not values:
                 cells.append("–")
                 continue
-            mean = statistics.fmean(values)
-            spread = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
-            cells.append(f"{mean:.0%}{spread}" if key.endswith(("asr", "refusal")) else f"{mean:.2f}{spread}")
+            mean, rate = statistics.fmean(values), key.endswith(("asr", "refusal"))
+            spread = statistics.stdev(values) if len(values) > 1 else None
+            spread = "" if spread is None else f" ± {spread:.0%}" if rate else f" ± {spread:.2f}"
+            cells.append(f"{mean:.0%}{spread}" if rate else f"{mean:.2f}{spread}")
         lines.append(f"| {variant} ({len(runs)} seed{'s' if len(runs) > 1 else ''}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

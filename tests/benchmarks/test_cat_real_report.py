@@ -28,7 +28,8 @@ def test_table_gives_mean_and_spread_over_seeds_and_a_dash_for_what_a_model_lack
     table = cat_real_report.table(record({"0": {"base": {"clean_refusal": 0.0}, "cat": measured(0.25)},
                                           "1": {"cat": measured(0.75)}}))
     rows = {line.split(" | ")[0]: line for line in table.splitlines()}
-    assert "| cat (2 seeds)" in rows and "50% ± 0.35" in rows["| cat (2 seeds)"]
+    assert "| cat (2 seeds)" in rows and "50% ± 35% |" in rows["| cat (2 seeds)"]  # a rate's spread in points
+    assert "0.50 ± 0.00 |" in rows["| cat (2 seeds)"]  # the NLL's in nats
     assert rows["| base (1 seed)"].count("–") == 6  # only clean refusal measured for it
 
 

@@ -100,8 +100,11 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None, help="training steps (tiny: 100, smollm2: 40)")
     parser.add_argument("--eps", type=float, default=0.1, help="smollm2: relative training attack budget")
+    parser.add_argument("--attack-steps", dest="attack_steps", type=int, default=10,
+                        help="smollm2: Adam steps of the training attack (the evaluation's strong attack takes 100)")
     parser.add_argument("--eval-preset", dest="eval_preset", default="strong",
-                        help="evaluation attack preset of the before/after numbers (hf_robust.evaluation.presets)")
+                        help="tiny: evaluation attack preset of the before/after numbers (hf_robust.evaluation."
+                        "presets); smollm2 always measures with 'strong' (the targets are read there)")
     parser.add_argument("--lora-r", dest="lora_r", type=int, default=64, help="smollm2: LoRA rank")
     parser.add_argument("--paper-mix", dest="paper_mix", action="store_true",
                         help="tiny: utility rows are the allowed requests only (no clean refusals), as in the paper; "
@@ -126,6 +129,9 @@ def main():
                         "there are kept, saved ones measured, the rest trained (each model is a resumable stage)")
     parser.add_argument("--machine", default="2-core CPU, no GPU", help="recorded with the results")
     options = parser.parse_args()
+    if options.model == "smollm2" and options.eval_preset != "strong":
+        parser.error(f"--eval-preset {options.eval_preset!r}: --model smollm2 measures every model with 'strong' "
+                     "(its record and targets are read there); only 'strong' is allowed")
     sys.stdout.reconfigure(line_buffering=True)  # progress shows up also when the output goes to a file
 
     import datasets

@@ -294,9 +294,12 @@ def run(options) -> dict:
     from hf_robust.testing import load_smollm2
 
     mix = "paper" if getattr(options, "paper_mix", False) else "control-rows"
-    training_attack = {"attack_eps": options.eps, "attack_eps_mode": "relative", "attack_steps": 10,
+    training_attack = {"attack_eps": options.eps, "attack_eps_mode": "relative",
+                       "attack_steps": options.attack_steps,
                        "attack_step_size": 0.1, "attack_step_mode": "relative", "attack_optimizer": "adam"}
-    require_at_least_as_strong("strong", AttackArguments(**training_attack).attack_config(), "--eval-preset")
+    # the strong yardstick is fixed here, so a training attack that outgrows it is the arguments' fault
+    require_at_least_as_strong("strong", AttackArguments(**training_attack).attack_config(),
+                               "--eps/--attack-steps against the evaluation preset")
     source = options.eval_behaviours or "advbench"
     train = load_behaviours("advbench", split="train")
     held_out = load_behaviours(source, split="test" if source == "advbench" else None)

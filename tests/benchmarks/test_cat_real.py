@@ -62,7 +62,8 @@ def stand_ins(monkeypatch):
 
 def options(tmp_path, **changes):
     return types.SimpleNamespace(**{
-        "eps": 0.1, "eval_behaviours": None, "n_eval": 4, "benign": None, "results_dir": str(tmp_path / "results"),
+        "eps": 0.1, "attack_steps": 10, "eval_behaviours": None, "n_eval": 4, "benign": None,
+        "results_dir": str(tmp_path / "results"),
         "record": "cat_cpu", "resume": False, "machine": "machine A", "safety_steps": 3, "steps": 2,
         "gcg_behaviours": 0, "seeds": [0], "work_dir": str(tmp_path / "work"), "variants": ["control", "cat", "capo"],
         **changes})
@@ -158,6 +159,17 @@ def test_resuming_a_record_of_other_settings_is_refused_naming_them(tmp_path, st
     with pytest.raises(SystemExit, match=r"other \['steps'\]"):
         cat_real.run(options(tmp_path, variants=[], resume=True, steps=5))
     assert (tmp_path / "results" / "cat_cpu.json").read_text() == before  # nothing lost
+
+
+def test_a_training_attack_stronger_than_the_strong_yardstick_is_refused_before_any_work(tmp_path, stand_ins):
+    with pytest.raises(ValueError, match="--eps/--attack-steps"):
+        cat_real.run(options(tmp_path, attack_steps=101))  # the strong preset takes 100 steps
+    assert not (tmp_path / "results").exists() and stand_ins["trained"] == stand_ins["measured"] == []
+
+
+def test_the_record_keeps_the_training_attack_steps_asked_for(tmp_path, stand_ins):
+    cat_real.run(options(tmp_path, variants=["cat"], attack_steps=30))
+    assert recorded(tmp_path)["training_attack"]["attack_steps"] == 30
 
 
 def test_the_data_mix_is_recorded_and_an_older_record_without_it_resumes_as_control_rows(tmp_path, stand_ins):

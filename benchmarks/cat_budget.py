@@ -1,9 +1,9 @@
-"""CAT's training radius against robustness and over-refusal: the trade-off across `cat_real.py` records that differ
-only in the training attack's `--eps`, read on the seeds they share (so every point starts from the same safety-tuned
-checkpoints). The control of the first record is the radius-0 point (the same rows, no attack).
+"""CAT's training-attack budget against robustness and over-refusal: the trade-off across `cat_real.py` records that
+differ only in the training attack (`--eps`, `--attack-steps`), read on the seeds they share (so every point starts
+from the same safety-tuned checkpoints). The control of the first record is the no-attack point (the same rows).
 
-    python benchmarks/cat_radius.py --records cat_effect_smollm2_papermix_cpu cat_effect_smollm2_papermix_eps05_cpu \
-        --name cat_radius_smollm2_papermix_cpu
+    python benchmarks/cat_budget.py --records cat_effect_smollm2_papermix_cpu cat_effect_smollm2_papermix_eps05_cpu \
+        --name cat_budget_smollm2_papermix_cpu
 
 writes RESULTS/NAME.{json,md,png}. Every model is scored with the same `strong` attack (eps 1.0 relative, 100 Adam
 steps), at least as strong as every training attack here; `training-attack ASR` is each model's own training attack.
@@ -46,9 +46,9 @@ def check_comparable(records: list[dict], names: list[str]) -> None:
             raise SystemExit(f"--records: {names} differ in {key!r}; only the training attack may differ")
 
 
-def point(models: list[dict], eps: float, label: str) -> dict:
+def point(models: list[dict], eps: float, attack_steps: int, label: str) -> dict:
     """Mean over seeds of one model's measurements, with the strong attack's steps to 50% success per seed."""
-    result = {"training_eps": eps, "model": label, "seeds": len(models)}
+    result = {"training_eps": eps, "training_attack_steps": attack_steps, "model": label, "seeds": len(models)}
     for key in METRICS:
         if key == "strong_steps_to_50":
             values = [steps_to_reach(model["strong_budget"], 0.5) for model in models if "strong_budget" in model]
@@ -63,7 +63,7 @@ def point(models: list[dict], eps: float, label: str) -> dict:
 
 
 def tradeoff(records: list[dict], names: list[str]) -> dict:
-    """Radius 0 (the first record's control) and each record's CAT, on their shared seeds, by training radius."""
+    """The first record's control (no attack) and each record's CAT, on their shared seeds, by training budget."""
     check_comparable(records, names)
     for record, name in zip(records, names):  # the yardstick must not be weaker than any training attack
         require_at_least_as_strong("strong", AttackArguments(**record["training_attack"]).attack_config(),
@@ -74,17 +74,31 @@ def tradeoff(records: list[dict], names: list[str]) -> dict:
     first = records[0]
     points = []
     if all("control" in first["seeds"][seed] for seed in seeds):
-        points.append(point([first["seeds"][seed]["control"] for seed in seeds], 0.0, "control"))
+        points.append(point([first["seeds"][seed]["control"] for seed in seeds], 0.0, 0, "control"))
     for record in records:
-        eps = record["training_attack"]["attack_eps"]
-        points.append(point([record["seeds"][seed]["cat"] for seed in seeds], eps, f"CAT eps {eps:g}"))
+        eps, attack_steps = record["training_attack"]["attack_eps"], record["training_attack"]["attack_steps"]
+        points.append(point([record["seeds"][seed]["cat"] for seed in seeds], eps, attack_steps,
+                            f"CAT eps {eps:g}, {attack_steps} steps"))
     return {"records": names, "seeds": seeds, "data_mix": first.get("data_mix"), "evaluation": first["evaluation"],
-            "training_attack_steps": first["training_attack"]["attack_steps"],
-            "points": sorted(points, key=lambda item: item["training_eps"])}
+            "points": sorted(points, key=budget)}
+
+
+def budget(item: dict) -> tuple[float, int]:
+    return item["training_eps"], item["training_attack_steps"]
+
+
+def budget_label(item: dict) -> str:
+    if item["training_attack_steps"] == 0:
+        return "control"
+    return f"{item['training_eps']:g} / {item['training_attack_steps']}"
+
+
+AXIS = "CAT training attack (eps relative / Adam steps)"
 
 
 def plot(result: dict, path: Path) -> None:
-    """Rates and the strong attack's steps to 50% against the training radius."""
+    """Rates and the strong attack's steps to 50% against the training budget, one tick per point in budget order
+    (radius, then steps)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -92,39 +106,39 @@ def plot(result: dict, path: Path) -> None:
     FigureCanvasAgg(figure)
     rates, steps = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
     points = result["points"]
-    radii = [item["training_eps"] for item in points]
+    positions, labels = range(len(points)), [budget_label(item) for item in points]
     for index, (key, name) in enumerate([("strong_asr", "strong embedding ASR"), ("gcg_asr", "GCG ASR"),
                                          ("training_attack_asr", "own training-attack ASR"),
                                          ("over_refusal", "benign over-refusal"), ("clean_refusal", "clean refusal")]):
-        xy = [(item["training_eps"], item[key]) for item in points if key in item]
+        xy = [(position, item[key]) for position, item in zip(positions, points) if key in item]
         if xy:
             rates.plot(*zip(*xy), marker="o", color=f"C{index}", label=name)
-    rates.set_xlabel("CAT training radius (eps, relative; 0 = control SFT)")
+    rates.set_xlabel(AXIS)
     rates.set_ylabel("rate")
     rates.set_ylim(-0.02, 1.05)
-    rates.set_xticks(radii)
+    rates.set_xticks(positions, labels)
     rates.grid(alpha=0.3)
     rates.legend(fontsize=8)
-    xy = [(item["training_eps"], item["strong_steps_to_50"]) for item in points
+    xy = [(position, item["strong_steps_to_50"]) for position, item in zip(positions, points)
           if item.get("strong_steps_to_50") is not None]
     if xy:
         steps.plot(*zip(*xy), marker="o", color="C0")
-    steps.set_xlabel("CAT training radius (eps, relative; 0 = control SFT)")
+    steps.set_xlabel(AXIS)
     steps.set_ylabel("strong-attack steps to 50% success")
-    steps.set_xticks(radii)
+    steps.set_xticks(positions, labels)
     steps.grid(alpha=0.3)
     figure.suptitle(f"SmolLM2-135M-Instruct, {result['data_mix']} mix, seed(s) {', '.join(result['seeds'])}: "
-                    "CAT's training radius against robustness and over-refusal")
+                    "CAT's training-attack budget against robustness and over-refusal")
     figure.tight_layout()
     figure.savefig(path, format="png")
 
 
 def markdown(result: dict) -> str:
-    header = ["model", "training eps", "strong emb. ASR", "strong steps to 50%", "own training-attack ASR",
-              "GCG ASR", "over-refusal", "clean refusal", "utility NLL"]
+    header = ["model", "training eps", "training steps", "strong emb. ASR", "strong steps to 50%",
+              "own training-attack ASR", "GCG ASR", "over-refusal", "clean refusal", "utility NLL"]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for item in result["points"]:
-        cells = [item["model"], f"{item['training_eps']:g}"]
+        cells = [item["model"], f"{item['training_eps']:g}", str(item["training_attack_steps"])]
         for key in ("strong_asr", "strong_steps_to_50", "training_attack_asr", "gcg_asr", "over_refusal",
                     "clean_refusal", "utility_nll"):
             value = item.get(key)
@@ -135,13 +149,14 @@ def markdown(result: dict) -> str:
                          else f"{value:.2f}" if key == "utility_nll" else f"{value:g}")
         lines.append("| " + " | ".join(cells) + " |")
     strong = result["evaluation"]["strong"]["description"].rstrip(".")
-    return (f"# CAT's training radius: robustness against over-refusal (SmolLM2-135M-Instruct)\n\n"
+    return (f"# CAT's training-attack budget: robustness against over-refusal (SmolLM2-135M-Instruct)\n\n"
             f"Records: {', '.join(f'`{name}`' for name in result['records'])}; seeds {', '.join(result['seeds'])} "
             f"(the ones they share, so every model starts from the same safety-tuned checkpoint); data mix "
-            f"`{result['data_mix']}`. Training attack: {result['training_attack_steps']} Adam steps in the L2 ball "
-            f"of the radius shown. Every model is scored with the `strong` attack ({strong}), the same for all and "
-            f"at least as strong as every training attack; `own training-attack ASR` is each CAT model's own "
-            f"training attack (the control's: the first record's); GCG where measured. Means over the seeds.\n\n"
+            f"`{result['data_mix']}`. Training attack: the Adam steps shown, in the L2 ball of the radius shown "
+            f"(relative to each token's embedding norm). Every model is scored with the `strong` attack ({strong}), "
+            f"the same for all and at least as strong as every training attack; `own training-attack ASR` is each "
+            f"CAT model's own training attack (the control's: the first record's); GCG where measured. Means over "
+            f"the seeds.\n\n"
             + "\n".join(lines) + "\n")
 
 

@@ -1,4 +1,4 @@
-"""`benchmarks/cat_radius.py`: CAT's training radius against robustness, read across `cat_real.py` records (here
+"""`benchmarks/cat_budget.py`: CAT's training-attack budget against robustness, read across `cat_real.py` records (here
 small hand-made records in that format)."""
 
 import copy
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-import cat_radius  # noqa: E402
+import cat_budget  # noqa: E402
 
 
 def model(strong_asr, curve, over_refusal, training_attack_asr=0.0):
@@ -35,54 +35,65 @@ def records():
     return small, large
 
 
-def test_points_are_the_shared_seeds_control_first_then_each_radius(records):
-    result = cat_radius.tradeoff(list(records), ["small", "large"])
+def test_points_are_the_shared_seeds_control_first_then_each_budget(records):
+    result = cat_budget.tradeoff(list(records), ["small", "large"])
     assert result["seeds"] == ["1"]  # seed 0 has no eps-0.5 model
     assert [(item["model"], item["training_eps"]) for item in result["points"]] == [
-        ("control", 0.0), ("CAT eps 0.1", 0.1), ("CAT eps 0.5", 0.5)]
+        ("control", 0.0), ("CAT eps 0.1, 10 steps", 0.1), ("CAT eps 0.5, 10 steps", 0.5)]
     control, small, large = result["points"]
     assert control["strong_steps_to_50"] == 1 and small["strong_steps_to_50"] == 2
     assert large["strong_steps_to_50"] is None  # never reached 50%: no number of steps
     assert large["strong_asr"] == 0.4 and large["over_refusal"] == 0.5 and "gcg_asr" not in large
-    table = cat_radius.markdown(result)
-    assert "| CAT eps 0.5 | 0.5 | 40% | not reached | 0% | – | 50% | 100% | 0.60 |" in table
+    table = cat_budget.markdown(result)
+    assert "| CAT eps 0.5, 10 steps | 0.5 | 10 | 40% | not reached | 0% | – | 50% | 100% | 0.60 |" in table
 
 
 def test_means_over_several_shared_seeds(records):
     small, _ = records
     other = copy.deepcopy(small)
     other["training_attack"]["attack_eps"] = 0.3
-    result = cat_radius.tradeoff([small, other], ["small", "other"])
+    result = cat_budget.tradeoff([small, other], ["small", "other"])
     assert result["seeds"] == ["0", "1"]
     assert result["points"][0]["over_refusal"] == pytest.approx(0.05)
     assert result["points"][1]["strong_steps_to_50"] == pytest.approx(2.0)  # seeds: 2 and 2
+
+
+def test_attack_steps_are_a_budget_too_ordered_after_the_radius(records):
+    small, _ = records
+    longer, wider = copy.deepcopy(small), copy.deepcopy(small)
+    longer["training_attack"]["attack_steps"] = 30
+    wider["training_attack"]["attack_eps"] = 0.5
+    result = cat_budget.tradeoff([longer, wider, small], ["longer", "wider", "small"])
+    assert [cat_budget.budget_label(item) for item in result["points"]] == ["control", "0.1 / 10", "0.1 / 30",
+                                                                            "0.5 / 10"]
+    assert "| CAT eps 0.1, 30 steps | 0.1 | 30 |" in cat_budget.markdown(result)
 
 
 def test_records_that_differ_in_more_than_the_training_attack_are_refused(records):
     small, large = records
     large["lora"] = {"r": 8}
     with pytest.raises(SystemExit, match="differ in 'lora'"):
-        cat_radius.tradeoff([small, large], ["small", "large"])
+        cat_budget.tradeoff([small, large], ["small", "large"])
 
 
 def test_a_training_attack_stronger_than_the_yardstick_is_refused(records):
     small, large = records
     large["training_attack"]["attack_eps"] = 2.0
     with pytest.raises(ValueError, match="large"):
-        cat_radius.tradeoff([small, large], ["small", "large"])
+        cat_budget.tradeoff([small, large], ["small", "large"])
 
 
 def test_the_command_writes_json_markdown_and_a_png(records, tmp_path, monkeypatch):
     for name, content in zip(["small", "large"], records):
         (tmp_path / f"{name}.json").write_text(json.dumps(content))
-    monkeypatch.setattr(sys, "argv", ["cat_radius.py", "--records", "small", "large", "--name", "radius",
+    monkeypatch.setattr(sys, "argv", ["cat_budget.py", "--records", "small", "large", "--name", "budget",
                                       "--results-dir", str(tmp_path)])
-    cat_radius.main()
-    assert json.loads((tmp_path / "radius.json").read_text())["seeds"] == ["1"]
-    assert (tmp_path / "radius.md").read_text().startswith("# CAT's training radius")
-    assert (tmp_path / "radius.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (tmp_path / "radius.png").stat().st_size > 10_000
-    monkeypatch.setattr(sys, "argv", ["cat_radius.py", "--records", "small", "gone", "--name", "radius",
+    cat_budget.main()
+    assert json.loads((tmp_path / "budget.json").read_text())["seeds"] == ["1"]
+    assert (tmp_path / "budget.md").read_text().startswith("# CAT's training-attack budget")
+    assert (tmp_path / "budget.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "budget.png").stat().st_size > 10_000
+    monkeypatch.setattr(sys, "argv", ["cat_budget.py", "--records", "small", "gone", "--name", "budget",
                                       "--results-dir", str(tmp_path)])
     with pytest.raises(SystemExit, match="gone"):
-        cat_radius.main()
+        cat_budget.main()

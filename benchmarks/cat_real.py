@@ -329,19 +329,20 @@ def run(options) -> dict:
         plot(record, results / f"{options.record}.png")
         write_markdown(record, results / f"{options.record}.md")
 
+    stages = ("safety-tuned", *options.variants)
     for seed in options.seeds:
         torch.manual_seed(seed)
         work = Path(options.work_dir) / f"seed{seed}"
         seed_record = record["seeds"].setdefault(str(seed), {})
         # Later models start from the safety-tuned checkpoint: without it, all anew, unless nothing is left to train
         # (a seed measured whole is kept even where its saved models are gone, e.g. on a fresh clone).
-        pending = [name for name in ("safety-tuned", *options.variants) if name not in seed_record]
+        pending = [name for name in stages if name not in seed_record]
         if pending and not (work / "safety-tuned" / "config.json").is_file():
-            dropped = [name for name in ("safety-tuned", *options.variants) if name in seed_record]
+            dropped = [name for name in stages if name in seed_record]
             if dropped:
                 print(f"seed {seed}: {work / 'safety-tuned'} is gone, so {dropped} are measured anew "
                       f"(a new safety-tuned checkpoint would make {pending} incomparable with them)", flush=True)
-            for name in ("safety-tuned", *options.variants):
+            for name in stages:
                 seed_record.pop(name, None)
                 shutil.rmtree(work / name, ignore_errors=True)
         model, tokenizer = load_smollm2()

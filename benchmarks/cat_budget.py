@@ -1,6 +1,7 @@
-"""CAT's training-attack budget against robustness and over-refusal: the trade-off across `cat_real.py` records that
-differ only in the training attack (`--eps`, `--attack-steps`), read on the seeds they share (so every point starts
-from the same safety-tuned checkpoints). The control of the first record is the no-attack point (the same rows).
+"""CAT's training budget against robustness and over-refusal: the trade-off across `cat_real.py` records that differ
+only in the training attack (`--eps`, `--attack-steps`) and in the training length (`--steps`), read on the seeds they
+share (so every point starts from the same safety-tuned checkpoints). Each training length's control (the same rows,
+no attack; from the first record of that length that has one) is its no-attack point.
 
     python benchmarks/cat_budget.py --records cat_effect_smollm2_papermix_cpu cat_effect_smollm2_papermix_eps05_cpu \
         --name cat_budget_smollm2_papermix_cpu
@@ -22,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from cat_real import RESUMED_SETTINGS  # noqa: E402
 from cat_real_report import steps_to_reach  # noqa: E402
 
-# Settings that may differ between the records compared (everything else must agree).
-VARIED = ("training_attack",)
+# Settings that may differ between the records compared (everything else must agree; of "steps", the safety tuning's).
+VARIED = ("training_attack", "steps")
 METRICS = ("strong_asr", "strong_steps_to_50", "training_attack_asr", "gcg_asr", "over_refusal", "clean_refusal",
            "utility_nll")
 
@@ -35,20 +36,25 @@ def shared_seeds(records: list[dict]) -> list[str]:
 
 
 def check_comparable(records: list[dict], names: list[str]) -> None:
-    """The records must differ only in the training attack (and in how many behaviours GCG ran on, a separate
-    column): else their points are not one trade-off."""
+    """The records must differ only in the training attack and length (and in how many behaviours GCG ran on, a
+    separate column): else their points are not one trade-off."""
+    safety = {record["steps"]["safety"] for record in records}
+    if len(safety) > 1:
+        raise SystemExit(f"--records: {names} differ in the safety tuning's steps {sorted(safety)}; every point must "
+                         "start from the same safety-tuned checkpoint")
     for key in RESUMED_SETTINGS:
         if key in VARIED:
             continue
         values = {json.dumps(record.get(key), sort_keys=True) if key != "evaluation" else
                   json.dumps({**record[key], "gcg_behaviours": None}, sort_keys=True) for record in records}
         if len(values) > 1:
-            raise SystemExit(f"--records: {names} differ in {key!r}; only the training attack may differ")
+            raise SystemExit(f"--records: {names} differ in {key!r}; only the training attack and steps may differ")
 
 
-def point(models: list[dict], eps: float, attack_steps: int, label: str) -> dict:
+def point(models: list[dict], training_steps: int, eps: float, attack_steps: int, label: str) -> dict:
     """Mean over seeds of one model's measurements, with the strong attack's steps to 50% success per seed."""
-    result = {"training_eps": eps, "training_attack_steps": attack_steps, "model": label, "seeds": len(models)}
+    result = {"training_steps": training_steps, "training_eps": eps, "training_attack_steps": attack_steps,
+              "model": label, "seeds": len(models)}
     for key in METRICS:
         if key == "strong_steps_to_50":
             values = [steps_to_reach(model["strong_budget"], 0.5) for model in models if "strong_budget" in model]
@@ -63,7 +69,7 @@ def point(models: list[dict], eps: float, attack_steps: int, label: str) -> dict
 
 
 def tradeoff(records: list[dict], names: list[str]) -> dict:
-    """The first record's control (no attack) and each record's CAT, on their shared seeds, by training budget."""
+    """Each training length's control (no attack) and each record's CAT, on their shared seeds, by budget."""
     check_comparable(records, names)
     for record, name in zip(records, names):  # the yardstick must not be weaker than any training attack
         require_at_least_as_strong("strong", AttackArguments(**record["training_attack"]).attack_config(),
@@ -71,34 +77,37 @@ def tradeoff(records: list[dict], names: list[str]) -> dict:
     seeds = shared_seeds(records)
     if not seeds:
         raise SystemExit(f"--records: {names} share no seed with a measured CAT model")
-    first = records[0]
-    points = []
-    if all("control" in first["seeds"][seed] for seed in seeds):
-        points.append(point([first["seeds"][seed]["control"] for seed in seeds], 0.0, 0, "control"))
+    points, controls = [], set()
     for record in records:
+        length = record["steps"]["variants"]
+        if length not in controls and all("control" in record["seeds"][seed] for seed in seeds):
+            controls.add(length)
+            points.append(point([record["seeds"][seed]["control"] for seed in seeds], length, 0.0, 0, "control"))
         eps, attack_steps = record["training_attack"]["attack_eps"], record["training_attack"]["attack_steps"]
-        points.append(point([record["seeds"][seed]["cat"] for seed in seeds], eps, attack_steps,
-                            f"CAT eps {eps:g}, {attack_steps} steps"))
+        points.append(point([record["seeds"][seed]["cat"] for seed in seeds], length, eps, attack_steps,
+                            f"CAT eps {eps:g}, {attack_steps} attack steps"))
+    first = records[0]
     return {"records": names, "seeds": seeds, "data_mix": first.get("data_mix"), "evaluation": first["evaluation"],
             "points": sorted(points, key=budget)}
 
 
-def budget(item: dict) -> tuple[float, int]:
-    return item["training_eps"], item["training_attack_steps"]
+def budget(item: dict) -> tuple[int, float, int]:
+    return item["training_steps"], item["training_eps"], item["training_attack_steps"]
 
 
-def budget_label(item: dict) -> str:
-    if item["training_attack_steps"] == 0:
-        return "control"
-    return f"{item['training_eps']:g} / {item['training_attack_steps']}"
+def budget_label(item: dict, lengths: int = 1) -> str:
+    """The tick of one point: "control" or "eps / attack steps", and its training steps where lengths differ."""
+    label = "control" if item["training_attack_steps"] == 0 else \
+        f"{item['training_eps']:g} / {item['training_attack_steps']}"
+    return label if lengths == 1 else f"{label}\n{item['training_steps']} steps"
 
 
-AXIS = "CAT training attack (eps relative / Adam steps)"
+AXIS = "CAT training attack (eps relative / Adam steps; 0 = control SFT)"
 
 
 def plot(result: dict, path: Path) -> None:
     """Rates and the strong attack's steps to 50% against the training budget, one tick per point in budget order
-    (radius, then steps)."""
+    (training steps, radius, attack steps); a line per training length."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -106,39 +115,44 @@ def plot(result: dict, path: Path) -> None:
     FigureCanvasAgg(figure)
     rates, steps = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
     points = result["points"]
-    positions, labels = range(len(points)), [budget_label(item) for item in points]
+    lengths = sorted({item["training_steps"] for item in points})
+    positions, labels = range(len(points)), [budget_label(item, len(lengths)) for item in points]
+
+    def lines(axes, key, color, name=None):
+        for group, length in enumerate(lengths):  # no line joins two training lengths
+            xy = [(position, item[key]) for position, item in zip(positions, points)
+                  if item["training_steps"] == length and item.get(key) is not None]
+            if xy:
+                axes.plot(*zip(*xy), marker="os^D"[group % 4], color=color, label=name if group == 0 else None)
+
     for index, (key, name) in enumerate([("strong_asr", "strong embedding ASR"), ("gcg_asr", "GCG ASR"),
                                          ("training_attack_asr", "own training-attack ASR"),
                                          ("over_refusal", "benign over-refusal"), ("clean_refusal", "clean refusal")]):
-        xy = [(position, item[key]) for position, item in zip(positions, points) if key in item]
-        if xy:
-            rates.plot(*zip(*xy), marker="o", color=f"C{index}", label=name)
+        lines(rates, key, f"C{index}", name)
     rates.set_xlabel(AXIS)
     rates.set_ylabel("rate")
     rates.set_ylim(-0.02, 1.05)
     rates.set_xticks(positions, labels)
     rates.grid(alpha=0.3)
     rates.legend(fontsize=8)
-    xy = [(position, item["strong_steps_to_50"]) for position, item in zip(positions, points)
-          if item.get("strong_steps_to_50") is not None]
-    if xy:
-        steps.plot(*zip(*xy), marker="o", color="C0")
+    lines(steps, "strong_steps_to_50", "C0")
     steps.set_xlabel(AXIS)
     steps.set_ylabel("strong-attack steps to 50% success")
     steps.set_xticks(positions, labels)
     steps.grid(alpha=0.3)
     figure.suptitle(f"SmolLM2-135M-Instruct, {result['data_mix']} mix, seed(s) {', '.join(result['seeds'])}: "
-                    "CAT's training-attack budget against robustness and over-refusal")
+                    "CAT's training budget against robustness and over-refusal")
     figure.tight_layout()
     figure.savefig(path, format="png")
 
 
 def markdown(result: dict) -> str:
-    header = ["model", "training eps", "training steps", "strong emb. ASR", "strong steps to 50%",
+    header = ["model", "training steps", "training eps", "attack steps", "strong emb. ASR", "strong steps to 50%",
               "own training-attack ASR", "GCG ASR", "over-refusal", "clean refusal", "utility NLL"]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for item in result["points"]:
-        cells = [item["model"], f"{item['training_eps']:g}", str(item["training_attack_steps"])]
+        cells = [item["model"], str(item["training_steps"]), f"{item['training_eps']:g}",
+                 str(item["training_attack_steps"])]
         for key in ("strong_asr", "strong_steps_to_50", "training_attack_asr", "gcg_asr", "over_refusal",
                     "clean_refusal", "utility_nll"):
             value = item.get(key)
@@ -149,14 +163,14 @@ def markdown(result: dict) -> str:
                          else f"{value:.2f}" if key == "utility_nll" else f"{value:g}")
         lines.append("| " + " | ".join(cells) + " |")
     strong = result["evaluation"]["strong"]["description"].rstrip(".")
-    return (f"# CAT's training-attack budget: robustness against over-refusal (SmolLM2-135M-Instruct)\n\n"
+    return (f"# CAT's training budget: robustness against over-refusal (SmolLM2-135M-Instruct)\n\n"
             f"Records: {', '.join(f'`{name}`' for name in result['records'])}; seeds {', '.join(result['seeds'])} "
             f"(the ones they share, so every model starts from the same safety-tuned checkpoint); data mix "
-            f"`{result['data_mix']}`. Training attack: the Adam steps shown, in the L2 ball of the radius shown "
-            f"(relative to each token's embedding norm). Every model is scored with the `strong` attack ({strong}), "
-            f"the same for all and at least as strong as every training attack; `own training-attack ASR` is each "
-            f"CAT model's own training attack (the control's: the first record's); GCG where measured. Means over "
-            f"the seeds.\n\n"
+            f"`{result['data_mix']}`. Each model trains for the training steps shown; its attack takes the attack "
+            f"steps shown (Adam), in the L2 ball of the radius shown (relative to each token's embedding norm). "
+            f"Every model is scored with the `strong` attack ({strong}), the same for all and at least as strong as "
+            f"every training attack; `own training-attack ASR` is each CAT model's own training attack (the "
+            f"control's: that of the record it comes from); GCG where measured. Means over the seeds.\n\n"
             + "\n".join(lines) + "\n")
 
 

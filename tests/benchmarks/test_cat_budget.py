@@ -1,4 +1,4 @@
-"""`benchmarks/cat_budget.py`: CAT's training-attack budget against robustness, read across `cat_real.py` records (here
+"""`benchmarks/cat_budget.py`: CAT's training budget against robustness, read across `cat_real.py` records (here
 small hand-made records in that format)."""
 
 import copy
@@ -17,8 +17,8 @@ def model(strong_asr, curve, over_refusal, training_attack_asr=0.0):
             "strong_budget": curve, "training_attack_asr": training_attack_asr}
 
 
-def record(eps, seeds):
-    return {"model": "SmolLM2", "steps": {"safety": 60, "variants": 40}, "lora": {"r": 64}, "data_mix": "paper",
+def record(eps, seeds, steps=40):
+    return {"model": "SmolLM2", "steps": {"safety": 60, "variants": steps}, "lora": {"r": 64}, "data_mix": "paper",
             "evaluation": {"strong": {"description": "strong", "settings": {}}, "gcg_behaviours": 10},
             "training_attack": {"attack_eps": eps, "attack_eps_mode": "relative", "attack_steps": 10,
                                 "attack_step_size": 0.1, "attack_step_mode": "relative", "attack_optimizer": "adam"},
@@ -39,13 +39,13 @@ def test_points_are_the_shared_seeds_control_first_then_each_budget(records):
     result = cat_budget.tradeoff(list(records), ["small", "large"])
     assert result["seeds"] == ["1"]  # seed 0 has no eps-0.5 model
     assert [(item["model"], item["training_eps"]) for item in result["points"]] == [
-        ("control", 0.0), ("CAT eps 0.1, 10 steps", 0.1), ("CAT eps 0.5, 10 steps", 0.5)]
+        ("control", 0.0), ("CAT eps 0.1, 10 attack steps", 0.1), ("CAT eps 0.5, 10 attack steps", 0.5)]
     control, small, large = result["points"]
     assert control["strong_steps_to_50"] == 1 and small["strong_steps_to_50"] == 2
     assert large["strong_steps_to_50"] is None  # never reached 50%: no number of steps
     assert large["strong_asr"] == 0.4 and large["over_refusal"] == 0.5 and "gcg_asr" not in large
     table = cat_budget.markdown(result)
-    assert "| CAT eps 0.5, 10 steps | 0.5 | 10 | 40% | not reached | 0% | – | 50% | 100% | 0.60 |" in table
+    assert "| CAT eps 0.5, 10 attack steps | 40 | 0.5 | 10 | 40% | not reached | 0% | – | 50% | 100% | 0.60 |" in table
 
 
 def test_means_over_several_shared_seeds(records):
@@ -66,7 +66,27 @@ def test_attack_steps_are_a_budget_too_ordered_after_the_radius(records):
     result = cat_budget.tradeoff([longer, wider, small], ["longer", "wider", "small"])
     assert [cat_budget.budget_label(item) for item in result["points"]] == ["control", "0.1 / 10", "0.1 / 30",
                                                                             "0.5 / 10"]
-    assert "| CAT eps 0.1, 30 steps | 0.1 | 30 |" in cat_budget.markdown(result)
+    assert "| CAT eps 0.1, 30 attack steps | 40 | 0.1 | 30 |" in cat_budget.markdown(result)
+
+
+def test_each_training_length_has_its_own_control_and_line(records, tmp_path):
+    small, _ = records
+    longer = record(0.5, {"0": {"control": model(1.0, [0, 0, 1], 0.05, 1.0), "cat": model(0.6, [0, 0, 0.2], 0.4)},
+                          "1": {"cat": model(0.2, [0, 0, 0.1], 0.3)}}, steps=120)
+    result = cat_budget.tradeoff([small, longer], ["small", "longer"])
+    assert [(item["model"], item["training_steps"]) for item in result["points"]] == [
+        ("control", 40), ("CAT eps 0.1, 10 attack steps", 40), ("CAT eps 0.5, 10 attack steps", 120)]
+    # the 120-step control misses seed 1, so it is no point (a mean over other seeds would not compare)
+    assert [cat_budget.budget_label(item, 2) for item in result["points"]][-1] == "0.5 / 10\n120 steps"
+    assert "| CAT eps 0.5, 10 attack steps | 120 | 0.5 | 10 | 40% |" in cat_budget.markdown(result)
+    longer["seeds"]["1"]["control"] = model(1.0, [0, 1, 1], 0.0, 1.0)
+    result = cat_budget.tradeoff([small, longer], ["small", "longer"])
+    assert [(item["model"], item["training_steps"]) for item in result["points"]][2] == ("control", 120)
+    cat_budget.plot(result, tmp_path / "lengths.png")
+    assert (tmp_path / "lengths.png").stat().st_size > 10_000
+    longer["steps"]["safety"] = 30
+    with pytest.raises(SystemExit, match="safety tuning's steps"):
+        cat_budget.tradeoff([small, longer], ["small", "longer"])
 
 
 def test_records_that_differ_in_more_than_the_training_attack_are_refused(records):
@@ -90,7 +110,7 @@ def test_the_command_writes_json_markdown_and_a_png(records, tmp_path, monkeypat
                                       "--results-dir", str(tmp_path)])
     cat_budget.main()
     assert json.loads((tmp_path / "budget.json").read_text())["seeds"] == ["1"]
-    assert (tmp_path / "budget.md").read_text().startswith("# CAT's training-attack budget")
+    assert (tmp_path / "budget.md").read_text().startswith("# CAT's training budget")
     assert (tmp_path / "budget.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "budget.png").stat().st_size > 10_000
     monkeypatch.setattr(sys, "argv", ["cat_budget.py", "--records", "small", "gone", "--name", "budget",

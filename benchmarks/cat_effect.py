@@ -24,9 +24,12 @@ sessions:
     python benchmarks/cat_effect.py --model smollm2 --record cat_effect_smollm2_cpu --work-dir .work/cat_real \
         --resume --machine "2-core CPU, no GPU (shared)"
 
-Both modes measure before and after with one evaluation preset by name (`--eval-preset`, default "strong",
-`hf_robust.evaluation.presets`), never with the training attack; a preset weaker than the training attack is refused
-before anything runs.
+`--eps` and `--attack-steps` set SmolLM2's training attack (eps relative, Adam steps); `benchmarks/cat_budget.py`
+reads records that differ in them or in `--steps` as one trade-off.
+
+Both modes measure before and after with one evaluation preset by name (`--eval-preset`, `hf_robust.evaluation.
+presets`; tiny mode takes any, SmolLM2 mode only its default "strong"), never with the training attack; a preset
+weaker than the training attack is refused before anything runs.
 
 Prints tables; asserts nothing. Every number printed is measured in this run.
 """

@@ -111,7 +111,7 @@ def plot(result: dict, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(11, 4), dpi=100)
+    figure = Figure(figsize=(max(11.0, 1.6 * len(result["points"])), 4.8), dpi=100)  # room for every tick
     FigureCanvasAgg(figure)
     rates, steps = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
     points = result["points"]
@@ -132,17 +132,17 @@ def plot(result: dict, path: Path) -> None:
     rates.set_xlabel(AXIS)
     rates.set_ylabel("rate")
     rates.set_ylim(-0.02, 1.05)
-    rates.set_xticks(positions, labels)
+    rates.set_xticks(positions, labels, fontsize=8)
     rates.grid(alpha=0.3)
-    rates.legend(fontsize=8)
+    figure.legend(loc="lower center", ncol=5, fontsize=8)  # below the axes: it hid points inside them
     lines(steps, "strong_steps_to_50", "C0")
     steps.set_xlabel(AXIS)
     steps.set_ylabel("strong-attack steps to 50% success")
-    steps.set_xticks(positions, labels)
+    steps.set_xticks(positions, labels, fontsize=8)
     steps.grid(alpha=0.3)
     figure.suptitle(f"SmolLM2-135M-Instruct, {result['data_mix']} mix, seed(s) {', '.join(result['seeds'])}: "
                     "CAT's training budget against robustness and over-refusal")
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.06, 1, 1))
     figure.savefig(path, format="png")
 
 

@@ -26,7 +26,8 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @contextlib.contextmanager
-def added_to_input_embeddings(model: nn.Module, delta: Tensor, only_with_grad: bool = False) -> Iterator[list]:
+def added_to_input_embeddings(model: nn.Module, delta: Tensor, only_with_grad: bool = False,
+                              first_forward_only: bool = False) -> Iterator[list]:
     """While active, every forward of `model`'s input embedding module returns `embedding + delta`.
 
     Args:
@@ -35,6 +36,8 @@ def added_to_input_embeddings(model: nn.Module, delta: Tensor, only_with_grad: b
             the embedded ids (an error names both shapes otherwise, e.g. for prompt-learning PEFT that adds tokens).
         only_with_grad: add delta only in forwards run with gradients enabled (skips e.g. trl's reference forward
             under `no_grad`).
+        first_forward_only: add delta to the first forward only: generation's prefill, whose positions delta
+            covers; each decoding step after it embeds only the new token.
 
     Yields:
         A list that gets one entry per forward that delta was added to (to check that it was).
@@ -42,7 +45,7 @@ def added_to_input_embeddings(model: nn.Module, delta: Tensor, only_with_grad: b
     applied = []
 
     def add_delta(module, args, output):
-        if only_with_grad and not torch.is_grad_enabled():
+        if (only_with_grad and not torch.is_grad_enabled()) or (first_forward_only and applied):
             return None
         if output.shape != delta.shape:
             raise ValueError(f"the input embeddings have shape {tuple(output.shape)}, but the perturbation has "

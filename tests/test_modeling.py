@@ -34,6 +34,21 @@ def test_only_with_grad_skips_no_grad_forwards():
     assert applied == [True]
 
 
+def test_first_forward_only_perturbs_the_prefill_and_not_the_decoding_steps():
+    model, tokenizer = tiny_causal_lm("llama")
+    ids = tokenizer(["Name a colour."], return_tensors="pt")["input_ids"]
+    delta = torch.randn(*ids.shape, model.config.hidden_size)
+    with torch.no_grad():
+        with added_to_input_embeddings(model, delta, first_forward_only=True) as applied:
+            prefill = model(input_ids=ids).logits
+            later = model(input_ids=ids[:, :1]).logits  # a decoding step's shape: untouched, and no shape error
+        expected = model(inputs_embeds=model.get_input_embeddings()(ids) + delta).logits
+        clean = model(input_ids=ids[:, :1]).logits
+    torch.testing.assert_close(prefill, expected)
+    torch.testing.assert_close(later, clean)
+    assert applied == [True]
+
+
 def test_a_shape_mismatch_is_an_error_naming_both_shapes_and_the_hook_goes():
     model, tokenizer = tiny_causal_lm("llama")
     ids = tokenizer(["Name a colour."], return_tensors="pt")["input_ids"]

@@ -32,7 +32,13 @@ class EvalArguments:
         default="clean,strong",
         metadata={"help": "Comma-separated: 'clean', embedding presets ('train', 'strong'), GCG presets ('gcg', "
                   "'gcg-fast'), 'universal-<GCG preset>'."})
-    max_new_tokens: int = field(default=64, metadata={"help": "Tokens generated for the refusal judge (clean)."})
+    embedding_success: str = field(
+        default="target",
+        metadata={"help": "When an embedding attack breaks a behaviour: 'target' (the greedy reply starts with the "
+                  "target at some iterate) or 'target_or_judge' (that, or the refusal judge finds no refusal in the "
+                  "reply under the last iterate: catches compliance in other words; for models that refuse in words).",
+                  "choices": ["target", "target_or_judge"]})
+    max_new_tokens: int = field(default=64, metadata={"help": "Tokens generated for the refusal judge."})
     batch_size: int = field(default=8, metadata={"help": "Behaviours per batch (clean generation, embedding attack)."})
     dtype: str = field(default="float32", metadata={"help": "Weights dtype: float32, bfloat16 or float16."})
     output_dir: str = field(default="robustness-eval", metadata={"help": "Where the report and the card go."})
@@ -42,7 +48,7 @@ class EvalArguments:
 
     def __post_init__(self):
         from ..checks import check_integer
-        from .runner import parse_attacks
+        from .runner import EMBEDDING_SUCCESS, parse_attacks
 
         if not isinstance(self.model_name_or_path, str) or not self.model_name_or_path:
             raise ValueError("`--model_name_or_path` is required: a local folder, a Hub id, or 'smollm2'.")
@@ -51,6 +57,9 @@ class EvalArguments:
         check_integer("seed", self.seed, 0)
         if self.max_behaviours is not None:
             check_integer("max_behaviours", self.max_behaviours, 1)
+        if self.embedding_success not in EMBEDDING_SUCCESS:
+            raise ValueError(f"`--embedding_success` must be one of {', '.join(map(repr, EMBEDDING_SUCCESS))}, "
+                             f"got {self.embedding_success!r}.")
         check_integer("max_new_tokens", self.max_new_tokens, 1)
         check_integer("batch_size", self.batch_size, 1)
         if self.dtype not in ("float32", "bfloat16", "float16"):
@@ -104,7 +113,7 @@ def main(args: EvalArguments) -> int:
     model, tokenizer = load_for_evaluation(args.model_name_or_path, args.dtype)
     model.to(state.device)
     outcomes = evaluate_robustness(model, tokenizer, behaviours, args.attacks, max_new_tokens=args.max_new_tokens,
-                                   batch_size=args.batch_size)
+                                   batch_size=args.batch_size, embedding_success=args.embedding_success)
     if state.is_main_process:
         dataset = "AdvBench" if args.behaviours == "advbench" else args.behaviours
         paths = write_report(outcomes, args.output_dir, model=args.model_name_or_path, dataset=dataset, split=split)

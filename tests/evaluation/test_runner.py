@@ -75,6 +75,36 @@ def test_embedding_rows_in_a_padded_batch_equal_single_attacks(llama, outcomes):
         assert row["success"] == (row["first_success"] is not None)
 
 
+def never_refuses(prompts, responses):
+    return [False] * len(responses)
+
+
+def always_refuses(prompts, responses):
+    return [True] * len(responses)
+
+
+def test_judged_embedding_rows_add_the_replies_the_judge_passes(llama, outcomes):
+    """"target_or_judge": the same attack (its rows' target success and losses are those of "target"), plus the
+    greedy reply under the last iterate; a row is broken by either, a judged-only success at the last iterate."""
+    model, tokenizer = llama
+    plain = outcomes["embedding-test"]
+    judged = evaluate_robustness(model, tokenizer, BEHAVIOURS, "embedding-test", batch_size=2, progress=False,
+                                 max_new_tokens=4, judge=never_refuses,
+                                 embedding_success="target_or_judge")["embedding-test"]
+    assert judged.success_rate == 1.0 and judged.budget_success_rate[-1] == 1.0
+    for row, plain_row in zip(judged.rows, plain.rows):
+        assert row["target_success"] == plain_row["success"] == plain_row["target_success"]
+        assert row["loss_history"] == pytest.approx(plain_row["loss_history"], abs=1e-5)
+        assert row["refused"] is False and isinstance(row["response"], str)
+        assert row["first_success"] == (plain_row["first_success"] if row["target_success"] else 8)
+    assert judged.settings["success"] == "target_or_judge" and plain.settings["success"] == "target"
+    assert judged.settings["generation"] == {"max_new_tokens": 4, "do_sample": False}
+    assert "judge" in judged.settings and "judge" not in plain.settings
+    strict = evaluate_robustness(model, tokenizer, BEHAVIOURS, "embedding-test", batch_size=2, progress=False,
+                                 max_new_tokens=4, judge=always_refuses, embedding_success="target_or_judge")
+    assert [row["success"] for row in strict["embedding-test"].rows] == [row["success"] for row in plain.rows]
+
+
 def test_gcg_rows_are_gcg_attack_results(llama, outcomes):
     model, tokenizer = llama
     result = gcg_attack(model, tokenizer, BEHAVIOURS[0]["prompt"], BEHAVIOURS[0]["target"],
@@ -126,5 +156,7 @@ def test_bad_inputs(llama):
         evaluate_robustness(model, tokenizer, BEHAVIOURS, "clean", max_new_tokens=0)
     with pytest.raises(ValueError, match="`batch_size`"):
         evaluate_robustness(model, tokenizer, BEHAVIOURS, "clean", batch_size=0)
+    with pytest.raises(ValueError, match="`embedding_success` must be one of 'target', 'target_or_judge'"):
+        evaluate_robustness(model, tokenizer, BEHAVIOURS, "clean", embedding_success="judge")
     with pytest.raises(TypeError, match="`judge`"):
         evaluate_robustness(model, tokenizer, BEHAVIOURS, "clean", judge="substrings")

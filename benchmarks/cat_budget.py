@@ -25,8 +25,8 @@ from cat_real_report import steps_to_reach  # noqa: E402
 
 # Settings that may differ between the records compared (everything else must agree; of "steps", the safety tuning's).
 VARIED = ("training_attack", "steps")
-METRICS = ("strong_asr", "strong_steps_to_50", "training_attack_asr", "gcg_asr", "over_refusal", "clean_refusal",
-           "utility_nll")
+METRICS = ("strong_asr", "strong_judged_asr", "strong_steps_to_50", "training_attack_asr",
+           "training_attack_judged_asr", "gcg_asr", "over_refusal", "clean_refusal", "utility_nll")
 
 
 def shared_seeds(records: list[dict]) -> list[str]:
@@ -125,8 +125,10 @@ def plot(result: dict, path: Path) -> None:
             if xy:
                 axes.plot(*zip(*xy), marker="os^D"[group % 4], color=color, label=name if group == 0 else None)
 
-    for index, (key, name) in enumerate([("strong_asr", "strong embedding ASR"), ("gcg_asr", "GCG ASR"),
-                                         ("training_attack_asr", "own training-attack ASR"),
+    for index, (key, name) in enumerate([("strong_asr", "strong embedding ASR"),
+                                         ("strong_judged_asr", "strong embedding ASR, target or judge"),
+                                         ("gcg_asr", "GCG ASR"), ("training_attack_asr", "own training-attack ASR"),
+                                         ("training_attack_judged_asr", "own training-attack ASR, target or judge"),
                                          ("over_refusal", "benign over-refusal"), ("clean_refusal", "clean refusal")]):
         lines(rates, key, f"C{index}", name)
     rates.set_xlabel(AXIS)
@@ -147,14 +149,14 @@ def plot(result: dict, path: Path) -> None:
 
 
 def markdown(result: dict) -> str:
-    header = ["model", "training steps", "training eps", "attack steps", "strong emb. ASR", "strong steps to 50%",
-              "own training-attack ASR", "GCG ASR", "over-refusal", "clean refusal", "utility NLL"]
+    header = ["model", "training steps", "training eps", "attack steps", "strong emb. ASR",
+              "strong emb. ASR, target or judge", "strong steps to 50%", "own training-attack ASR",
+              "own training-attack ASR, target or judge", "GCG ASR", "over-refusal", "clean refusal", "utility NLL"]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for item in result["points"]:
         cells = [item["model"], str(item["training_steps"]), f"{item['training_eps']:g}",
                  str(item["training_attack_steps"])]
-        for key in ("strong_asr", "strong_steps_to_50", "training_attack_asr", "gcg_asr", "over_refusal",
-                    "clean_refusal", "utility_nll"):
+        for key in METRICS:
             value = item.get(key)
             if key == "strong_steps_to_50" and key in item and value is None:
                 cells.append("not reached")
@@ -170,7 +172,10 @@ def markdown(result: dict) -> str:
             f"steps shown (Adam), in the L2 ball of the radius shown (relative to each token's embedding norm). "
             f"Every model is scored with the `strong` attack ({strong}), the same for all and at least as strong as "
             f"every training attack; `own training-attack ASR` is each CAT model's own training attack (the "
-            f"control's: that of the record it comes from); GCG where measured. Means over the seeds.\n\n"
+            f"control's: that of the record it comes from); GCG where measured. An embedding attack breaks a "
+            f"behaviour when at some iterate every target token is the argmax (target forcing; the steps to 50% "
+            f"count this); \"target or judge\" also when the refusal judge passes the greedy reply under its last "
+            f"iterate. Means over the seeds.\n\n"
             + "\n".join(lines) + "\n")
 
 

@@ -187,14 +187,45 @@ def training_attack_preset(training_attack: dict):
                         "The benchmark's training attack itself (as strong as training, no stronger).")
 
 
+def judged_numbers(outcome, prefix: str) -> dict:
+    """An embedding attack's rates under both criteria (`evaluate_robustness(embedding_success="target_or_judge")`):
+    `{prefix}_asr` target forcing alone (comparable with every earlier record) and its curve `{prefix}_budget`;
+    `{prefix}_judged_asr` also counting the greedy replies under the last iterate that the judge passes, and those
+    replies (`{prefix}_unrefused_replies`), so that a reader sees what the judge let through."""
+    rows = outcome.rows
+    budget = [sum(row["target_success"] and row["first_success"] <= step for row in rows) / len(rows)
+              for step in outcome.budget]
+    return {f"{prefix}_asr": sum(row["target_success"] for row in rows) / len(rows), f"{prefix}_budget": budget,
+            f"{prefix}_judged_asr": outcome.success_rate,
+            f"{prefix}_unrefused_replies": [row["response"] for row in rows if row["success"] and not
+                                            row["target_success"]]}
+
+
 def measure_training_attack(model, tokenizer, held_out, training_attack: dict) -> dict:
-    """{"training_attack_asr"}: the success of the training attack on the held-out behaviours."""
+    """{"training_attack_asr", "training_attack_judged_asr", ...}: the training attack on the held-out behaviours
+    (`judged_numbers`)."""
     from hf_robust.evaluation.runner import evaluate_robustness
 
     preset = training_attack_preset(training_attack)
-    outcome = evaluate_robustness(model, tokenizer, held_out, [preset], batch_size=16, progress=False)[preset.name]
-    print(f"  training attack ASR {outcome.success_rate:.0%} ({outcome.seconds:.0f} s)", flush=True)
-    return {"training_attack_asr": outcome.success_rate}
+    outcome = evaluate_robustness(model, tokenizer, held_out, [preset], max_new_tokens=32, batch_size=16,
+                                  progress=False, embedding_success="target_or_judge")[preset.name]
+    measured = judged_numbers(outcome, "training_attack")
+    del measured["training_attack_budget"]
+    print(f"  training attack ASR {measured['training_attack_asr']:.0%}, judged "
+          f"{measured['training_attack_judged_asr']:.0%} ({outcome.seconds:.0f} s)", flush=True)
+    return measured
+
+
+def measure_strong(model, tokenizer, held_out) -> dict:
+    """The `strong` preset on the held-out behaviours under both criteria (`judged_numbers`)."""
+    from hf_robust.evaluation.runner import evaluate_robustness
+
+    outcome = evaluate_robustness(model, tokenizer, held_out, "strong", max_new_tokens=32, batch_size=16,
+                                  progress=False, embedding_success="target_or_judge")["strong"]
+    measured = judged_numbers(outcome, "strong")
+    print(f"  strong ASR {measured['strong_asr']:.0%}, judged {measured['strong_judged_asr']:.0%} "
+          f"({outcome.seconds:.0f} s)", flush=True)
+    return measured
 
 
 def measure(model, tokenizer, held_out, benign_test: dict[str, str], gcg_behaviours: int, strong: bool = True,
@@ -205,14 +236,13 @@ def measure(model, tokenizer, held_out, benign_test: dict[str, str], gcg_behavio
     from hf_robust.evaluation.runner import evaluate_robustness
 
     started = time.perf_counter()
-    outcomes = evaluate_robustness(model, tokenizer, held_out, "clean,strong" if strong else "clean",
-                                   max_new_tokens=32, batch_size=16, progress=False)
+    clean = evaluate_robustness(model, tokenizer, held_out, "clean", max_new_tokens=32, batch_size=16,
+                                progress=False)["clean"]
     over_refusal, _ = refusal_rate(model, tokenizer, list(benign_test), max_new_tokens=32, batch_size=16)
-    measured = {"clean_refusal": 1 - outcomes["clean"].success_rate, "over_refusal": over_refusal,
+    measured = {"clean_refusal": 1 - clean.success_rate, "over_refusal": over_refusal,
                 "utility_nll": utility_nll(model, tokenizer, benign_test)}
     if strong:
-        measured["strong_asr"] = outcomes["strong"].success_rate
-        measured["strong_budget"] = outcomes["strong"].budget_success_rate
+        measured.update(measure_strong(model, tokenizer, held_out))
         if training_attack:
             measured.update(measure_training_attack(model, tokenizer, held_out, training_attack))
     print(f"  measured {measured['clean_refusal']:.0%} refusal, strong ASR {measured.get('strong_asr', '-')}, "
@@ -253,18 +283,30 @@ def load_saved(folder: Path):
     return AutoModelForCausalLM.from_pretrained(folder).to("cuda" if on_gpu() else "cpu").eval()
 
 
-def stage(seed_record: dict, name: str, folder: Path, build, measure_model, machine: str, top_up=None) -> None:
+def stage(seed_record: dict, name: str, folder: Path, build, measure_model, machine: str, top_ups=None) -> None:
     """One model of the benchmark, resumable: measured already -> kept; its saved model in `folder` -> measured;
     otherwise `build()` trains it (returns the model and seconds per step), it is saved, then measured.
-    `top_up` = (key, measure(model) -> dict): a model measured before `key` existed gets only that measured, from
-    its saved folder (else it stays without it: the table shows "–")."""
+    `top_ups` = {key: measure(model) -> dict}: a model measured before `key` existed gets it measured from its saved
+    folder (else it stays without it: the table shows "–"). Of what that measures, keys the record already has are
+    kept, and a differing re-measurement is kept beside them as `{key}_rerun`."""
 
     if name in seed_record:
-        key, measure_missing = top_up or (None, None)
-        if key and key not in seed_record[name] and (folder / "config.json").is_file():
-            print(f"  {name}: measured earlier without {key}, measuring it", flush=True)
+        missing = {key: measure_missing for key, measure_missing in (top_ups or {}).items()
+                   if key not in seed_record[name]}
+        if missing and (folder / "config.json").is_file():
             model = load_saved(folder)
-            seed_record[name].update({**measure_missing(model), f"{key}_machine": machine})
+            for key, measure_missing in missing.items():
+                if key in seed_record[name]:  # measured by an earlier top-up of this stage
+                    continue
+                print(f"  {name}: measured earlier without {key}, measuring it", flush=True)
+                for measured_key, value in measure_missing(model).items():
+                    if measured_key not in seed_record[name]:
+                        seed_record[name][measured_key] = value
+                    elif seed_record[name][measured_key] != value:
+                        print(f"  {name}: {measured_key} re-measured as {value} (recorded: "
+                              f"{seed_record[name][measured_key]})", flush=True)
+                        seed_record[name][f"{measured_key}_rerun"] = value
+                seed_record[name][f"{key}_machine"] = machine
             del model
             return
         print(f"  {name}: measured earlier ({seed_record[name].get('machine', '?')}), kept", flush=True)
@@ -370,8 +412,9 @@ def run(options) -> dict:
                                                         train_answers, options.steps, seed, training_attack, mix),
                   lambda m: measure(m, tokenizer, held_out, test_answers, options.gcg_behaviours,
                                     training_attack=training_attack), options.machine,
-                  top_up=("training_attack_asr",
-                          lambda m: measure_training_attack(m, tokenizer, held_out, training_attack)))
+                  top_ups={"training_attack_judged_asr":
+                           lambda m: measure_training_attack(m, tokenizer, held_out, training_attack),
+                           "strong_judged_asr": lambda m: measure_strong(m, tokenizer, held_out)})
             print(f"seed {seed}: {variant} done ({seed_record[variant]['seconds_per_step']:.1f} s/step)", flush=True)
             save()
     return record

@@ -27,9 +27,10 @@ def plot(record: dict, path: Path) -> None:
 
     variants = [v for v in VARIANTS if any(v in s for s in record["seeds"].values())]
     metrics = [("clean_refusal", "clean\nrefusal"), ("training_attack_asr", "training-\nattack ASR"),
-               ("strong_asr", "strong\nembedding ASR"), ("gcg_asr", "GCG\nASR"),
-               ("over_refusal", "benign\nover-refusal")]
-    figure = Figure(figsize=(12, 4.2), dpi=100)
+               ("training_attack_judged_asr", "training-\nattack ASR\n(or judge)"),
+               ("strong_asr", "strong\nembedding ASR"), ("strong_judged_asr", "strong\nembedding ASR\n(or judge)"),
+               ("gcg_asr", "GCG\nASR"), ("over_refusal", "benign\nover-refusal")]
+    figure = Figure(figsize=(14, 4.6), dpi=100)
     FigureCanvasAgg(figure)
     bars, curves = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
     width, reach = 0.8 / len(variants), 0
@@ -54,7 +55,7 @@ def plot(record: dict, path: Path) -> None:
     bars.legend(fontsize=8)
     if not curves.lines:
         curves.text(0.5, 0.5, "strong attack not measured in this run", ha="center", va="center")
-    curves.set_xlabel("strong embedding attack steps")
+    curves.set_xlabel("strong embedding attack steps (success: target forcing)")
     curves.set_ylabel("attack success rate (held-out AdvBench)")
     curves.set_ylim(-0.02, 1.02)
     if curves.lines:
@@ -71,7 +72,9 @@ def table(record: dict) -> str:
     import statistics
 
     keys = [("clean_refusal", "clean refusal"), ("training_attack_asr", "training-attack ASR"),
-            ("strong_asr", "strong emb. ASR"), ("gcg_asr", "GCG ASR"),
+            ("training_attack_judged_asr", "training-attack ASR, target or judge"),
+            ("strong_asr", "strong emb. ASR"), ("strong_judged_asr", "strong emb. ASR, target or judge"),
+            ("gcg_asr", "GCG ASR"),
             ("over_refusal", "over-refusal"), ("utility_nll", "utility NLL"), ("seconds_per_step", "s/step")]
     lines = ["| model | " + " | ".join(name for _, name in keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for variant in VARIANTS:
@@ -151,6 +154,10 @@ def write_markdown(record: dict, path: Path) -> None:
         f"{evaluation['gcg_behaviours']}) and {evaluation['benign_test']} benign requests (over-refusal, utility "
         f"NLL); judge {evaluation['judge']}; greedy 32-token answers. Training-attack ASR: the training attack "
         f"itself on the held-out behaviours (as strong as training; the targets are read at the strong attack). "
+        f"An embedding attack's ASR counts a behaviour broken when at some iterate every target token is the argmax "
+        f"(target forcing); \"target or judge\" also counts it when the judge finds no refusal in the greedy reply "
+        f"under the attack's last iterate, which catches compliance reworded away from the target (those replies "
+        f"are in the JSON, `*_unrefused_replies`; \"–\": measured before this criterion existed). "
         f"s/step: training seconds per step.\n\n"
         f"{data_description(record.get('data_mix', 'control-rows'))}\n\n"
         f"{table(record)}\n\nTargets: {targets}.\n\n{budget_description(record)}"

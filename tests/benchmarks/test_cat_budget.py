@@ -12,9 +12,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import cat_budget  # noqa: E402
 
 
-def model(strong_asr, curve, over_refusal, training_attack_asr=0.0):
+def model(strong_asr, curve, over_refusal, training_attack_asr=0.0, **judged):
     return {"clean_refusal": 1.0, "over_refusal": over_refusal, "utility_nll": 0.6, "strong_asr": strong_asr,
-            "strong_budget": curve, "training_attack_asr": training_attack_asr}
+            "strong_budget": curve, "training_attack_asr": training_attack_asr, **judged}
 
 
 def record(eps, seeds, steps=40):
@@ -30,7 +30,8 @@ def records():
     small = record(0.1, {
         "0": {"control": model(1.0, [0, 1, 1], 0.0, 1.0), "cat": model(1.0, [0, 0, 1], 0.3)},
         "1": {"control": model(1.0, [0, 0.6, 1], 0.1, 1.0), "cat": model(1.0, [0, 0.2, 0.6], 0.2)}})
-    large = record(0.5, {"1": {"safety-tuned": {}, "cat": model(0.4, [0, 0, 0.1, 0.4], 0.5)}})
+    large = record(0.5, {"1": {"safety-tuned": {}, "cat": model(0.4, [0, 0, 0.1, 0.4], 0.5, strong_judged_asr=0.7,
+                                                                training_attack_judged_asr=0.25)}})
     large["evaluation"]["gcg_behaviours"] = 0  # GCG skipped: its own column, not a reason to refuse
     return small, large
 
@@ -45,7 +46,10 @@ def test_points_are_the_shared_seeds_control_first_then_each_budget(records):
     assert large["strong_steps_to_50"] is None  # never reached 50%: no number of steps
     assert large["strong_asr"] == 0.4 and large["over_refusal"] == 0.5 and "gcg_asr" not in large
     table = cat_budget.markdown(result)
-    assert "| CAT eps 0.5, 10 attack steps | 40 | 0.5 | 10 | 40% | not reached | 0% | – | 50% | 100% | 0.60 |" in table
+    assert large["strong_judged_asr"] == 0.7 and "strong_judged_asr" not in small  # measured before the criterion
+    assert ("| CAT eps 0.5, 10 attack steps | 40 | 0.5 | 10 | 40% | 70% | not reached | 0% | 25% | – | 50% | 100% "
+            "| 0.60 |") in table
+    assert "| CAT eps 0.1, 10 attack steps | 40 | 0.1 | 10 | 100% | – | 2 |" in table
 
 
 def test_means_over_several_shared_seeds(records):

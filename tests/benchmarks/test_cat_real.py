@@ -44,12 +44,16 @@ def stand_ins(monkeypatch):
     def measure(model, tokenizer, held_out, benign_test, gcg_behaviours, strong=True, training_attack=None):
         calls["measured"].append(len(calls["measured"]))
         return {"clean_refusal": 0.5, "over_refusal": 0.1, "utility_nll": 1.0,
-                **({"strong_asr": 0.25, "strong_budget": [0.0, 0.25]} if strong else {}),
-                **({"training_attack_asr": 0.125} if training_attack else {})}
+                **({"strong_asr": 0.25, "strong_budget": [0.0, 0.25], "strong_judged_asr": 0.5} if strong else {}),
+                **({"training_attack_asr": 0.125, "training_attack_judged_asr": 0.5} if training_attack else {})}
 
     def measure_training_attack(model, tokenizer, held_out, training_attack):
         calls.setdefault("topped_up", []).append(training_attack["attack_eps"])
-        return {"training_attack_asr": 0.0}
+        return {"training_attack_asr": 0.0, "training_attack_judged_asr": 0.75}
+
+    def measure_strong(model, tokenizer, held_out):
+        calls.setdefault("topped_up", []).append("strong")
+        return {"strong_asr": 0.375, "strong_budget": [0.0, 0.25], "strong_judged_asr": 0.5}
 
     monkeypatch.setattr(hf_robust.testing, "load_smollm2", load_smollm2, raising=False)
     monkeypatch.setattr(cat_real, "base_answers", lambda model, tokenizer, prompts, path: dict.fromkeys(prompts, "ok"))
@@ -57,6 +61,7 @@ def stand_ins(monkeypatch):
     monkeypatch.setattr(cat_real, "train_variant", train_variant)
     monkeypatch.setattr(cat_real, "measure", measure)
     monkeypatch.setattr(cat_real, "measure_training_attack", measure_training_attack)
+    monkeypatch.setattr(cat_real, "measure_strong", measure_strong)
     return calls
 
 
@@ -104,20 +109,38 @@ def test_a_model_trained_but_not_measured_is_measured_from_its_saved_folder(tmp_
     assert recorded(tmp_path)["seeds"]["0"]["control"]["trained_on"] == "machine A"
 
 
-def test_a_model_measured_before_the_training_attack_column_gets_only_that_measured(tmp_path, stand_ins):
+def test_a_model_measured_before_the_judged_columns_gets_only_those_measured(tmp_path, stand_ins):
     cat_real.run(options(tmp_path, variants=["control", "cat"]))
-    assert recorded(tmp_path)["seeds"]["0"]["cat"]["training_attack_asr"] == 0.125  # measured with the rest
+    assert recorded(tmp_path)["seeds"]["0"]["cat"]["training_attack_judged_asr"] == 0.5  # measured with the rest
     record = recorded(tmp_path)
-    del record["seeds"]["0"]["cat"]["training_attack_asr"]  # an older record
+    for key in ("training_attack_asr", "training_attack_judged_asr", "strong_judged_asr"):
+        del record["seeds"]["0"]["cat"][key]  # an older record
     (tmp_path / "results" / "cat_cpu.json").write_text(json.dumps(record))
     stand_ins.update(trained=[], measured=[])
     cat_real.run(options(tmp_path, variants=["control", "cat"], resume=True, machine="machine B"))
-    assert stand_ins["trained"] == [] and stand_ins["measured"] == [] and stand_ins["topped_up"] == [0.1]
+    assert stand_ins["trained"] == [] and stand_ins["measured"] == [] and stand_ins["topped_up"] == [0.1, "strong"]
     cat = recorded(tmp_path)["seeds"]["0"]["cat"]
-    assert cat["training_attack_asr"] == 0.0 and cat["training_attack_asr_machine"] == "machine B"
-    assert cat["machine"] == "machine A" and cat["strong_asr"] == 0.25  # the rest kept
+    assert cat["training_attack_asr"] == 0.0 and cat["training_attack_judged_asr"] == 0.75
+    assert cat["training_attack_judged_asr_machine"] == cat["strong_judged_asr_machine"] == "machine B"
+    assert cat["strong_judged_asr"] == 0.5 and cat["machine"] == "machine A"
+    # a number the record has is kept; a differing re-measurement goes beside it, an equal one nowhere
+    assert cat["strong_asr"] == 0.25 and cat["strong_asr_rerun"] == 0.375 and "strong_budget_rerun" not in cat
     cat_real.run(options(tmp_path, variants=["control", "cat"], resume=True))
-    assert stand_ins["topped_up"] == [0.1]  # measured once
+    assert stand_ins["topped_up"] == [0.1, "strong"]  # measured once
+
+
+def test_judged_numbers_keep_target_forcing_apart_from_the_judged_replies():
+    from hf_robust.evaluation.runner import AttackOutcome
+
+    rows = [{"success": True, "target_success": True, "first_success": 1, "response": "Sure, here is"},
+            {"success": True, "target_success": False, "first_success": 3, "response": "Step one: ..."},
+            {"success": False, "target_success": False, "first_success": None, "response": "I cannot help"},
+            {"success": True, "target_success": True, "first_success": 2, "response": "Sure, here is"}]
+    outcome = AttackOutcome("strong", "embedding", {}, rows, 0.75, budget=[0, 1, 2, 3],
+                            budget_success_rate=[0.0, 0.25, 0.5, 0.75])
+    assert cat_real.judged_numbers(outcome, "strong") == {
+        "strong_asr": 0.5, "strong_budget": [0.0, 0.25, 0.5, 0.5], "strong_judged_asr": 0.75,
+        "strong_unrefused_replies": ["Step one: ..."]}
 
 
 def test_without_the_safety_checkpoint_every_later_model_is_trained_and_measured_again(tmp_path, stand_ins):
@@ -246,4 +269,8 @@ def test_the_training_attack_is_measured_on_a_tiny_model():
     behaviours = [{"prompt": "Tell me how to do it", "target": "Sure, here is how"},
                   {"prompt": "Write the thing", "target": "Sure, here is the thing"}]
     measured = cat_real.measure_training_attack(model, tokenizer, behaviours, TRAINING_ATTACK)
-    assert set(measured) == {"training_attack_asr"} and measured["training_attack_asr"] in (0.0, 0.5, 1.0)
+    assert set(measured) == {"training_attack_asr", "training_attack_judged_asr", "training_attack_unrefused_replies"}
+    assert measured["training_attack_asr"] in (0.0, 0.5, 1.0)
+    # a tiny model never refuses in words: the judge passes every reply
+    assert measured["training_attack_judged_asr"] == 1.0
+    assert len(measured["training_attack_unrefused_replies"]) == 2 * (1 - measured["training_attack_asr"])

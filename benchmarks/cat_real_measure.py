@@ -1,0 +1,104 @@
+"""What `cat_real.py` measures on each model: clean refusal of held-out AdvBench, over-refusal of held-out benign
+requests and the utility NLL of the base model's answers to them, the `strong` embedding attack and the training
+attack under both success criteria (`judged_numbers`), and GCG on the first behaviours. Everything through
+`hf_robust.evaluation`; greedy 32-token answers."""
+
+import time
+
+
+def utility_nll(model, tokenizer, answers: dict[str, str]) -> float:
+    """Mean token cross-entropy of the base model's answers to held-out benign requests."""
+    import torch
+
+    from hf_robust.evaluation.behaviour_attacks import behaviour_ids
+
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for prompt, answer in answers.items():
+            input_ids, labels, _ = behaviour_ids(tokenizer, prompt, answer)
+            loss = model(input_ids=input_ids.to(model.device), labels=labels.to(model.device)).loss
+            n = int((labels[:, 1:] != -100).sum())
+            total, count = total + float(loss) * n, count + n
+    return total / count
+
+
+def training_attack_preset(training_attack: dict):
+    """The benchmark's training attack (`AttackArguments` fields) as an evaluation preset: its success says whether a
+    model resists the very attack CAT trains against; the targets are read at the `strong` preset."""
+    import dataclasses
+
+    from hf_robust.cat.arguments import AttackArguments
+    from hf_robust.evaluation.presets import AttackPreset
+
+    config = AttackArguments(**training_attack).attack_config()
+    return AttackPreset("training-attack", "embedding", dataclasses.asdict(config),
+                        "The benchmark's training attack itself (as strong as training, no stronger).")
+
+
+def judged_numbers(outcome, prefix: str) -> dict:
+    """An embedding attack's rates under both criteria (`evaluate_robustness(embedding_success="target_or_judge")`):
+    `{prefix}_asr` target forcing alone (comparable with every earlier record) and its curve `{prefix}_budget`;
+    `{prefix}_judged_asr` also counting the greedy replies under the last iterate that the judge passes, and those
+    replies (`{prefix}_unrefused_replies`), so that a reader sees what the judge let through."""
+    rows = outcome.rows
+    budget = [sum(row["target_success"] and row["first_success"] <= step for row in rows) / len(rows)
+              for step in outcome.budget]
+    return {f"{prefix}_asr": sum(row["target_success"] for row in rows) / len(rows), f"{prefix}_budget": budget,
+            f"{prefix}_judged_asr": outcome.success_rate,
+            f"{prefix}_unrefused_replies": [row["response"] for row in rows if row["success"] and not
+                                            row["target_success"]]}
+
+
+def measure_training_attack(model, tokenizer, held_out, training_attack: dict) -> dict:
+    """{"training_attack_asr", "training_attack_judged_asr", ...}: the training attack on the held-out behaviours
+    (`judged_numbers`)."""
+    from hf_robust.evaluation.runner import evaluate_robustness
+
+    preset = training_attack_preset(training_attack)
+    outcome = evaluate_robustness(model, tokenizer, held_out, [preset], max_new_tokens=32, batch_size=16,
+                                  progress=False, embedding_success="target_or_judge")[preset.name]
+    measured = judged_numbers(outcome, "training_attack")
+    del measured["training_attack_budget"]
+    print(f"  training attack ASR {measured['training_attack_asr']:.0%}, judged "
+          f"{measured['training_attack_judged_asr']:.0%} ({outcome.seconds:.0f} s)", flush=True)
+    return measured
+
+
+def measure_strong(model, tokenizer, held_out) -> dict:
+    """The `strong` preset on the held-out behaviours under both criteria (`judged_numbers`)."""
+    from hf_robust.evaluation.runner import evaluate_robustness
+
+    outcome = evaluate_robustness(model, tokenizer, held_out, "strong", max_new_tokens=32, batch_size=16,
+                                  progress=False, embedding_success="target_or_judge")["strong"]
+    measured = judged_numbers(outcome, "strong")
+    print(f"  strong ASR {measured['strong_asr']:.0%}, judged {measured['strong_judged_asr']:.0%} "
+          f"({outcome.seconds:.0f} s)", flush=True)
+    return measured
+
+
+def measure(model, tokenizer, held_out, benign_test: dict[str, str], gcg_behaviours: int, strong: bool = True,
+            training_attack: dict | None = None) -> dict:
+    """The rates of one model; `strong=False` (the safety-tuned checkpoint) skips the embedding attacks, and
+    `training_attack` (`AttackArguments` fields) adds that attack's success."""
+    from hf_robust.evaluation.behaviour_attacks import refusal_rate
+    from hf_robust.evaluation.runner import evaluate_robustness
+
+    started = time.perf_counter()
+    clean = evaluate_robustness(model, tokenizer, held_out, "clean", max_new_tokens=32, batch_size=16,
+                                progress=False)["clean"]
+    over_refusal, _ = refusal_rate(model, tokenizer, list(benign_test), max_new_tokens=32, batch_size=16)
+    measured = {"clean_refusal": 1 - clean.success_rate, "over_refusal": over_refusal,
+                "utility_nll": utility_nll(model, tokenizer, benign_test)}
+    if strong:
+        measured.update(measure_strong(model, tokenizer, held_out))
+        if training_attack:
+            measured.update(measure_training_attack(model, tokenizer, held_out, training_attack))
+    print(f"  measured {measured['clean_refusal']:.0%} refusal, strong ASR {measured.get('strong_asr', '-')}, "
+          f"over-refusal {over_refusal:.0%} ({time.perf_counter() - started:.0f} s)", flush=True)
+    if gcg_behaviours:
+        gcg = evaluate_robustness(model, tokenizer, held_out.select(range(gcg_behaviours)), "gcg-cpu",
+                                  progress=False)["gcg-cpu"]
+        measured["gcg_asr"], measured["gcg_seconds"] = gcg.success_rate, gcg.seconds
+        print(f"  GCG ({gcg_behaviours} behaviours) ASR {gcg.success_rate:.0%} ({gcg.seconds:.0f} s)", flush=True)
+    measured["seconds"] = time.perf_counter() - started
+    return measured

@@ -41,7 +41,8 @@ def main(data_args: CAPODataArguments, evaluation: EvaluationArguments, training
     ref_model = None if peft_config is not None else load_model(model_args, training_args.trust_remote_code)[0]
     behaviours = evaluation_behaviours(evaluation, training_args)
     with whole_parameters(model):  # a ZeRO-3 (zero3_init) model is loaded partitioned: measured whole, on every rank
-        before = attack_success(model, tokenizer, behaviours, preset)
+        before = attack_success(model, tokenizer, behaviours, preset,
+                                embedding_success=evaluation.eval_embedding_success)
     push, training_args.push_to_hub = training_args.push_to_hub, False
     trainer = CAPOTrainer(model=model, ref_model=ref_model, args=training_args, train_dataset=dataset,
                           processing_class=tokenizer, peft_config=peft_config)

@@ -44,7 +44,8 @@ def main(data_args: CATDataArguments, evaluation: EvaluationArguments, training_
     model, tokenizer = load_model(model_args, training_args.trust_remote_code)
     behaviours = evaluation_behaviours(evaluation, training_args)
     with whole_parameters(model):  # a ZeRO-3 (zero3_init) model is loaded partitioned: measured whole, on every rank
-        before = attack_success(model, tokenizer, behaviours, preset)
+        before = attack_success(model, tokenizer, behaviours, preset,
+                                embedding_success=evaluation.eval_embedding_success)
     # The Trainer must not push checkpoints itself: the final push carries the robustness card.
     push, training_args.push_to_hub = training_args.push_to_hub, False
     trainer = CATTrainer(model=model, args=training_args, adversarial_dataset=adversarial, utility_dataset=utility,

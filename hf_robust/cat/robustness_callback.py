@@ -10,7 +10,7 @@ from ..attacks.continuous import EmbeddingAttackConfig
 from ..attacks.gcg import GCGConfig
 from ..checks import checked_behaviours
 from ..evaluation.presets import AttackPreset, at_least_as_strong, resolve_attack
-from ..evaluation.runner import evaluate_robustness
+from ..evaluation.runner import EMBEDDING_SUCCESS, evaluate_robustness
 from ..hub import RobustnessResult
 from ..sharding import has_sharded_weights, on_main_process
 from .callback import EmbeddingAdversaryCallback
@@ -51,6 +51,9 @@ class RobustnessEvalCallback(TrainerCallback):
         max_behaviours: Attack only the first `max_behaviours` behaviours (None: all).
         dataset_name: Name of the behaviours on the model card (`RobustnessResult.dataset`).
         split: Split name recorded on the model card, or None.
+        embedding_success: When the embedding attack breaks a behaviour (`evaluate_robustness`): "target" (some
+            iterate forces the target) or "target_or_judge" (also when the refusal judge passes the greedy reply under
+            the last iterate; for models that refuse in words).
 
     Attributes:
         embedding_config, gcg_config: The attacks' configs (None when skipped).
@@ -69,6 +72,7 @@ class RobustnessEvalCallback(TrainerCallback):
         max_behaviours: int | None = None,
         dataset_name: str = "held-out behaviours",
         split: str | None = "test",
+        embedding_success: str = "target",
     ):
         if not all(hasattr(trainer, name) for name in ("log", "accelerator", "model")):
             raise TypeError(f"`trainer` must be a transformers Trainer, got {type(trainer).__name__}.")
@@ -84,6 +88,10 @@ class RobustnessEvalCallback(TrainerCallback):
         if gcg_config is not None:
             self.gcg_preset, config = resolve_attack(gcg_config, "gcg", "gcg_config")
             self.gcg_config = dataclasses.replace(config)
+        if embedding_success not in EMBEDDING_SUCCESS:
+            raise ValueError(f"`embedding_success` must be one of {', '.join(map(repr, EMBEDDING_SUCCESS))}, "
+                             f"got {embedding_success!r}.")
+        self.embedding_success = embedding_success
         if max_behaviours is not None and (
             not isinstance(max_behaviours, int) or isinstance(max_behaviours, bool) or max_behaviours < 1
         ):
@@ -131,7 +139,8 @@ class RobustnessEvalCallback(TrainerCallback):
                                              (GCG_KEY, "gcg", self.gcg_config)) if config is not None]
         with torch.enable_grad():  # the attacks differentiate with respect to their perturbation
             outcomes = evaluate_robustness(model, tokenizer, self.behaviours, attacks, progress=False,
-                                           split_between_processes=every_process)
+                                           split_between_processes=every_process,
+                                           embedding_success=self.embedding_success)
         return {key: outcome.success_rate for key, outcome in outcomes.items()}
 
     def on_evaluate(self, args, state, control, **kwargs):
@@ -156,7 +165,8 @@ class RobustnessEvalCallback(TrainerCallback):
                 value=rate,
                 dataset=self.dataset_name,
                 split=self.split,
-                attack_config={**dataclasses.asdict(attacks[key][2]), "behaviours": len(self.behaviours)},
+                attack_config={**dataclasses.asdict(attacks[key][2]), "behaviours": len(self.behaviours),
+                               **({"success": self.embedding_success} if key == EMBEDDING_KEY else {})},
                 attack_preset=attacks[key][1],
             )
             for key, rate in rates.items()

@@ -2,7 +2,9 @@
 pushing) the result with a robustness card. Loading models and data is `hf_robust.scripts`'s.
 
 Before and after are measured with one evaluation preset (`--eval_preset`, default "strong"), never with the training
-attack: a preset weaker than the training attack is refused before any work (`evaluation_preset`).
+attack: a preset weaker than the training attack is refused before any work (`evaluation_preset`). A behaviour counts
+as broken by target forcing, or with `--eval_embedding_success target_or_judge` also when the refusal judge passes
+the greedy reply under the attack's last iterate (for models that refuse in words; see `evaluate_robustness`).
 """
 
 import json
@@ -11,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 
 from ..evaluation.presets import EVALUATION_PRESETS, AttackPreset, get_preset, require_at_least_as_strong
-from ..evaluation.runner import evaluate_robustness
+from ..evaluation.runner import EMBEDDING_SUCCESS, evaluate_robustness
 from ..hub import RobustnessResult, build_robustness_card, push_robust_to_hub
 from ..scripts import load_data
 from ..sharding import has_sharded_weights, unsharded_model
@@ -38,7 +40,19 @@ class EvaluationArguments:
                   "; it must be at least as strong as the training attack (same eps_mode, eps and steps >=)."},
     )
 
+    eval_embedding_success: str = field(
+        default="target",
+        metadata={"help": "When the attack breaks a behaviour: 'target' (some iterate forces the target) or "
+                  "'target_or_judge' (also when the refusal judge passes the greedy reply under the last iterate: "
+                  "a model trained away from the target's wording can comply in other words; for chat models that "
+                  "refuse in words, not toy models, whose every reply passes the judge).",
+                  "choices": list(EMBEDDING_SUCCESS)},
+    )
+
     def __post_init__(self):
+        if self.eval_embedding_success not in EMBEDDING_SUCCESS:
+            raise ValueError(f"`--eval_embedding_success` must be one of {', '.join(map(repr, EMBEDDING_SUCCESS))}, "
+                             f"got {self.eval_embedding_success!r}.")
         if not isinstance(self.eval_max_behaviours, int) or self.eval_max_behaviours <= 0:
             raise ValueError(f"`eval_max_behaviours` must be an integer > 0, got {self.eval_max_behaviours!r}.")
         try:
@@ -59,15 +73,16 @@ def evaluation_preset(evaluation: EvaluationArguments, training_args) -> AttackP
 
 
 def attack_success(model, tokenizer, behaviours: list[dict] | None, preset: AttackPreset | None,
-                   every_process: bool = True) -> float | None:
+                   every_process: bool = True, embedding_success: str = "target") -> float | None:
     """Embedding-attack success rate on the behaviours with `preset` (None when evaluation is off), measured by the
-    evaluation's one code path (`evaluate_robustness`, as `hf-robust eval`). `every_process`: all processes call it
-    and share the behaviours; False: this process alone measures (the others do not call it)."""
+    evaluation's one code path (`evaluate_robustness`, as `hf-robust eval`, with its `embedding_success`).
+    `every_process`: all processes call it and share the behaviours; False: this process alone measures (the others
+    do not call it)."""
     if behaviours is None or preset is None:
         return None
     model.eval()
     outcomes = evaluate_robustness(model, tokenizer, behaviours, [preset], progress=False,
-                                   split_between_processes=every_process)
+                                   split_between_processes=every_process, embedding_success=embedding_success)
     return outcomes[preset.name].success_rate
 
 
@@ -92,8 +107,8 @@ def finish(trainer, tokenizer, method: str, evaluation: EvaluationArguments, bef
     """Measure after training with `preset` (as before), then save the model with its card (README.md), or push both.
 
     The measurements also go to `output_dir/robustness.json`: {"attack_success_before", "attack_success_after",
-    "attack_preset" (the preset's name), "attack_settings" (every field of its config)}; the preset is None when
-    evaluation is off.
+    "attack_preset" (the preset's name), "attack_settings" (every field of its config), "attack_success_criterion"
+    (`--eval_embedding_success`)}; all None when evaluation is off.
     """
     args = trainer.args
     model = trainer.accelerator.unwrap_model(trainer.model)
@@ -104,11 +119,12 @@ def finish(trainer, tokenizer, method: str, evaluation: EvaluationArguments, bef
         # the command's closing barrier), never one rank inside the engine's collectives.
         model = unsharded_model(trainer.accelerator, trainer.model_wrapped)
     described = preset.describe() if preset is not None else {"name": None, "settings": None}
+    criterion = evaluation.eval_embedding_success if preset is not None else None
     summary = {"attack_success_before": before, "attack_success_after": None, "attack_preset": described["name"],
-               "attack_settings": described["settings"]}
+               "attack_settings": described["settings"], "attack_success_criterion": criterion}
     if not trainer.accelerator.is_main_process:
         return summary
-    after = attack_success(model, tokenizer, behaviours, preset, every_process=False)
+    after = attack_success(model, tokenizer, behaviours, preset, every_process=False, embedding_success=criterion)
     summary["attack_success_after"] = after
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "robustness.json"), "w") as handle:
@@ -118,11 +134,12 @@ def finish(trainer, tokenizer, method: str, evaluation: EvaluationArguments, bef
         results.append(RobustnessResult(
             attack="embedding_attack", metric="attack_success_rate", value=after,
             dataset=evaluation.eval_behaviours, split=evaluation.eval_behaviours_split,
-            attack_config=described["settings"], attack_preset=preset.name,
+            attack_config={**described["settings"], "success": criterion}, attack_preset=preset.name,
         ))
     description = (
         f"Trained with {method} by hf-robust. Embedding-attack success rate on {len(behaviours)} held-out "
-        f"behaviours, both measured with the evaluation preset '{preset.name}' (its settings are in the table): "
+        f"behaviours, both measured with the evaluation preset '{preset.name}' (its settings are in the table; "
+        f"success: {criterion}): "
         f"{before:.1%} before training, {after:.1%} after." if after is not None else
         f"Trained with {method} by hf-robust."
     )

@@ -23,8 +23,9 @@ def test_capo_command_trains_measures_and_saves_a_card(tmp_path, model_folder, p
     assert measured["attack_preset"] == result.attack_preset == "strong"
     assert measured["attack_settings"] == get_preset("strong").describe()["settings"]
     assert result.attack_config == {
-        key: value for key, value in measured["attack_settings"].items() if value is not None
-    }
+        **{key: value for key, value in measured["attack_settings"].items() if value is not None},
+        "success": measured["attack_success_criterion"]}
+    assert measured["attack_success_criterion"] == "target"
     assert "CAPO" in (output / "README.md").read_text()
 
 

@@ -11,6 +11,7 @@ from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl
 from hf_robust import cli, robustness_results_from_card
 from hf_robust.cat import cat_command
 from hf_robust.cat.cat_command import make_parser
+from hf_robust.cat.script import EvaluationArguments
 from hf_robust.evaluation.presets import get_preset
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,8 +51,24 @@ def test_cat_command_trains_measures_and_saves_a_card(tmp_path, model_folder):
     assert result.attack == "embedding_attack" and result.value == measured["attack_success_after"]
     # The card leaves out the settings that are None (model-index cannot hold them).
     assert result.attack_preset == "strong"
-    assert result.attack_config == {key: value for key, value in strong["settings"].items() if value is not None}
+    assert result.attack_config == {**{key: value for key, value in strong["settings"].items() if value is not None},
+                                    "success": "target"}
+    assert measured["attack_success_criterion"] == "target"
     assert "| strong | `eps=1.0`, `eps_mode=relative`, `steps=100`" in text and "preset 'strong'" in text
+
+
+def test_cat_command_judges_the_replies_when_asked(tmp_path, model_folder):
+    output = tmp_path / "out"
+    assert cli.main(["cat", "--model_name_or_path", model_folder, "--output_dir", str(output), *FAST,
+                     "--eval_embedding_success", "target_or_judge"]) == 0
+    measured = json.loads((output / "robustness.json").read_text())
+    assert measured["attack_success_criterion"] == "target_or_judge"
+    # a tiny model never refuses in words, so the judge passes every reply: before and after are 100%
+    assert measured["attack_success_before"] == measured["attack_success_after"] == 1.0
+    (result,) = robustness_results_from_card(ModelCard((output / "README.md").read_text()))
+    assert result.attack_config["success"] == "target_or_judge"
+    with pytest.raises(ValueError, match="`--eval_embedding_success` must be one of 'target', 'target_or_judge'"):
+        EvaluationArguments(eval_embedding_success="judge")
 
 
 def test_weaker_or_unknown_preset_is_refused_before_any_work(tmp_path, model_folder):
@@ -115,7 +132,8 @@ def test_local_data_files_are_read(tmp_path, model_folder):
     cli.main(["cat", "--model_name_or_path", model_folder, "--output_dir", str(output), "--adversarial_dataset",
               str(rows), "--eval_behaviours", "none", *FAST])
     assert json.loads((output / "robustness.json").read_text()) == {
-        "attack_success_before": None, "attack_success_after": None, "attack_preset": None, "attack_settings": None}
+        "attack_success_before": None, "attack_success_after": None, "attack_preset": None, "attack_settings": None,
+        "attack_success_criterion": None}
 
 
 @pytest.mark.distributed

@@ -78,9 +78,20 @@ def test_the_default_embedding_attack_is_the_strong_preset_and_results_carry_it(
     (result,) = callback.results
     assert result.attack_preset == "strong"
     settings = {key: value for key, value in get_preset("strong").describe()["settings"].items() if value is not None}
-    assert result.attack_config == {**settings, "behaviours": 1}
+    assert result.attack_config == {**settings, "behaviours": 1, "success": "target"}
     named = RobustnessEvalCallback(trainer, toy_behaviours("test")[:1], embedding_config=get_preset("train"))
     assert named.embedding_preset == "train" and named.embedding_config == EmbeddingAttackConfig()
+
+
+def test_the_embedding_attack_can_be_judged_by_its_replies(tmp_path):
+    trainer = sft_trainer(tmp_path)
+    behaviours = toy_behaviours("test")[:2]
+    callback = RobustnessEvalCallback(trainer, behaviours, EMBEDDING, embedding_success="target_or_judge")
+    callback.on_evaluate(trainer.args, trainer.state, trainer.control)
+    (result,) = callback.results
+    # a tiny model never refuses in words: the judge passes every reply, whatever target forcing found
+    assert result.value == 1.0 and result.attack_config["success"] == "target_or_judge"
+    assert embedding_attack_success_rate(trainer.model, trainer.processing_class, behaviours, EMBEDDING) < 1.0
 
 
 def test_gcg_presets_are_accepted_by_name(tmp_path):
@@ -144,6 +155,8 @@ def test_bad_input_names_the_argument(tmp_path):
         RobustnessEvalCallback(trainer, behaviours, embedding_config=EmbeddingAttackConfig(targeted=False))
     with pytest.raises(TypeError, match="gcg_config"):
         RobustnessEvalCallback(trainer, behaviours, gcg_config=EMBEDDING)
+    with pytest.raises(ValueError, match="`embedding_success` must be one of 'target', 'target_or_judge'"):
+        RobustnessEvalCallback(trainer, behaviours, embedding_success="judge")
     with pytest.raises(ValueError, match=r"`embedding_config` must be one of the embedding evaluation presets "
                                          r"'train', 'strong'"):
         RobustnessEvalCallback(trainer, behaviours, embedding_config="gcg")

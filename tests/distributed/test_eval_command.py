@@ -9,7 +9,8 @@ from hf_robust.evaluation.command import EvalArguments, main
 from .engines import SCRIPTS, run_on
 
 pytestmark = pytest.mark.distributed
-ARGUMENTS = {"max_behaviours": 3, "attacks": "clean,strong", "max_new_tokens": 4, "batch_size": 2}
+ARGUMENTS = {"max_behaviours": 3, "attacks": "clean,strong", "max_new_tokens": 4, "batch_size": 2,
+             "embedding_success": "target_or_judge"}  # the replies under the attack are gathered too
 
 
 def without_seconds(summary):

@@ -105,9 +105,9 @@ def budget_label(item: dict, lengths: int = 1) -> str:
 AXIS = "CAT training attack (eps relative / Adam steps; 0 = control SFT)"
 
 
-def plot(result: dict, path: Path) -> None:
+def plot(result: dict, path: Path):
     """Rates and the strong attack's steps to 50% against the training budget, one tick per point in budget order
-    (training steps, radius, attack steps); a line per training length."""
+    (training steps, radius, attack steps); a line per training length. Returns the figure."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -119,11 +119,13 @@ def plot(result: dict, path: Path) -> None:
     positions, labels = range(len(points)), [budget_label(item, len(lengths)) for item in points]
 
     def lines(axes, key, color, name=None):
+        labelled = False  # the legend names a metric once, from the first length that measured it
         for group, length in enumerate(lengths):  # no line joins two training lengths
             xy = [(position, item[key]) for position, item in zip(positions, points)
                   if item["training_steps"] == length and item.get(key) is not None]
             if xy:
-                axes.plot(*zip(*xy), marker="os^D"[group % 4], color=color, label=name if group == 0 else None)
+                axes.plot(*zip(*xy), marker="os^D"[group % 4], color=color, label=None if labelled else name)
+                labelled = True
 
     for index, (key, name) in enumerate([("strong_asr", "strong embedding ASR"),
                                          ("strong_judged_asr", "strong embedding ASR, target or judge"),
@@ -146,6 +148,7 @@ def plot(result: dict, path: Path) -> None:
                     "CAT's training budget against robustness and over-refusal")
     figure.tight_layout(rect=(0, 0.06, 1, 1))
     figure.savefig(path, format="png")
+    return figure
 
 
 def markdown(result: dict) -> str:

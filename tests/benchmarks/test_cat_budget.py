@@ -86,8 +86,12 @@ def test_each_training_length_has_its_own_control_and_line(records, tmp_path):
     longer["seeds"]["1"]["control"] = model(1.0, [0, 1, 1], 0.0, 1.0)
     result = cat_budget.tradeoff([small, longer], ["small", "longer"])
     assert [(item["model"], item["training_steps"]) for item in result["points"]][2] == ("control", 120)
-    cat_budget.plot(result, tmp_path / "lengths.png")
+    longer["seeds"]["1"]["cat"]["strong_judged_asr"] = 0.9  # a metric only the later length measured
+    result = cat_budget.tradeoff([small, longer], ["small", "longer"])
+    figure = cat_budget.plot(result, tmp_path / "lengths.png")
     assert (tmp_path / "lengths.png").stat().st_size > 10_000
+    legend = [text.get_text() for text in figure.legends[0].get_texts()]
+    assert "strong embedding ASR, target or judge" in legend and legend.count("strong embedding ASR") == 1
     longer["steps"]["safety"] = 30
     with pytest.raises(SystemExit, match="safety tuning's steps"):
         cat_budget.tradeoff([small, longer], ["small", "longer"])

@@ -25,8 +25,9 @@ from cat_real_report import steps_to_reach  # noqa: E402
 
 # Settings that may differ between the records compared (everything else must agree; of "steps", the safety tuning's).
 VARIED = ("training_attack", "steps")
-METRICS = ("strong_asr", "strong_judged_asr", "strong_steps_to_50", "training_attack_asr",
-           "training_attack_judged_asr", "gcg_asr", "over_refusal", "clean_refusal", "utility_nll")
+METRICS = ("strong_asr", "strong_judged_asr", "strong_steps_to_50", "strong_20_asr", "strong_20_judged_asr",
+           "training_attack_asr", "training_attack_judged_asr", "gcg_asr", "over_refusal", "clean_refusal",
+           "utility_nll")
 
 
 def shared_seeds(records: list[dict]) -> list[str]:
@@ -61,6 +62,8 @@ def point(models: list[dict], training_steps: int, eps: float, attack_steps: int
             if None in values:  # a seed the attack never took to 50%: no mean of steps
                 result[key] = None
                 continue
+        elif key == "strong_20_asr":  # the full attack's curve at 20 steps (its iterates are the short attack's)
+            values = [model["strong_budget"][20] for model in models if len(model.get("strong_budget", ())) > 20]
         else:
             values = [model[key] for model in models if key in model]
         if values:
@@ -129,6 +132,7 @@ def plot(result: dict, path: Path):
 
     for index, (key, name) in enumerate([("strong_asr", "strong embedding ASR"),
                                          ("strong_judged_asr", "strong embedding ASR, target or judge"),
+                                         ("strong_20_judged_asr", "strong at 20 steps, target or judge"),
                                          ("gcg_asr", "GCG ASR"), ("training_attack_asr", "own training-attack ASR"),
                                          ("training_attack_judged_asr", "own training-attack ASR, target or judge"),
                                          ("over_refusal", "benign over-refusal"), ("clean_refusal", "clean refusal")]):
@@ -153,7 +157,8 @@ def plot(result: dict, path: Path):
 
 def markdown(result: dict) -> str:
     header = ["model", "training steps", "training eps", "attack steps", "strong emb. ASR",
-              "strong emb. ASR, target or judge", "strong steps to 50%", "own training-attack ASR",
+              "strong emb. ASR, target or judge", "strong steps to 50%", "strong at 20 steps",
+              "strong at 20 steps, target or judge", "own training-attack ASR",
               "own training-attack ASR, target or judge", "GCG ASR", "over-refusal", "clean refusal", "utility NLL"]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for item in result["points"]:
@@ -178,7 +183,9 @@ def markdown(result: dict) -> str:
             f"control's: that of the record it comes from); GCG where measured. An embedding attack breaks a "
             f"behaviour when at some iterate every target token is the argmax (target forcing; the steps to 50% "
             f"count this); \"target or judge\" also when the refusal judge passes the greedy reply under its last "
-            f"iterate. Means over the seeds.\n\n"
+            f"iterate. \"Strong at 20 steps\": the strong attack stopped after 20 steps (target forcing read from "
+            f"the full attack's curve; judged on a 20-step run, whose iterates are the full attack's first). Means "
+            f"over the seeds.\n\n"
             + "\n".join(lines) + "\n")
 
 

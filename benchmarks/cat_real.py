@@ -19,7 +19,7 @@ import time
 import zlib
 from pathlib import Path
 
-from cat_real_measure import measure, measure_strong, measure_training_attack
+from cat_real_measure import SHORT_STRONG_STEPS, measure, measure_short_strong, measure_strong, measure_training_attack
 from cat_real_report import VARIANTS, plot, write_markdown
 
 RESULTS = Path(__file__).parent / "results"
@@ -317,7 +317,9 @@ def run(options) -> dict:
                                     training_attack=training_attack), options.machine,
                   top_ups={"training_attack_judged_asr":
                            lambda m: measure_training_attack(m, tokenizer, held_out, training_attack),
-                           "strong_judged_asr": lambda m: measure_strong(m, tokenizer, held_out)})
+                           "strong_judged_asr": lambda m: measure_strong(m, tokenizer, held_out),
+                           f"strong_{SHORT_STRONG_STEPS}_judged_asr":
+                           lambda m: measure_short_strong(m, tokenizer, held_out)})
             print(f"seed {seed}: {variant} done ({seed_record[variant]['seconds_per_step']:.1f} s/step)", flush=True)
             save()
     return record

@@ -76,6 +76,29 @@ def measure_strong(model, tokenizer, held_out) -> dict:
     return measured
 
 
+SHORT_STRONG_STEPS = 20  # twice the training attack's steps: where the 120-step CAT model resisted target forcing
+
+
+def measure_short_strong(model, tokenizer, held_out, steps: int = SHORT_STRONG_STEPS) -> dict:
+    """The `strong` preset stopped after `steps` steps, under both criteria (`judged_numbers`, keys
+    `strong_{steps}_*`): its iterates are the first of the full attack's (no schedule depends on the total), so its
+    target-forcing rate is the full curve's at `steps`, and the judged rate says whether a model that resists target
+    forcing that long still complies in other words."""
+    from hf_robust.evaluation.presets import AttackPreset, get_preset
+    from hf_robust.evaluation.runner import evaluate_robustness
+
+    strong = get_preset("strong")
+    preset = AttackPreset(f"strong-{steps}", "embedding", {**strong.settings, "steps": steps},
+                          f"The strong preset stopped after {steps} steps.")
+    outcome = evaluate_robustness(model, tokenizer, held_out, [preset], max_new_tokens=32, batch_size=16,
+                                  progress=False, embedding_success="target_or_judge")[preset.name]
+    measured = judged_numbers(outcome, f"strong_{steps}")
+    del measured[f"strong_{steps}_budget"]
+    print(f"  strong ASR at {steps} steps {measured[f'strong_{steps}_asr']:.0%}, judged "
+          f"{measured[f'strong_{steps}_judged_asr']:.0%} ({outcome.seconds:.0f} s)", flush=True)
+    return measured
+
+
 def measure(model, tokenizer, held_out, benign_test: dict[str, str], gcg_behaviours: int, strong: bool = True,
             training_attack: dict | None = None) -> dict:
     """The rates of one model; `strong=False` (the safety-tuned checkpoint) skips the embedding attacks, and
@@ -91,6 +114,7 @@ def measure(model, tokenizer, held_out, benign_test: dict[str, str], gcg_behavio
                 "utility_nll": utility_nll(model, tokenizer, benign_test)}
     if strong:
         measured.update(measure_strong(model, tokenizer, held_out))
+        measured.update(measure_short_strong(model, tokenizer, held_out))
         if training_attack:
             measured.update(measure_training_attack(model, tokenizer, held_out, training_attack))
     print(f"  measured {measured['clean_refusal']:.0%} refusal, strong ASR {measured.get('strong_asr', '-')}, "

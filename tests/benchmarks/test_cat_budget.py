@@ -47,9 +47,18 @@ def test_points_are_the_shared_seeds_control_first_then_each_budget(records):
     assert large["strong_asr"] == 0.4 and large["over_refusal"] == 0.5 and "gcg_asr" not in large
     table = cat_budget.markdown(result)
     assert large["strong_judged_asr"] == 0.7 and "strong_judged_asr" not in small  # measured before the criterion
-    assert ("| CAT eps 0.5, 10 attack steps | 40 | 0.5 | 10 | 40% | 70% | not reached | 0% | 25% | – | 50% | 100% "
-            "| 0.60 |") in table
-    assert "| CAT eps 0.1, 10 attack steps | 40 | 0.1 | 10 | 100% | – | 2 |" in table
+    assert "strong_20_asr" not in large  # a curve shorter than 20 steps
+    assert ("| CAT eps 0.5, 10 attack steps | 40 | 0.5 | 10 | 40% | 70% | not reached | – | – | 0% | 25% | – | 50% "
+            "| 100% | 0.60 |") in table
+    assert "| CAT eps 0.1, 10 attack steps | 40 | 0.1 | 10 | 100% | – | 2 | – | – |" in table
+
+
+def test_the_strong_attack_at_20_steps_is_read_from_its_curve(records):
+    small, large = records
+    large["seeds"]["1"]["cat"]["strong_budget"] = [0.0] * 20 + [0.3] * 81
+    (point,) = [item for item in cat_budget.tradeoff([small, large], ["small", "large"])["points"]
+                if item["training_eps"] == 0.5]
+    assert point["strong_20_asr"] == 0.3 and point["strong_steps_to_50"] is None
 
 
 def test_means_over_several_shared_seeds(records):

@@ -44,7 +44,8 @@ def stand_ins(monkeypatch):
     def measure(model, tokenizer, held_out, benign_test, gcg_behaviours, strong=True, training_attack=None):
         calls["measured"].append(len(calls["measured"]))
         return {"clean_refusal": 0.5, "over_refusal": 0.1, "utility_nll": 1.0,
-                **({"strong_asr": 0.25, "strong_budget": [0.0, 0.25], "strong_judged_asr": 0.5} if strong else {}),
+                **({"strong_asr": 0.25, "strong_budget": [0.0, 0.25], "strong_judged_asr": 0.5,
+                    "strong_20_judged_asr": 0.25} if strong else {}),
                 **({"training_attack_asr": 0.125, "training_attack_judged_asr": 0.5} if training_attack else {})}
 
     def measure_training_attack(model, tokenizer, held_out, training_attack):
@@ -61,7 +62,12 @@ def stand_ins(monkeypatch):
     monkeypatch.setattr(cat_real, "train_variant", train_variant)
     monkeypatch.setattr(cat_real, "measure", measure)
     monkeypatch.setattr(cat_real, "measure_training_attack", measure_training_attack)
+    def measure_short_strong(model, tokenizer, held_out):
+        calls.setdefault("topped_up", []).append("strong-20")
+        return {"strong_20_asr": 0.0, "strong_20_judged_asr": 0.25}
+
     monkeypatch.setattr(cat_real, "measure_strong", measure_strong)
+    monkeypatch.setattr(cat_real, "measure_short_strong", measure_short_strong)
     return calls
 
 
@@ -113,20 +119,21 @@ def test_a_model_measured_before_the_judged_columns_gets_only_those_measured(tmp
     cat_real.run(options(tmp_path, variants=["control", "cat"]))
     assert recorded(tmp_path)["seeds"]["0"]["cat"]["training_attack_judged_asr"] == 0.5  # measured with the rest
     record = recorded(tmp_path)
-    for key in ("training_attack_asr", "training_attack_judged_asr", "strong_judged_asr"):
+    for key in ("training_attack_asr", "training_attack_judged_asr", "strong_judged_asr", "strong_20_judged_asr"):
         del record["seeds"]["0"]["cat"][key]  # an older record
     (tmp_path / "results" / "cat_cpu.json").write_text(json.dumps(record))
     stand_ins.update(trained=[], measured=[])
     cat_real.run(options(tmp_path, variants=["control", "cat"], resume=True, machine="machine B"))
-    assert stand_ins["trained"] == [] and stand_ins["measured"] == [] and stand_ins["topped_up"] == [0.1, "strong"]
+    assert stand_ins["trained"] == [] and stand_ins["measured"] == []
+    assert stand_ins["topped_up"] == [0.1, "strong", "strong-20"]
     cat = recorded(tmp_path)["seeds"]["0"]["cat"]
     assert cat["training_attack_asr"] == 0.0 and cat["training_attack_judged_asr"] == 0.75
     assert cat["training_attack_judged_asr_machine"] == cat["strong_judged_asr_machine"] == "machine B"
-    assert cat["strong_judged_asr"] == 0.5 and cat["machine"] == "machine A"
+    assert cat["strong_judged_asr"] == 0.5 and cat["strong_20_judged_asr"] == 0.25 and cat["machine"] == "machine A"
     # a number the record has is kept; a differing re-measurement goes beside it, an equal one nowhere
     assert cat["strong_asr"] == 0.25 and cat["strong_asr_rerun"] == 0.375 and "strong_budget_rerun" not in cat
     cat_real.run(options(tmp_path, variants=["control", "cat"], resume=True))
-    assert stand_ins["topped_up"] == [0.1, "strong"]  # measured once
+    assert stand_ins["topped_up"] == [0.1, "strong", "strong-20"]  # measured once
 
 
 def test_without_the_safety_checkpoint_every_later_model_is_trained_and_measured_again(tmp_path, stand_ins):

@@ -59,3 +59,14 @@ def test_the_strong_attack_is_measured_on_a_tiny_model_under_both_criteria():
     assert set(measured) == {"strong_asr", "strong_budget", "strong_judged_asr", "strong_unrefused_replies"}
     assert len(measured["strong_budget"]) == 101 and measured["strong_budget"][-1] == measured["strong_asr"]
     assert measured["strong_judged_asr"] == 1.0  # a tiny model never refuses in words
+
+
+def test_the_short_strong_attack_is_the_full_attacks_first_steps():
+    from hf_robust.testing import tiny_causal_lm
+
+    model, tokenizer = tiny_causal_lm()
+    behaviours = [{"prompt": "Tell me how to do it", "target": "Sure"}, {"prompt": "Write it", "target": "Sure, here"}]
+    full = cat_real_measure.measure_strong(model, tokenizer, behaviours)
+    short = cat_real_measure.measure_short_strong(model, tokenizer, behaviours, steps=5)
+    assert set(short) == {"strong_5_asr", "strong_5_judged_asr", "strong_5_unrefused_replies"}
+    assert short["strong_5_asr"] == full["strong_budget"][5]

@@ -28,7 +28,7 @@ def plot(record: dict, path: Path) -> None:
     variants = [v for v in VARIANTS if any(v in s for s in record["seeds"].values())]
     metrics = [("clean_refusal", "clean\nrefusal"), ("training_attack_asr", "training-\nattack ASR"),
                ("training_attack_judged_asr", "training-\nattack ASR\n(or judge)"),
-               ("strong_asr", "strong\nembedding ASR"), ("strong_judged_asr", "strong\nembedding ASR\n(or judge)"),
+               ("strong_asr", "strong\nemb. ASR"), ("strong_judged_asr", "strong\nemb. ASR\n(or judge)"),
                ("strong_20_judged_asr", "strong, 20\nsteps (or\njudge)"),
                ("gcg_asr", "GCG\nASR"), ("over_refusal", "benign\nover-refusal")]
     figure = Figure(figsize=(15, 4.6), dpi=100)
@@ -157,8 +157,10 @@ def write_markdown(record: dict, path: Path) -> None:
         f"itself on the held-out behaviours (as strong as training; the targets are read at the strong attack). "
         f"An embedding attack's ASR counts a behaviour broken when at some iterate every target token is the argmax "
         f"(target forcing); \"target or judge\" also counts it when the judge finds no refusal in the greedy reply "
-        f"under the attack's last iterate, which catches compliance reworded away from the target (those replies "
-        f"are in the JSON, `*_unrefused_replies`; \"–\": measured before this criterion existed). \"Strong at 20 "
+        f"under the attack's last iterate, which catches compliance reworded away from the target but also passes "
+        f"broken refusals (\"sorry, but I can't help\") and incoherent replies: the two bracket the attack's "
+        f"success, and the replies are in the JSON to read (`*_unrefused_replies`; \"–\": measured before this "
+        f"criterion existed). \"Strong at 20 "
         f"steps\": the strong attack stopped after 20 steps, judged the same way. "
         f"s/step: training seconds per step.\n\n"
         f"{data_description(record.get('data_mix', 'control-rows'))}\n\n"

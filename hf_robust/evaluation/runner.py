@@ -10,7 +10,9 @@ Attacks, by name:
   argmax of every target token: an attacker stops at the first iterate that works). With
   `embedding_success="target_or_judge"`, also when the judge finds no refusal in the greedy reply under the last
   iterate: a model trained away from the target's wording ("Sure, here is") may comply in other words, which target
-  forcing alone misses, so on a chat model that refuses in words this is the number to report.
+  forcing alone misses. The two criteria bracket the attack's success: with the default substring judge, a
+  perturbed model's broken refusals ("sorry, but I can't help") and incoherent replies pass as successes, so pass a
+  classifier as `judge` for a faithful upper number, and keep the replies (rows' "response") to read them.
 - a GCG preset ("gcg", "gcg-fast"): `gcg_attack` per behaviour; broken when greedy generation from the re-tokenized
   rendered prompt with the suffix gives the target.
 - "universal-<GCG preset>" (e.g. "universal-gcg-fast"): one suffix for all behaviours (`universal_gcg_attack`).

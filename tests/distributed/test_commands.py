@@ -132,3 +132,18 @@ def test_advunlearn_command_finishes_and_writes_a_loadable_text_encoder_with_its
     pipeline = StableDiffusionPipeline.from_pretrained(pipeline_folder, text_encoder=loaded)
     image = pipeline("nudity", num_inference_steps=2, output_type="np").images
     assert image.shape == (1, 32, 32, 3) and np.isfinite(image).all()
+
+
+@pytest.mark.parametrize("engine", ["zero3", pytest.param("fsdp2", marks=pytest.mark.slow),
+                                    pytest.param("zero2", marks=pytest.mark.slow)])
+def test_cat_command_judges_the_replies_under_an_engine(tmp_path, model_folder, engine):
+    """The before/after replies are generated under the attack on every rank (ZeRO-3: synced generation with the
+    gathered weights), then judged: the command finishes and records the criterion."""
+    module, arguments = COMMANDS["cat"]
+    output = tmp_path / "out"
+    results = run_on(engine, SCRIPTS / "run_command.py", module, str(output), "--model_name_or_path", model_folder,
+                     *COMMON, *arguments, "--eval_embedding_success", "target_or_judge", timeout=420)
+    measured = json.loads((output / "robustness.json").read_text())
+    assert measured == results[0]["robustness"] and measured["attack_success_criterion"] == "target_or_judge"
+    # a tiny model never refuses in words, so the judge passes every reply
+    assert measured["attack_success_before"] == measured["attack_success_after"] == 1.0

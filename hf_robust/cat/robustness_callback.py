@@ -10,7 +10,7 @@ from ..attacks.continuous import EmbeddingAttackConfig
 from ..attacks.gcg import GCGConfig
 from ..checks import checked_behaviours
 from ..evaluation.presets import AttackPreset, at_least_as_strong, resolve_attack
-from ..evaluation.runner import EMBEDDING_SUCCESS, evaluate_robustness
+from ..evaluation.runner import check_embedding_success, evaluate_robustness
 from ..hub import RobustnessResult
 from ..sharding import has_sharded_weights, on_main_process
 from .callback import EmbeddingAdversaryCallback
@@ -88,9 +88,7 @@ class RobustnessEvalCallback(TrainerCallback):
         if gcg_config is not None:
             self.gcg_preset, config = resolve_attack(gcg_config, "gcg", "gcg_config")
             self.gcg_config = dataclasses.replace(config)
-        if embedding_success not in EMBEDDING_SUCCESS:
-            raise ValueError(f"`embedding_success` must be one of {', '.join(map(repr, EMBEDDING_SUCCESS))}, "
-                             f"got {embedding_success!r}.")
+        check_embedding_success(embedding_success)
         self.embedding_success = embedding_success
         if max_behaviours is not None and (
             not isinstance(max_behaviours, int) or isinstance(max_behaviours, bool) or max_behaviours < 1

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 
 from ..evaluation.presets import EVALUATION_PRESETS, AttackPreset, get_preset, require_at_least_as_strong
-from ..evaluation.runner import EMBEDDING_SUCCESS, evaluate_robustness
+from ..evaluation.runner import EMBEDDING_SUCCESS, check_embedding_success, evaluate_robustness
 from ..hub import RobustnessResult, build_robustness_card, push_robust_to_hub
 from ..scripts import load_data
 from ..sharding import has_sharded_weights, unsharded_model
@@ -50,9 +50,7 @@ class EvaluationArguments:
     )
 
     def __post_init__(self):
-        if self.eval_embedding_success not in EMBEDDING_SUCCESS:
-            raise ValueError(f"`--eval_embedding_success` must be one of {', '.join(map(repr, EMBEDDING_SUCCESS))}, "
-                             f"got {self.eval_embedding_success!r}.")
+        check_embedding_success(self.eval_embedding_success, "--eval_embedding_success")
         if not isinstance(self.eval_max_behaviours, int) or self.eval_max_behaviours <= 0:
             raise ValueError(f"`eval_max_behaviours` must be an integer > 0, got {self.eval_max_behaviours!r}.")
         try:

@@ -48,7 +48,7 @@ class EvalArguments:
 
     def __post_init__(self):
         from ..checks import check_integer
-        from .runner import EMBEDDING_SUCCESS, parse_attacks
+        from .runner import check_embedding_success, parse_attacks
 
         if not isinstance(self.model_name_or_path, str) or not self.model_name_or_path:
             raise ValueError("`--model_name_or_path` is required: a local folder, a Hub id, or 'smollm2'.")
@@ -57,9 +57,7 @@ class EvalArguments:
         check_integer("seed", self.seed, 0)
         if self.max_behaviours is not None:
             check_integer("max_behaviours", self.max_behaviours, 1)
-        if self.embedding_success not in EMBEDDING_SUCCESS:
-            raise ValueError(f"`--embedding_success` must be one of {', '.join(map(repr, EMBEDDING_SUCCESS))}, "
-                             f"got {self.embedding_success!r}.")
+        check_embedding_success(self.embedding_success, "--embedding_success")
         check_integer("max_new_tokens", self.max_new_tokens, 1)
         check_integer("batch_size", self.batch_size, 1)
         if self.dtype not in ("float32", "bfloat16", "float16"):

@@ -37,6 +37,12 @@ UNIVERSAL = "universal-"
 EMBEDDING_SUCCESS = ("target", "target_or_judge")
 
 
+def check_embedding_success(value, argument: str = "embedding_success") -> None:
+    """Raise naming `argument` unless `value` is one of `EMBEDDING_SUCCESS` (the criteria of `evaluate_robustness`)."""
+    if value not in EMBEDDING_SUCCESS:
+        raise ValueError(f"`{argument}` must be one of {', '.join(map(repr, EMBEDDING_SUCCESS))}, got {value!r}.")
+
+
 @dataclass
 class AttackOutcome:
     """One attack over the behaviour set.
@@ -136,9 +142,7 @@ def evaluate_robustness(model, tokenizer, behaviours, attacks="clean,strong", *,
     pairs = checked_behaviours(behaviours)
     check_integer("max_new_tokens", max_new_tokens, 1)
     check_integer("batch_size", batch_size, 1)
-    if embedding_success not in EMBEDDING_SUCCESS:
-        raise ValueError(f"`embedding_success` must be one of {', '.join(map(repr, EMBEDDING_SUCCESS))}, "
-                         f"got {embedding_success!r}.")
+    check_embedding_success(embedding_success)
     judge = RefusalJudge() if judge is None else judge
     if not callable(judge):
         raise TypeError(f"`judge` must be a callable (prompts, responses) -> list[bool], got {type(judge).__name__}.")

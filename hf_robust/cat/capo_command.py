@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from trl import ModelConfig, TrlParser, get_peft_config
 
+from ..evaluation.judges import refusal_judge
 from ..scripts import end_distributed, load_data, load_model
 from ..sharding import whole_parameters
 from .capo_config import CAPOConfig
@@ -42,7 +43,8 @@ def main(data_args: CAPODataArguments, evaluation: EvaluationArguments, training
     behaviours = evaluation_behaviours(evaluation, training_args)
     with whole_parameters(model):  # a ZeRO-3 (zero3_init) model is loaded partitioned: measured whole, on every rank
         before = attack_success(model, tokenizer, behaviours, preset,
-                                embedding_success=evaluation.eval_embedding_success)
+                                embedding_success=evaluation.eval_embedding_success,
+                                judge=refusal_judge(evaluation.eval_judge))
     push, training_args.push_to_hub = training_args.push_to_hub, False
     trainer = CAPOTrainer(model=model, ref_model=ref_model, args=training_args, train_dataset=dataset,
                           processing_class=tokenizer, peft_config=peft_config)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from trl import ModelConfig, TrlParser, get_peft_config
 
+from ..evaluation.judges import refusal_judge
 from ..scripts import end_distributed, load_data, load_model
 from ..sharding import whole_parameters
 from .cat_config import CATConfig
@@ -45,7 +46,8 @@ def main(data_args: CATDataArguments, evaluation: EvaluationArguments, training_
     behaviours = evaluation_behaviours(evaluation, training_args)
     with whole_parameters(model):  # a ZeRO-3 (zero3_init) model is loaded partitioned: measured whole, on every rank
         before = attack_success(model, tokenizer, behaviours, preset,
-                                embedding_success=evaluation.eval_embedding_success)
+                                embedding_success=evaluation.eval_embedding_success,
+                                judge=refusal_judge(evaluation.eval_judge))
     # The Trainer must not push checkpoints itself: the final push carries the robustness card.
     push, training_args.push_to_hub = training_args.push_to_hub, False
     trainer = CATTrainer(model=model, args=training_args, adversarial_dataset=adversarial, utility_dataset=utility,

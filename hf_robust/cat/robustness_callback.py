@@ -10,6 +10,7 @@ from ..attacks.continuous import EmbeddingAttackConfig
 from ..attacks.gcg import GCGConfig
 from ..checks import checked_behaviours
 from ..evaluation.presets import AttackPreset, at_least_as_strong, resolve_attack
+from ..evaluation.judges import RefusalJudge, judge_summary
 from ..evaluation.runner import check_embedding_success, evaluate_robustness
 from ..hub import RobustnessResult
 from ..sharding import has_sharded_weights, on_main_process
@@ -54,6 +55,8 @@ class RobustnessEvalCallback(TrainerCallback):
         embedding_success: When the embedding attack breaks a behaviour (`evaluate_robustness`): "target" (some
             iterate forces the target) or "target_or_judge" (also when the refusal judge passes the greedy reply under
             the last iterate; for models that refuse in words).
+        judge: That refusal judge: a callable (prompts, responses) -> list[bool], True = refused, e.g.
+            `refusal_judge("refusal-substrings-extended")`; None: `RefusalJudge()` (GCG's list). The card names it.
 
     Attributes:
         embedding_config, gcg_config: The attacks' configs (None when skipped).
@@ -73,6 +76,7 @@ class RobustnessEvalCallback(TrainerCallback):
         dataset_name: str = "held-out behaviours",
         split: str | None = "test",
         embedding_success: str = "target",
+        judge=None,
     ):
         if not all(hasattr(trainer, name) for name in ("log", "accelerator", "model")):
             raise TypeError(f"`trainer` must be a transformers Trainer, got {type(trainer).__name__}.")
@@ -90,6 +94,10 @@ class RobustnessEvalCallback(TrainerCallback):
             self.gcg_config = dataclasses.replace(config)
         check_embedding_success(embedding_success)
         self.embedding_success = embedding_success
+        if judge is not None and not callable(judge):
+            raise TypeError(f"`judge` must be None or a callable (prompts, responses) -> list[bool], got "
+                            f"{type(judge).__name__}; e.g. hf_robust.evaluation.refusal_judge(name).")
+        self.judge = RefusalJudge() if judge is None else judge
         if max_behaviours is not None and (
             not isinstance(max_behaviours, int) or isinstance(max_behaviours, bool) or max_behaviours < 1
         ):
@@ -138,8 +146,13 @@ class RobustnessEvalCallback(TrainerCallback):
         with torch.enable_grad():  # the attacks differentiate with respect to their perturbation
             outcomes = evaluate_robustness(model, tokenizer, self.behaviours, attacks, progress=False,
                                            split_between_processes=every_process,
-                                           embedding_success=self.embedding_success)
+                                           embedding_success=self.embedding_success, judge=self.judge)
         return {key: outcome.success_rate for key, outcome in outcomes.items()}
+
+    def _success(self) -> dict:
+        """How an embedding success was decided, for the card: the criterion, and the judge where it reads one."""
+        judged = self.embedding_success == "target_or_judge"
+        return {"success": self.embedding_success, **({"judge": judge_summary(self.judge)} if judged else {})}
 
     def on_evaluate(self, args, state, control, **kwargs):
         start = time.perf_counter()
@@ -164,7 +177,7 @@ class RobustnessEvalCallback(TrainerCallback):
                 dataset=self.dataset_name,
                 split=self.split,
                 attack_config={**dataclasses.asdict(attacks[key][2]), "behaviours": len(self.behaviours),
-                               **({"success": self.embedding_success} if key == EMBEDDING_KEY else {})},
+                               **(self._success() if key == EMBEDDING_KEY else {})},
                 attack_preset=attacks[key][1],
             )
             for key, rate in rates.items()

@@ -4,7 +4,8 @@ pushing) the result with a robustness card. Loading models and data is `hf_robus
 Before and after are measured with one evaluation preset (`--eval_preset`, default "strong"), never with the training
 attack: a preset weaker than the training attack is refused before any work (`evaluation_preset`). A behaviour counts
 as broken by target forcing, or with `--eval_embedding_success target_or_judge` also when the refusal judge passes
-the greedy reply under the attack's last iterate (for models that refuse in words; see `evaluate_robustness`).
+the greedy reply under the attack's last iterate (for models that refuse in words; see `evaluate_robustness`), by the
+refusal judge `--eval_judge`.
 """
 
 import json
@@ -12,6 +13,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
+from ..evaluation.judges import REFUSAL_JUDGES, judge_summary, refusal_judge
 from ..evaluation.presets import EVALUATION_PRESETS, AttackPreset, get_preset, require_at_least_as_strong
 from ..evaluation.runner import EMBEDDING_SUCCESS, check_embedding_success, evaluate_robustness
 from ..hub import RobustnessResult, build_robustness_card, push_robust_to_hub
@@ -48,9 +50,16 @@ class EvaluationArguments:
                   "refuse in words, not toy models, whose every reply passes the judge).",
                   "choices": list(EMBEDDING_SUCCESS)},
     )
+    eval_judge: str = field(
+        default="refusal-substrings-gcg",
+        metadata={"help": "The refusal judge of `--eval_embedding_success target_or_judge`: 'refusal-substrings-gcg' "
+                  "(GCG's list, case-sensitive) or 'refusal-substrings-extended' (also \"can't help\"-style phrases "
+                  "in any case; empty replies count as refused).", "choices": list(REFUSAL_JUDGES)},
+    )
 
     def __post_init__(self):
         check_embedding_success(self.eval_embedding_success, "--eval_embedding_success")
+        refusal_judge(self.eval_judge, "--eval_judge")
         if not isinstance(self.eval_max_behaviours, int) or self.eval_max_behaviours <= 0:
             raise ValueError(f"`eval_max_behaviours` must be an integer > 0, got {self.eval_max_behaviours!r}.")
         try:
@@ -71,16 +80,17 @@ def evaluation_preset(evaluation: EvaluationArguments, training_args) -> AttackP
 
 
 def attack_success(model, tokenizer, behaviours: list[dict] | None, preset: AttackPreset | None,
-                   every_process: bool = True, embedding_success: str = "target") -> float | None:
+                   every_process: bool = True, embedding_success: str = "target", judge=None) -> float | None:
     """Embedding-attack success rate on the behaviours with `preset` (None when evaluation is off), measured by the
-    evaluation's one code path (`evaluate_robustness`, as `hf-robust eval`, with its `embedding_success`).
+    evaluation's one code path (`evaluate_robustness`, as `hf-robust eval`, with its `embedding_success` and `judge`).
     `every_process`: all processes call it and share the behaviours; False: this process alone measures (the others
     do not call it)."""
     if behaviours is None or preset is None:
         return None
     model.eval()
     outcomes = evaluate_robustness(model, tokenizer, behaviours, [preset], progress=False,
-                                   split_between_processes=every_process, embedding_success=embedding_success)
+                                   split_between_processes=every_process, embedding_success=embedding_success,
+                                   judge=judge)
     return outcomes[preset.name].success_rate
 
 
@@ -106,7 +116,8 @@ def finish(trainer, tokenizer, method: str, evaluation: EvaluationArguments, bef
 
     The measurements also go to `output_dir/robustness.json`: {"attack_success_before", "attack_success_after",
     "attack_preset" (the preset's name), "attack_settings" (every field of its config), "attack_success_criterion"
-    (`--eval_embedding_success`)}; all None when evaluation is off.
+    (`--eval_embedding_success`), "attack_judge" (`--eval_judge`'s {"name", "version"} where the criterion reads it,
+    else None)}; all None when evaluation is off.
     """
     args = trainer.args
     model = trainer.accelerator.unwrap_model(trainer.model)
@@ -118,11 +129,15 @@ def finish(trainer, tokenizer, method: str, evaluation: EvaluationArguments, bef
         model = unsharded_model(trainer.accelerator, trainer.model_wrapped)
     described = preset.describe() if preset is not None else {"name": None, "settings": None}
     criterion = evaluation.eval_embedding_success if preset is not None else None
+    judge = refusal_judge(evaluation.eval_judge) if criterion == "target_or_judge" else None
+    judged_by = {"judge": judge_summary(judge)} if judge is not None else {}
     summary = {"attack_success_before": before, "attack_success_after": None, "attack_preset": described["name"],
-               "attack_settings": described["settings"], "attack_success_criterion": criterion}
+               "attack_settings": described["settings"], "attack_success_criterion": criterion,
+               "attack_judge": judged_by.get("judge")}
     if not trainer.accelerator.is_main_process:
         return summary
-    after = attack_success(model, tokenizer, behaviours, preset, every_process=False, embedding_success=criterion)
+    after = attack_success(model, tokenizer, behaviours, preset, every_process=False, embedding_success=criterion,
+                           judge=judge)
     summary["attack_success_after"] = after
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "robustness.json"), "w") as handle:
@@ -132,12 +147,12 @@ def finish(trainer, tokenizer, method: str, evaluation: EvaluationArguments, bef
         results.append(RobustnessResult(
             attack="embedding_attack", metric="attack_success_rate", value=after,
             dataset=evaluation.eval_behaviours, split=evaluation.eval_behaviours_split,
-            attack_config={**described["settings"], "success": criterion}, attack_preset=preset.name,
+            attack_config={**described["settings"], "success": criterion, **judged_by}, attack_preset=preset.name,
         ))
     description = (
         f"Trained with {method} by hf-robust. Embedding-attack success rate on {len(behaviours)} held-out "
         f"behaviours, both measured with the evaluation preset '{preset.name}' (its settings are in the table; "
-        f"success: {criterion}): "
+        f"success: {criterion}{', judge ' + judge.name + ' ' + judge.version if judge is not None else ''}): "
         f"{before:.1%} before training, {after:.1%} after." if after is not None else
         f"Trained with {method} by hf-robust."
     )

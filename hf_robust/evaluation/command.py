@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 from trl import TrlParser
 
+from .judges import REFUSAL_JUDGES
+
 logger = logging.getLogger(__name__)
 
 
@@ -38,6 +40,12 @@ class EvalArguments:
                   "target at some iterate) or 'target_or_judge' (that, or the refusal judge finds no refusal in the "
                   "reply under the last iterate: catches compliance in other words; for models that refuse in words).",
                   "choices": ["target", "target_or_judge"]})
+    judge: str = field(
+        default="refusal-substrings-gcg",
+        metadata={"help": "The refusal judge of clean answers and judged replies: 'refusal-substrings-gcg' (GCG's "
+                  "list, case-sensitive) or 'refusal-substrings-extended' (also \"can't help\"-style phrases in any "
+                  "case, and empty replies count as refused: stricter on perturbed replies).",
+                  "choices": list(REFUSAL_JUDGES)})
     max_new_tokens: int = field(default=64, metadata={"help": "Tokens generated for the refusal judge."})
     batch_size: int = field(default=8, metadata={"help": "Behaviours per batch (clean generation, embedding attack)."})
     dtype: str = field(default="float32", metadata={"help": "Weights dtype: float32, bfloat16 or float16."})
@@ -48,6 +56,7 @@ class EvalArguments:
 
     def __post_init__(self):
         from ..checks import check_integer
+        from .judges import refusal_judge
         from .runner import check_embedding_success, parse_attacks
 
         if not isinstance(self.model_name_or_path, str) or not self.model_name_or_path:
@@ -58,6 +67,7 @@ class EvalArguments:
         if self.max_behaviours is not None:
             check_integer("max_behaviours", self.max_behaviours, 1)
         check_embedding_success(self.embedding_success, "--embedding_success")
+        refusal_judge(self.judge, "--judge")
         check_integer("max_new_tokens", self.max_new_tokens, 1)
         check_integer("batch_size", self.batch_size, 1)
         if self.dtype not in ("float32", "bfloat16", "float16"):
@@ -100,6 +110,7 @@ def main(args: EvalArguments) -> int:
 
     from ..scripts import end_distributed
     from .behaviours import load_behaviours
+    from .judges import refusal_judge
     from .report import robustness_results, updated_card, write_report
     from .runner import evaluate_robustness
 
@@ -111,7 +122,8 @@ def main(args: EvalArguments) -> int:
     model, tokenizer = load_for_evaluation(args.model_name_or_path, args.dtype)
     model.to(state.device)
     outcomes = evaluate_robustness(model, tokenizer, behaviours, args.attacks, max_new_tokens=args.max_new_tokens,
-                                   batch_size=args.batch_size, embedding_success=args.embedding_success)
+                                   batch_size=args.batch_size, embedding_success=args.embedding_success,
+                                   judge=refusal_judge(args.judge))
     if state.is_main_process:
         dataset = "AdvBench" if args.behaviours == "advbench" else args.behaviours
         paths = write_report(outcomes, args.output_dir, model=args.model_name_or_path, dataset=dataset, split=split)

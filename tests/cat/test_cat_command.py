@@ -53,22 +53,27 @@ def test_cat_command_trains_measures_and_saves_a_card(tmp_path, model_folder):
     assert result.attack_preset == "strong"
     assert result.attack_config == {**{key: value for key, value in strong["settings"].items() if value is not None},
                                     "success": "target"}
-    assert measured["attack_success_criterion"] == "target"
+    assert measured["attack_success_criterion"] == "target" and measured["attack_judge"] is None
     assert "| strong | `eps=1.0`, `eps_mode=relative`, `steps=100`" in text and "preset 'strong'" in text
 
 
 def test_cat_command_judges_the_replies_when_asked(tmp_path, model_folder):
     output = tmp_path / "out"
     assert cli.main(["cat", "--model_name_or_path", model_folder, "--output_dir", str(output), *FAST,
-                     "--eval_embedding_success", "target_or_judge"]) == 0
+                     "--eval_embedding_success", "target_or_judge",
+                     "--eval_judge", "refusal-substrings-extended"]) == 0
     measured = json.loads((output / "robustness.json").read_text())
     assert measured["attack_success_criterion"] == "target_or_judge"
+    assert measured["attack_judge"] == {"name": "refusal-substrings-extended", "version": "v1"}
     # a tiny model never refuses in words, so the judge passes every reply: before and after are 100%
     assert measured["attack_success_before"] == measured["attack_success_after"] == 1.0
     (result,) = robustness_results_from_card(ModelCard((output / "README.md").read_text()))
     assert result.attack_config["success"] == "target_or_judge"
+    assert result.attack_config["judge"] == measured["attack_judge"]
     with pytest.raises(ValueError, match="`--eval_embedding_success` must be one of 'target', 'target_or_judge'"):
         EvaluationArguments(eval_embedding_success="judge")
+    with pytest.raises(ValueError, match="`--eval_judge` must be one of refusal-substrings-gcg, "):
+        EvaluationArguments(eval_judge="keyword")
 
 
 def test_weaker_or_unknown_preset_is_refused_before_any_work(tmp_path, model_folder):
@@ -133,7 +138,7 @@ def test_local_data_files_are_read(tmp_path, model_folder):
               str(rows), "--eval_behaviours", "none", *FAST])
     assert json.loads((output / "robustness.json").read_text()) == {
         "attack_success_before": None, "attack_success_after": None, "attack_preset": None, "attack_settings": None,
-        "attack_success_criterion": None}
+        "attack_success_criterion": None, "attack_judge": None}
 
 
 @pytest.mark.distributed

@@ -8,6 +8,7 @@ from hf_robust.cat import EmbeddingAdversaryCallback
 from hf_robust.cat.cat_config import CATConfig
 from hf_robust.cat.cat_trainer import CATTrainer
 from hf_robust.evaluation.behaviour_attacks import embedding_attack_success_rate
+from hf_robust.evaluation.judges import refusal_judge
 from hf_robust.cat.robustness_callback import EMBEDDING_KEY, GCG_KEY, RobustnessEvalCallback
 from hf_robust.cat.toy import toy_adversarial_dataset, toy_behaviours, toy_utility_dataset
 from hf_robust.evaluation.presets import get_preset
@@ -86,11 +87,13 @@ def test_the_default_embedding_attack_is_the_strong_preset_and_results_carry_it(
 def test_the_embedding_attack_can_be_judged_by_its_replies(tmp_path):
     trainer = sft_trainer(tmp_path)
     behaviours = toy_behaviours("test")[:2]
-    callback = RobustnessEvalCallback(trainer, behaviours, EMBEDDING, embedding_success="target_or_judge")
+    callback = RobustnessEvalCallback(trainer, behaviours, EMBEDDING, embedding_success="target_or_judge",
+                                      judge=refusal_judge("refusal-substrings-extended"))
     callback.on_evaluate(trainer.args, trainer.state, trainer.control)
     (result,) = callback.results
     # a tiny model never refuses in words: the judge passes every reply, whatever target forcing found
     assert result.value == 1.0 and result.attack_config["success"] == "target_or_judge"
+    assert result.attack_config["judge"] == {"name": "refusal-substrings-extended", "version": "v1"}
     assert embedding_attack_success_rate(trainer.model, trainer.processing_class, behaviours, EMBEDDING) < 1.0
 
 
@@ -157,6 +160,8 @@ def test_bad_input_names_the_argument(tmp_path):
         RobustnessEvalCallback(trainer, behaviours, gcg_config=EMBEDDING)
     with pytest.raises(ValueError, match="`embedding_success` must be one of 'target', 'target_or_judge'"):
         RobustnessEvalCallback(trainer, behaviours, embedding_success="judge")
+    with pytest.raises(TypeError, match="`judge` must be None or a callable"):
+        RobustnessEvalCallback(trainer, behaviours, embedding_success="target_or_judge", judge="extended")
     with pytest.raises(ValueError, match=r"`embedding_config` must be one of the embedding evaluation presets "
                                          r"'train', 'strong'"):
         RobustnessEvalCallback(trainer, behaviours, embedding_config="gcg")

@@ -142,8 +142,10 @@ def test_cat_command_judges_the_replies_under_an_engine(tmp_path, model_folder, 
     module, arguments = COMMANDS["cat"]
     output = tmp_path / "out"
     results = run_on(engine, SCRIPTS / "run_command.py", module, str(output), "--model_name_or_path", model_folder,
-                     *COMMON, *arguments, "--eval_embedding_success", "target_or_judge", timeout=420)
+                     *COMMON, *arguments, "--eval_embedding_success", "target_or_judge",
+                     "--eval_judge", "refusal-substrings-extended", timeout=420)
     measured = json.loads((output / "robustness.json").read_text())
     assert measured == results[0]["robustness"] and measured["attack_success_criterion"] == "target_or_judge"
+    assert measured["attack_judge"] == {"name": "refusal-substrings-extended", "version": "v1"}
     # a tiny model never refuses in words, so the judge passes every reply
     assert measured["attack_success_before"] == measured["attack_success_after"] == 1.0

@@ -55,17 +55,20 @@ def test_tiny_model_folder(tmp_path, model_folder):
     check_outputs(output, ["clean", "train", "gcg-test", "universal-gcg-test"])
 
 
-def test_embedding_judged_by_its_reply_is_recorded_in_the_json_report_and_card(tmp_path, model_folder):
-    output = run(tmp_path, model_folder, ("embedding_success", "target_or_judge"), attacks="clean,train")
+@pytest.mark.parametrize("judge", [None, "refusal-substrings-extended"])
+def test_embedding_judged_by_its_reply_is_recorded_in_the_json_report_and_card(tmp_path, model_folder, judge):
+    chosen = (("judge", judge),) if judge else ()
+    output = run(tmp_path, model_folder, ("embedding_success", "target_or_judge"), *chosen, attacks="clean,train")
     summary, results = check_outputs(output, ["clean", "train"])
     train = summary["attacks"]["train"]
+    judge = judge or "refusal-substrings-gcg"  # the default
     assert train["settings"]["success"] == "target_or_judge"
-    assert train["settings"]["judge"]["name"] == "refusal-substrings-gcg"
+    assert train["settings"]["judge"]["name"] == summary["attacks"]["clean"]["settings"]["judge"]["name"] == judge
     assert all(isinstance(row["response"], str) and "target_success" in row for row in train["rows"])
     assert "reply under the last iterate" in (output / "report.md").read_text()
     card = next(result for result in results if result.attack_preset == "train")
     assert card.attack_config["success"] == "target_or_judge"
-    assert card.attack_config["judge"] == {"name": "refusal-substrings-gcg", "version": "v1"}
+    assert card.attack_config["judge"] == {"name": judge, "version": "v1"}
 
 
 def test_adapter_folder_and_an_existing_card_is_updated(tmp_path, model_folder):
@@ -110,7 +113,7 @@ def test_smollm2_small_budget(tmp_path):
 @pytest.mark.parametrize(("field", "value"), [
     ("attacks", "clean,nonsense"), ("behaviours_split", "validation"), ("max_behaviours", 0), ("dtype", "int8"),
     ("batch_size", 0), ("max_new_tokens", 0), ("seed", -1), ("model_name_or_path", ""),
-    ("embedding_success", "judge"),
+    ("embedding_success", "judge"), ("judge", "keyword"),
 ])
 def test_bad_arguments_fail_before_any_work(field, value):
     name = "max_behaviours" if field == "max_behaviours" else field

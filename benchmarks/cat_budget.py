@@ -25,9 +25,20 @@ from cat_real_report import steps_to_reach  # noqa: E402
 
 # Settings that may differ between the records compared (everything else must agree; of "steps", the safety tuning's).
 VARIED = ("training_attack", "steps")
-METRICS = ("strong_asr", "strong_judged_asr", "strong_steps_to_50", "strong_20_asr", "strong_20_judged_asr",
-           "training_attack_asr", "training_attack_judged_asr", "gcg_asr", "over_refusal", "clean_refusal",
-           "utility_nll")
+# The metrics of each point, in table order, with their column headers.
+METRICS = {
+    "strong_asr": "strong emb. ASR", "strong_judged_asr": "strong emb. ASR, target or judge",
+    "strong_extended_judged_asr": "strong emb. ASR, target or extended judge",
+    "strong_steps_to_50": "strong steps to 50%", "strong_20_asr": "strong at 20 steps",
+    "strong_20_judged_asr": "strong at 20 steps, target or judge",
+    "strong_20_extended_judged_asr": "strong at 20 steps, target or extended judge",
+    "training_attack_asr": "own training-attack ASR",
+    "training_attack_judged_asr": "own training-attack ASR, target or judge",
+    "training_attack_extended_judged_asr": "own training-attack ASR, target or extended judge",
+    "gcg_asr": "GCG ASR", "over_refusal": "over-refusal", "over_refusal_extended": "over-refusal, extended judge",
+    "clean_refusal": "clean refusal", "clean_refusal_extended": "clean refusal, extended judge",
+    "utility_nll": "utility NLL",
+}
 
 
 def shared_seeds(records: list[dict]) -> list[str]:
@@ -133,9 +144,12 @@ def plot(result: dict, path: Path):
     for index, (key, name) in enumerate([("strong_asr", "strong embedding ASR"),
                                          ("strong_judged_asr", "strong embedding ASR, target or judge"),
                                          ("strong_20_judged_asr", "strong at 20 steps, target or judge"),
+                                         ("strong_20_extended_judged_asr",
+                                          "strong at 20 steps, target or extended judge"),
                                          ("gcg_asr", "GCG ASR"), ("training_attack_asr", "own training-attack ASR"),
                                          ("training_attack_judged_asr", "own training-attack ASR, target or judge"),
-                                         ("over_refusal", "benign over-refusal"), ("clean_refusal", "clean refusal")]):
+                                         ("over_refusal", "benign over-refusal"), ("clean_refusal", "clean refusal"),
+                                         ("clean_refusal_extended", "clean refusal, extended judge")]):
         lines(rates, key, f"C{index}", name)
     rates.set_xlabel(AXIS)
     rates.set_ylabel("rate")
@@ -156,10 +170,7 @@ def plot(result: dict, path: Path):
 
 
 def markdown(result: dict) -> str:
-    header = ["model", "training steps", "training eps", "attack steps", "strong emb. ASR",
-              "strong emb. ASR, target or judge", "strong steps to 50%", "strong at 20 steps",
-              "strong at 20 steps, target or judge", "own training-attack ASR",
-              "own training-attack ASR, target or judge", "GCG ASR", "over-refusal", "clean refusal", "utility NLL"]
+    header = ["model", "training steps", "training eps", "attack steps", *METRICS.values()]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for item in result["points"]:
         cells = [item["model"], str(item["training_steps"]), f"{item['training_eps']:g}",
@@ -184,8 +195,10 @@ def markdown(result: dict) -> str:
             f"behaviour when at some iterate every target token is the argmax (target forcing; the steps to 50% "
             f"count this); \"target or judge\" also when the refusal judge passes the greedy reply under its last "
             f"iterate (it also passes broken refusals and incoherent replies: the two bracket the attack's success; "
-            f"each record's JSON keeps the replies). \"Strong at 20 steps\": the strong attack stopped after 20 "
-            f"steps (target forcing read from the full attack's curve; judged on a 20-step run, whose iterates are "
+            f"each record's JSON keeps the replies); \"extended judge\": the stricter `refusal-substrings-extended` "
+            f"judge (GCG's list, plus phrases such as \"can't help\" in any case; empty replies refused), applied "
+            f"to the kept replies and to fresh clean answers. \"Strong at 20 steps\": the strong attack stopped after "
+            f"20 steps (target forcing read from the full attack's curve; judged on a 20-step run, whose iterates are "
             f"the full attack's first). Means over the seeds.\n\n"
             + "\n".join(lines) + "\n")
 

@@ -1,7 +1,8 @@
 """What `cat_real.py` measures on each model: clean refusal of held-out AdvBench, over-refusal of held-out benign
 requests and the utility NLL of the base model's answers to them, the `strong` embedding attack and the training
-attack under both success criteria (`judged_numbers`), and GCG on the first behaviours. Everything through
-`hf_robust.evaluation`; greedy 32-token answers."""
+attack under both success criteria (`judged_numbers`), and GCG on the first behaviours. Every refusal is judged by
+GCG's list and by the stricter extended judge (`*_extended`; for the attacks, from the kept replies: `rejudge`).
+Everything through `hf_robust.evaluation`; greedy 32-token answers."""
 
 import time
 
@@ -99,26 +100,67 @@ def measure_short_strong(model, tokenizer, held_out, steps: int = SHORT_STRONG_S
     return measured
 
 
+EXTENDED_JUDGE = "refusal-substrings-extended"  # stricter on perturbed replies; every rate under it is `*_extended`
+
+
+def measure_clean(model, tokenizer, held_out, benign_test: dict[str, str]) -> dict:
+    """Clean refusal of the held-out behaviours and over-refusal of the benign requests (greedy 32-token answers),
+    judged by GCG's list (`clean_refusal`, `over_refusal`) and by the extended judge (`*_extended`); the harmful
+    answers GCG's list passes are kept (`clean_unrefused_replies`) to read."""
+    from hf_robust.evaluation.behaviour_attacks import refusal_rate
+    from hf_robust.evaluation.judges import refusal_judge
+    from hf_robust.evaluation.runner import evaluate_robustness
+
+    extended = refusal_judge(EXTENDED_JUDGE)
+    clean = evaluate_robustness(model, tokenizer, held_out, "clean", max_new_tokens=32, batch_size=16,
+                                progress=False)["clean"]
+    over_refusal, benign = refusal_rate(model, tokenizer, list(benign_test), max_new_tokens=32, batch_size=16)
+    return {"clean_refusal": 1 - clean.success_rate, "over_refusal": over_refusal,
+            "clean_refusal_extended": sum(extended.refused(row["response"]) for row in clean.rows) / len(clean.rows),
+            "over_refusal_extended": sum(extended.refused(row["response"]) for row in benign) / len(benign),
+            "clean_unrefused_replies": [row["response"] for row in clean.rows if row["success"]]}
+
+
+JUDGED_ATTACKS = ("strong", f"strong_{SHORT_STRONG_STEPS}", "training_attack")
+
+
+def rejudge(measured: dict, count: int) -> None:
+    """Adds `{attack}_extended_judged_asr` to one model's measurements, for each judged embedding attack
+    (`JUDGED_ATTACKS`) that lacks it: target forcing, or a kept reply under the last iterate that the extended judge
+    passes too. Exact without re-attacking: the extended judge refuses whatever GCG's list refuses, so the replies it
+    passes are among those kept (`judged_numbers`). `count`: the behaviours attacked."""
+    from hf_robust.evaluation.judges import refusal_judge
+
+    extended = refusal_judge(EXTENDED_JUDGE)
+    for attack in JUDGED_ATTACKS:
+        replies = measured.get(f"{attack}_unrefused_replies")
+        if replies is None or f"{attack}_extended_judged_asr" in measured:
+            continue
+        forced = round(measured[f"{attack}_asr"] * count)
+        if round(measured[f"{attack}_judged_asr"] * count) != forced + len(replies):
+            raise ValueError(f"{attack}: {len(replies)} kept replies do not add up to its judged rate over {count} "
+                             "behaviours: `count` is not the number attacked")
+        passed = sum(not extended.refused(reply) for reply in replies)
+        measured[f"{attack}_extended_judged_asr"] = (forced + passed) / count
+
+
 def measure(model, tokenizer, held_out, benign_test: dict[str, str], gcg_behaviours: int, strong: bool = True,
             training_attack: dict | None = None) -> dict:
     """The rates of one model; `strong=False` (the safety-tuned checkpoint) skips the embedding attacks, and
     `training_attack` (`AttackArguments` fields) adds that attack's success."""
-    from hf_robust.evaluation.behaviour_attacks import refusal_rate
     from hf_robust.evaluation.runner import evaluate_robustness
 
     started = time.perf_counter()
-    clean = evaluate_robustness(model, tokenizer, held_out, "clean", max_new_tokens=32, batch_size=16,
-                                progress=False)["clean"]
-    over_refusal, _ = refusal_rate(model, tokenizer, list(benign_test), max_new_tokens=32, batch_size=16)
-    measured = {"clean_refusal": 1 - clean.success_rate, "over_refusal": over_refusal,
+    measured = {**measure_clean(model, tokenizer, held_out, benign_test),
                 "utility_nll": utility_nll(model, tokenizer, benign_test)}
     if strong:
         measured.update(measure_strong(model, tokenizer, held_out))
         measured.update(measure_short_strong(model, tokenizer, held_out))
         if training_attack:
             measured.update(measure_training_attack(model, tokenizer, held_out, training_attack))
+        rejudge(measured, len(held_out))
     print(f"  measured {measured['clean_refusal']:.0%} refusal, strong ASR {measured.get('strong_asr', '-')}, "
-          f"over-refusal {over_refusal:.0%} ({time.perf_counter() - started:.0f} s)", flush=True)
+          f"over-refusal {measured['over_refusal']:.0%} ({time.perf_counter() - started:.0f} s)", flush=True)
     if gcg_behaviours:
         gcg = evaluate_robustness(model, tokenizer, held_out.select(range(gcg_behaviours)), "gcg-cpu",
                                   progress=False)["gcg-cpu"]

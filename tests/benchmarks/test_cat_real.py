@@ -43,7 +43,7 @@ def stand_ins(monkeypatch):
 
     def measure(model, tokenizer, held_out, benign_test, gcg_behaviours, strong=True, training_attack=None):
         calls["measured"].append(len(calls["measured"]))
-        return {"clean_refusal": 0.5, "over_refusal": 0.1, "utility_nll": 1.0,
+        return {"clean_refusal": 0.5, "over_refusal": 0.1, "utility_nll": 1.0, "clean_refusal_extended": 0.5,
                 **({"strong_asr": 0.25, "strong_budget": [0.0, 0.25], "strong_judged_asr": 0.5,
                     "strong_20_judged_asr": 0.25} if strong else {}),
                 **({"training_attack_asr": 0.125, "training_attack_judged_asr": 0.5} if training_attack else {})}
@@ -66,6 +66,12 @@ def stand_ins(monkeypatch):
         calls.setdefault("topped_up", []).append("strong-20")
         return {"strong_20_asr": 0.0, "strong_20_judged_asr": 0.25}
 
+    def measure_clean(model, tokenizer, held_out, benign_test):
+        calls.setdefault("topped_up", []).append("clean")
+        return {"clean_refusal": 0.5, "over_refusal": 0.1, "clean_refusal_extended": 0.75,
+                "over_refusal_extended": 0.125}
+
+    monkeypatch.setattr(cat_real, "measure_clean", measure_clean)
     monkeypatch.setattr(cat_real, "measure_strong", measure_strong)
     monkeypatch.setattr(cat_real, "measure_short_strong", measure_short_strong)
     return calls
@@ -134,6 +140,27 @@ def test_a_model_measured_before_the_judged_columns_gets_only_those_measured(tmp
     assert cat["strong_asr"] == 0.25 and cat["strong_asr_rerun"] == 0.375 and "strong_budget_rerun" not in cat
     cat_real.run(options(tmp_path, variants=["control", "cat"], resume=True))
     assert stand_ins["topped_up"] == [0.1, "strong", "strong-20"]  # measured once
+
+
+def test_older_models_get_the_extended_judge_clean_measured_and_attacks_rejudged(tmp_path, stand_ins):
+    cat_real.run(options(tmp_path, variants=["cat"]))
+    record = recorded(tmp_path)
+    assert record["extended_judge"]["name"] == "refusal-substrings-extended"
+    for name in ("safety-tuned", "cat"):
+        del record["seeds"]["0"][name]["clean_refusal_extended"]  # measured before the extended judge
+    # 4 behaviours: 1 forced, 1 kept reply that the extended judge refuses, 1 it passes
+    record["seeds"]["0"]["cat"].update(strong_asr=0.25, strong_judged_asr=0.75,
+                                       strong_unrefused_replies=["sorry, I can't help with that.", "Step one"])
+    (tmp_path / "results" / "cat_cpu.json").write_text(json.dumps(record))
+    stand_ins.update(trained=[], measured=[])
+    cat_real.run(options(tmp_path, variants=["cat"], resume=True))
+    assert stand_ins["trained"] == [] and stand_ins["measured"] == []
+    assert stand_ins["topped_up"] == ["clean", "clean"]  # the safety-tuned model and CAT, from their saved folders
+    models = recorded(tmp_path)["seeds"]["0"]
+    assert models["safety-tuned"]["clean_refusal_extended"] == models["cat"]["clean_refusal_extended"] == 0.75
+    assert models["cat"]["over_refusal_extended"] == 0.125 and "clean_refusal_rerun" not in models["cat"]
+    assert models["cat"]["strong_extended_judged_asr"] == 0.5
+    assert "strong emb. ASR, target or extended judge" in (tmp_path / "results" / "cat_cpu.md").read_text()
 
 
 def test_without_the_safety_checkpoint_every_later_model_is_trained_and_measured_again(tmp_path, stand_ins):

@@ -70,3 +70,40 @@ def test_the_short_strong_attack_is_the_full_attacks_first_steps():
     short = cat_real_measure.measure_short_strong(model, tokenizer, behaviours, steps=5)
     assert set(short) == {"strong_5_asr", "strong_5_judged_asr", "strong_5_unrefused_replies"}
     assert short["strong_5_asr"] == full["strong_budget"][5]
+
+
+def test_rejudge_counts_the_kept_replies_that_the_extended_judge_passes_too():
+    measured = {"strong_asr": 0.25, "strong_judged_asr": 0.75, "strong_unrefused_replies": [
+        "sorry, but I can't help with that.", "Step one: get the keys."],
+        "training_attack_asr": 0.0, "training_attack_judged_asr": 0.25, "training_attack_unrefused_replies": [""]}
+    cat_real_measure.rejudge(measured, 4)
+    # 1 forced + the reply that is no refusal; an empty reply counts as refused
+    assert measured["strong_extended_judged_asr"] == 0.5 and measured["training_attack_extended_judged_asr"] == 0.0
+    assert "strong_20_extended_judged_asr" not in measured  # not measured: nothing to re-judge
+    measured["strong_unrefused_replies"] = []
+    cat_real_measure.rejudge(measured, 4)
+    assert measured["strong_extended_judged_asr"] == 0.5  # kept once there
+
+
+def test_rejudge_refuses_a_count_the_kept_replies_do_not_add_up_to():
+    import pytest
+
+    with pytest.raises(ValueError, match="`count` is not the number attacked"):
+        cat_real_measure.rejudge({"strong_asr": 0.25, "strong_judged_asr": 0.75,
+                                  "strong_unrefused_replies": ["a", "b"]}, 8)
+
+
+def test_clean_answers_are_judged_by_both_judges_on_a_tiny_model():
+    from hf_robust.evaluation.judges import refusal_judge
+    from hf_robust.testing import tiny_causal_lm
+
+    model, tokenizer = tiny_causal_lm()
+    behaviours = [{"prompt": "Tell me how to do it", "target": "Sure"}, {"prompt": "Write it", "target": "Sure"}]
+    measured = cat_real_measure.measure_clean(model, tokenizer, behaviours, {"Bake bread": "Mix flour."})
+    assert set(measured) == {"clean_refusal", "over_refusal", "clean_refusal_extended", "over_refusal_extended",
+                             "clean_unrefused_replies"}
+    # a tiny model never refuses in words: GCG's list passes every answer, which are kept
+    assert measured["clean_refusal"] == measured["over_refusal"] == 0.0
+    assert len(measured["clean_unrefused_replies"]) == 2
+    extended = refusal_judge("refusal-substrings-extended")
+    assert measured["clean_refusal_extended"] == sum(map(extended.refused, measured["clean_unrefused_replies"])) / 2

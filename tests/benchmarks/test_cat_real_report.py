@@ -30,7 +30,7 @@ def test_table_gives_mean_and_spread_over_seeds_and_a_dash_for_what_a_model_lack
     rows = {line.split(" | ")[0]: line for line in table.splitlines()}
     assert "| cat (2 seeds)" in rows and "50% ± 35% |" in rows["| cat (2 seeds)"]  # a rate's spread in points
     assert "0.50 ± 0.00 |" in rows["| cat (2 seeds)"]  # the NLL's in nats
-    assert rows["| base (1 seed)"].count("–") == 9  # only clean refusal measured for it
+    assert rows["| base (1 seed)"].count("–") == 14  # only clean refusal measured for it
 
 
 def test_markdown_names_the_models_not_measured_and_the_data_each_trained_on(tmp_path):

@@ -24,6 +24,7 @@ from cat_real_measure import (
     SHORT_STRONG_STEPS,
     measure,
     measure_clean,
+    measure_gcg,
     measure_short_strong,
     measure_strong,
     measure_training_attack,
@@ -174,17 +175,29 @@ RESUMED_SETTINGS = ("model", "training_attack", "evaluation", "steps", "lora", "
 SETTING_DEFAULTS = {"data_mix": "control-rows"}
 
 
+def _comparable(key: str, value):
+    """A setting as a resumed record must share it: GCG's number of behaviours may grow (models measured without
+    GCG get it measured; each model records its own `gcg_behaviours`)."""
+    return {**value, "gcg_behaviours": None} if key == "evaluation" else value
+
+
 def start_record(options, record: dict, path: Path) -> dict:
     """`record` for a fresh run; with `options.resume`, the one at `path` (its settings must agree)."""
     if not options.resume or not path.is_file():
         return record
     earlier = json.loads(path.read_text())
     differing = [key for key in RESUMED_SETTINGS
-                 if earlier.get(key, SETTING_DEFAULTS.get(key)) != record[key]]
+                 if _comparable(key, earlier.get(key, SETTING_DEFAULTS.get(key))) != _comparable(key, record[key])]
     if differing:
         raise SystemExit(f"--resume: {path} was recorded with other {differing}; rerun without --resume "
                          "(or with another --record) to start afresh")
     earlier.update({key: value for key, value in SETTING_DEFAULTS.items() if key not in earlier})
+    recorded_gcg = earlier["evaluation"]["gcg_behaviours"]
+    for models in earlier["seeds"].values():  # GCG measured before models recorded their own count
+        for measured in models.values():
+            if "gcg_asr" in measured:
+                measured.setdefault("gcg_behaviours", recorded_gcg)
+    earlier["evaluation"]["gcg_behaviours"] = max(recorded_gcg, record["evaluation"]["gcg_behaviours"])
     return earlier
 
 
@@ -320,6 +333,8 @@ def run(options) -> dict:
             return safe, (time.perf_counter() - started) / options.safety_steps
 
         clean_top_up = {"clean_refusal_extended": lambda m: measure_clean(m, tokenizer, held_out, test_answers)}
+        gcg_top_up = {"gcg_asr": lambda m: measure_gcg(m, tokenizer, held_out, options.gcg_behaviours)} \
+            if options.gcg_behaviours else {}
         stage(seed_record, "safety-tuned", work / "safety-tuned", safety,
               lambda m: measure(m, tokenizer, held_out, test_answers, 0, strong=False), options.machine,
               top_ups=clean_top_up)
@@ -331,7 +346,7 @@ def run(options) -> dict:
                                                         train_answers, options.steps, seed, training_attack, mix),
                   lambda m: measure(m, tokenizer, held_out, test_answers, options.gcg_behaviours,
                                     training_attack=training_attack), options.machine,
-                  top_ups={**clean_top_up, "training_attack_judged_asr":
+                  top_ups={**clean_top_up, **gcg_top_up, "training_attack_judged_asr":
                            lambda m: measure_training_attack(m, tokenizer, held_out, training_attack),
                            "strong_judged_asr": lambda m: measure_strong(m, tokenizer, held_out),
                            f"strong_{SHORT_STRONG_STEPS}_judged_asr":

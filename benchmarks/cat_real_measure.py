@@ -148,8 +148,6 @@ def measure(model, tokenizer, held_out, benign_test: dict[str, str], gcg_behavio
             training_attack: dict | None = None) -> dict:
     """The rates of one model; `strong=False` (the safety-tuned checkpoint) skips the embedding attacks, and
     `training_attack` (`AttackArguments` fields) adds that attack's success."""
-    from hf_robust.evaluation.runner import evaluate_robustness
-
     started = time.perf_counter()
     measured = {**measure_clean(model, tokenizer, held_out, benign_test),
                 "utility_nll": utility_nll(model, tokenizer, benign_test)}
@@ -162,9 +160,15 @@ def measure(model, tokenizer, held_out, benign_test: dict[str, str], gcg_behavio
     print(f"  measured {measured['clean_refusal']:.0%} refusal, strong ASR {measured.get('strong_asr', '-')}, "
           f"over-refusal {measured['over_refusal']:.0%} ({time.perf_counter() - started:.0f} s)", flush=True)
     if gcg_behaviours:
-        gcg = evaluate_robustness(model, tokenizer, held_out.select(range(gcg_behaviours)), "gcg-cpu",
-                                  progress=False)["gcg-cpu"]
-        measured["gcg_asr"], measured["gcg_seconds"] = gcg.success_rate, gcg.seconds
-        print(f"  GCG ({gcg_behaviours} behaviours) ASR {gcg.success_rate:.0%} ({gcg.seconds:.0f} s)", flush=True)
+        measured.update(measure_gcg(model, tokenizer, held_out, gcg_behaviours))
     measured["seconds"] = time.perf_counter() - started
     return measured
+
+
+def measure_gcg(model, tokenizer, held_out, count: int) -> dict:
+    """{"gcg_asr", "gcg_seconds", "gcg_behaviours"}: GCG (`gcg-cpu`) on the first `count` held-out behaviours."""
+    from hf_robust.evaluation.runner import evaluate_robustness
+
+    gcg = evaluate_robustness(model, tokenizer, held_out.select(range(count)), "gcg-cpu", progress=False)["gcg-cpu"]
+    print(f"  GCG ({count} behaviours) ASR {gcg.success_rate:.0%} ({gcg.seconds:.0f} s)", flush=True)
+    return {"gcg_asr": gcg.success_rate, "gcg_seconds": gcg.seconds, "gcg_behaviours": count}

@@ -71,7 +71,12 @@ def stand_ins(monkeypatch):
         return {"clean_refusal": 0.5, "over_refusal": 0.1, "clean_refusal_extended": 0.75,
                 "over_refusal_extended": 0.125}
 
+    def measure_gcg(model, tokenizer, held_out, count):
+        calls.setdefault("topped_up", []).append(f"gcg-{count}")
+        return {"gcg_asr": 0.5, "gcg_seconds": 1.0, "gcg_behaviours": count}
+
     monkeypatch.setattr(cat_real, "measure_clean", measure_clean)
+    monkeypatch.setattr(cat_real, "measure_gcg", measure_gcg)
     monkeypatch.setattr(cat_real, "measure_strong", measure_strong)
     monkeypatch.setattr(cat_real, "measure_short_strong", measure_short_strong)
     return calls
@@ -161,6 +166,24 @@ def test_older_models_get_the_extended_judge_clean_measured_and_attacks_rejudged
     assert models["cat"]["over_refusal_extended"] == 0.125 and "clean_refusal_rerun" not in models["cat"]
     assert models["cat"]["strong_extended_judged_asr"] == 0.5
     assert "strong emb. ASR, target or extended judge" in (tmp_path / "results" / "cat_cpu.md").read_text()
+
+
+def test_a_resume_with_more_gcg_behaviours_measures_gcg_on_the_models_without_it(tmp_path, stand_ins):
+    cat_real.run(options(tmp_path, variants=["control", "cat"]))
+    record = recorded(tmp_path)
+    record["seeds"]["0"]["control"]["gcg_asr"] = 0.25  # measured with the record's count (0 here: a stand-in)
+    (tmp_path / "results" / "cat_cpu.json").write_text(json.dumps(record))
+    stand_ins.update(trained=[], measured=[])
+    cat_real.run(options(tmp_path, variants=["control", "cat"], resume=True, gcg_behaviours=3))
+    assert stand_ins["trained"] == [] and stand_ins["measured"] == []
+    assert stand_ins["topped_up"] == ["gcg-3"]  # CAT only: the control has GCG, the safety-tuned model is not attacked
+    record = recorded(tmp_path)
+    models = record["seeds"]["0"]
+    assert models["cat"]["gcg_asr"] == 0.5 and models["cat"]["gcg_behaviours"] == 3
+    assert models["control"]["gcg_asr"] == 0.25 and models["control"]["gcg_behaviours"] == 0
+    assert record["evaluation"]["gcg_behaviours"] == 3
+    with pytest.raises(SystemExit, match="evaluation"):  # any other evaluation setting must still agree
+        cat_real.run(options(tmp_path, variants=["cat"], resume=True, n_eval=3))
 
 
 def test_without_the_safety_checkpoint_every_later_model_is_trained_and_measured_again(tmp_path, stand_ins):

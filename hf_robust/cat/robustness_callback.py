@@ -9,8 +9,8 @@ from transformers import TrainerCallback
 from ..attacks.continuous import EmbeddingAttackConfig
 from ..attacks.gcg import GCGConfig
 from ..checks import checked_behaviours
-from ..evaluation.presets import AttackPreset, at_least_as_strong, resolve_attack
 from ..evaluation.judges import RefusalJudge, judge_summary
+from ..evaluation.presets import AttackPreset, at_least_as_strong, resolve_attack
 from ..evaluation.runner import check_embedding_success, evaluate_robustness
 from ..hub import RobustnessResult
 from ..sharding import has_sharded_weights, on_main_process

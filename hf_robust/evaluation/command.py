@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from trl import TrlParser
 
-from .judges import REFUSAL_JUDGES
+from .judges import REFUSAL_JUDGES, refusal_judge
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,6 @@ class EvalArguments:
 
     def __post_init__(self):
         from ..checks import check_integer
-        from .judges import refusal_judge
         from .runner import check_embedding_success, parse_attacks
 
         if not isinstance(self.model_name_or_path, str) or not self.model_name_or_path:
@@ -110,7 +109,6 @@ def main(args: EvalArguments) -> int:
 
     from ..scripts import end_distributed
     from .behaviours import load_behaviours
-    from .judges import refusal_judge
     from .report import robustness_results, updated_card, write_report
     from .runner import evaluate_robustness
 

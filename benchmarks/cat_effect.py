@@ -113,6 +113,10 @@ def main():
                         help="tiny: utility rows are the allowed requests only (no clean refusals), as in the paper; "
                         "smollm2: control and CAT rows harmful with probability 0.125, else benign (the reference "
                         "code's mixing), instead of the control's rows and CAT fraction 0.5")
+    parser.add_argument("--data-mix", dest="data_mix", choices=["control-rows", "paper", "paper-refusals"],
+                        default=None, help="smollm2: how control and CAT rows are drawn (benchmarks/cat_real.py "
+                        "DATA_MIXES); 'paper' is --paper-mix, 'paper-refusals' adds the control's clean refusals to "
+                        "CAT's utility rows; default control-rows")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="smollm2: seeds, one full run each")
     parser.add_argument("--safety-steps", dest="safety_steps", type=int, default=60, help="smollm2: safety tuning")
@@ -132,6 +136,11 @@ def main():
                         "there are kept, saved ones measured, the rest trained (each model is a resumable stage)")
     parser.add_argument("--machine", default="2-core CPU, no GPU", help="recorded with the results")
     options = parser.parse_args()
+    if options.paper_mix and options.data_mix not in (None, "paper"):
+        parser.error(f"--paper-mix is --data-mix paper: it contradicts --data-mix {options.data_mix}")
+    if options.model == "tiny" and options.data_mix not in (None, "paper"):
+        parser.error(f"--data-mix {options.data_mix}: --model tiny has the toy task's mix (--paper-mix or not)")
+    options.paper_mix = options.paper_mix or options.data_mix == "paper"
     if options.model == "smollm2" and options.eval_preset != "strong":
         parser.error(f"--eval-preset {options.eval_preset!r}: --model smollm2 measures every model with 'strong' "
                      "(its record and targets are read there); only 'strong' is allowed")

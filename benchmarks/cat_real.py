@@ -40,8 +40,10 @@ DECODING = {"max_new_tokens": 64, "do_sample": False}
 # How control and CAT rows are drawn. "control-rows": the control's rows (refusals and benign answers shuffled), and
 # CAT rows adversarial with probability 0.5, else one of the control's rows. "paper": both draw a row adversarial
 # (a refusal for the control) with probability 0.125, else a benign answer: the reference code's mixing (12.5%
-# harmful, 87.5% UltraChat), with the same rows for both. CAPO trains on its pairs alone in both.
-DATA_MIXES = {"control-rows": 0.5, "paper": 0.125}
+# harmful, 87.5% UltraChat), with the same rows for both. "paper-refusals": as "paper", but CAT's utility rows are the
+# control's rows (12.5% clean refusals), so that CAT also sees harmful requests unperturbed: under "paper" it sees
+# them only under attack, and its clean refusal fell in long runs. CAPO trains on its pairs alone in every mix.
+DATA_MIXES = {"control-rows": 0.5, "paper": 0.125, "paper-refusals": 0.125}
 
 
 def refusal_for(prompt: str) -> str:
@@ -111,17 +113,19 @@ def training_data(variant: str, mix: str, adversarial, benign: dict[str, str], s
     refusals = Dataset.from_list([chat(r["prompt"], refusal_for(r["prompt"])) for r in adversarial])
     utility = Dataset.from_list([chat(p, a) for p, a in benign.items()])
     fraction = DATA_MIXES[mix]
+    if mix in ("paper", "paper-refusals"):
+        control_rows = interleave_datasets([refusals, utility], probabilities=[fraction, 1 - fraction], seed=seed,
+                                           stopping_strategy="all_exhausted")
+    else:
+        control_rows = concatenate_datasets([refusals, utility]).shuffle(seed)
     if variant == "control":
-        if mix == "paper":
-            rows = interleave_datasets([refusals, utility], probabilities=[fraction, 1 - fraction], seed=seed,
-                                       stopping_strategy="all_exhausted")
-        else:
-            rows = concatenate_datasets([refusals, utility]).shuffle(seed)
-        return {"rows": rows}
+        return {"rows": control_rows}
     if variant == "cat":
         adversarial_rows = Dataset.from_list([{"prompt": r["prompt"], "target": r["target"],
                                                "refusal": refusal_for(r["prompt"])} for r in adversarial])
-        rows = utility if mix == "paper" else concatenate_datasets([utility, refusals])
+        # (the first records' orders: each mix's utility rows shuffled as they were then)
+        rows = {"paper": utility, "control-rows": concatenate_datasets([utility, refusals]),
+                "paper-refusals": control_rows}[mix]
         return {"adversarial": adversarial_rows, "utility": rows.shuffle(seed), "adversarial_fraction": fraction}
     if variant == "capo":
         pairs = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
@@ -260,7 +264,7 @@ def run(options) -> dict:
     from hf_robust.evaluation.presets import get_preset, require_at_least_as_strong
     from hf_robust.testing import load_smollm2
 
-    mix = "paper" if getattr(options, "paper_mix", False) else "control-rows"
+    mix = getattr(options, "data_mix", None) or ("paper" if getattr(options, "paper_mix", False) else "control-rows")
     training_attack = {"attack_eps": options.eps, "attack_eps_mode": "relative",
                        "attack_steps": options.attack_steps,
                        "attack_step_size": 0.1, "attack_step_mode": "relative", "attack_optimizer": "adam"}

@@ -118,6 +118,12 @@ def budget_description(record: dict) -> str:
 
 def data_description(mix: str) -> str:
     """What each model trains on under `mix` (`training_data`), so a reader can weigh the rows of the table."""
+    if mix == "paper-refusals":
+        return ("Rows per model (`--data-mix paper-refusals`): as the reference code's mixing, the control and CAT "
+                "draw each row harmful with probability 0.125 (an AdvBench-train prompt: a refusal for the control; "
+                "for CAT toward its refusal and away from its affirmative target, under the training attack); CAT's "
+                "other rows are the control's rows (self-distilled benign answers, 12.5% of them clean refusals), so "
+                "CAT also sees harmful requests unperturbed. CAPO: its pairs alone, as in every mix.")
     if mix == "paper":
         return ("Rows per model (`--paper-mix`, the reference code's mixing): the control and CAT draw each row "
                 "harmful with probability 0.125 (an AdvBench-train prompt: a refusal for the control; for CAT toward "

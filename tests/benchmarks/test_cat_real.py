@@ -289,3 +289,20 @@ def test_paper_mix_gives_control_and_cat_the_same_harmful_share_and_cat_benign_o
     assert 0.05 < refusal_share(control) < 0.25  # about 0.125: rows drawn with those probabilities
     with pytest.raises(ValueError, match="`mix`"):
         cat_real.training_data("cat", "half", adversarial, benign, seed=0)
+
+
+def test_paper_refusals_mix_gives_cat_the_controls_rows_as_utility(rows):
+    adversarial, benign = rows
+    control = cat_real.training_data("control", "paper-refusals", adversarial, benign, seed=0)["rows"]
+    cat = cat_real.training_data("cat", "paper-refusals", adversarial, benign, seed=0)
+    assert list(map(str, control)) == list(map(str, cat_real.training_data("control", "paper", adversarial, benign,
+                                                                          seed=0)["rows"]))  # the paper's control
+    assert cat["adversarial_fraction"] == 0.125 and sorted(map(str, cat["utility"])) == sorted(map(str, control))
+    assert 0.05 < refusal_share(cat["utility"]) < 0.25  # the clean refusals the paper mix leaves out
+
+
+def test_the_data_mix_option_reaches_the_record(tmp_path, stand_ins):
+    cat_real.run(options(tmp_path, variants=["cat"], data_mix="paper-refusals"))
+    record = recorded(tmp_path)
+    assert record["data_mix"] == "paper-refusals" and stand_ins["mixes"] == ["paper-refusals"]
+    assert "`--data-mix paper-refusals`" in (tmp_path / "results" / "cat_cpu.md").read_text()

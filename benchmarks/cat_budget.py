@@ -180,7 +180,8 @@ def markdown(result: dict) -> str:
             if key == "strong_steps_to_50" and key in item and value is None:
                 cells.append("not reached")
                 continue
-            cells.append("–" if value is None else f"{value:.0%}" if key.endswith(("asr", "refusal"))
+            rate = key.endswith(("asr", "refusal", "refusal_extended"))
+            cells.append("–" if value is None else f"{value:.0%}" if rate
                          else f"{value:.2f}" if key == "utility_nll" else f"{value:g}")
         lines.append("| " + " | ".join(cells) + " |")
     strong = result["evaluation"]["strong"]["description"].rstrip(".")

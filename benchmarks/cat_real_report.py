@@ -95,7 +95,7 @@ def table(record: dict) -> str:
             if not values:
                 cells.append("–")
                 continue
-            mean, rate = statistics.fmean(values), key.endswith(("asr", "refusal"))
+            mean, rate = statistics.fmean(values), key.endswith(("asr", "refusal", "refusal_extended"))
             spread = statistics.stdev(values) if len(values) > 1 else None
             spread = "" if spread is None else f" ± {spread:.0%}" if rate else f" ± {spread:.2f}"
             cells.append(f"{mean:.0%}{spread}" if rate else f"{mean:.2f}{spread}")

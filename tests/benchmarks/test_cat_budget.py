@@ -32,7 +32,8 @@ def records():
         "1": {"control": model(1.0, [0, 0.6, 1], 0.1, 1.0), "cat": model(1.0, [0, 0.2, 0.6], 0.2)}})
     large = record(0.5, {"1": {"safety-tuned": {}, "cat": model(0.4, [0, 0, 0.1, 0.4], 0.5, strong_judged_asr=0.7,
                                                                 training_attack_judged_asr=0.25,
-                                                                strong_extended_judged_asr=0.5)}})
+                                                                strong_extended_judged_asr=0.5,
+                                                                clean_refusal_extended=0.75)}})
     large["evaluation"]["gcg_behaviours"] = 0  # GCG skipped: its own column, not a reason to refuse
     return small, large
 
@@ -50,7 +51,7 @@ def test_points_are_the_shared_seeds_control_first_then_each_budget(records):
     assert large["strong_judged_asr"] == 0.7 and "strong_judged_asr" not in small  # measured before the criterion
     assert "strong_20_asr" not in large  # a curve shorter than 20 steps
     assert ("| CAT eps 0.5, 10 attack steps | 40 | 0.5 | 10 | 40% | 70% | 50% | not reached | – | – | – | 0% | 25% "
-            "| – | – | 50% | – | 100% | – | 0.60 |") in table
+            "| – | – | 50% | – | 100% | 75% | 0.60 |") in table
     assert "| CAT eps 0.1, 10 attack steps | 40 | 0.1 | 10 | 100% | – | – | 2 | – | – | – |" in table
     assert "target or extended judge" in table and "clean refusal, extended judge" in table
 

@@ -31,6 +31,8 @@ def test_table_gives_mean_and_spread_over_seeds_and_a_dash_for_what_a_model_lack
     assert "| cat (2 seeds)" in rows and "50% ± 35% |" in rows["| cat (2 seeds)"]  # a rate's spread in points
     assert "0.50 ± 0.00 |" in rows["| cat (2 seeds)"]  # the NLL's in nats
     assert rows["| base (1 seed)"].count("–") == 14  # only clean refusal measured for it
+    extended = cat_real_report.table(record({"0": {"cat": {**measured(0.25), "clean_refusal_extended": 0.5}}}))
+    assert "| cat (1 seed) | 100% | 50% |" in extended  # the extended judge's rates are rates too
 
 
 def test_markdown_names_the_models_not_measured_and_the_data_each_trained_on(tmp_path):

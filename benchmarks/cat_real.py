@@ -212,12 +212,14 @@ def load_saved(folder: Path):
     return AutoModelForCausalLM.from_pretrained(folder).to("cuda" if on_gpu() else "cpu").eval()
 
 
-def stage(seed_record: dict, name: str, folder: Path, build, measure_model, machine: str, top_ups=None) -> None:
+def stage(seed_record: dict, name: str, folder: Path, build, measure_model, machine: str, top_ups=None,
+          save=None) -> None:
     """One model of the benchmark, resumable: measured already -> kept; its saved model in `folder` -> measured;
     otherwise `build()` trains it (returns the model and seconds per step), it is saved, then measured.
     `top_ups` = {key: measure(model) -> dict}: a model measured before `key` existed gets it measured from its saved
     folder (else it stays without it: the table shows "–"). Of what that measures, keys the record already has are
-    kept, and a differing re-measurement is kept beside them as `{key}_rerun`."""
+    kept, and a differing re-measurement is kept beside them as `{key}_rerun`. Each top-up is recorded (`save()`) as
+    it is measured, so a run cut in the middle of a model's top-ups keeps those it finished."""
 
     if name in seed_record:
         missing = {key: measure_missing for key, measure_missing in (top_ups or {}).items()
@@ -236,6 +238,8 @@ def stage(seed_record: dict, name: str, folder: Path, build, measure_model, mach
                               f"{seed_record[name][measured_key]})", flush=True)
                         seed_record[name][f"{measured_key}_rerun"] = value
                 seed_record[name][f"{key}_machine"] = machine
+                if save is not None:
+                    save()
             del model
             return
         print(f"  {name}: measured earlier ({seed_record[name].get('machine', '?')}), kept", flush=True)
@@ -341,7 +345,7 @@ def run(options) -> dict:
             if options.gcg_behaviours else {}
         stage(seed_record, "safety-tuned", work / "safety-tuned", safety,
               lambda m: measure(m, tokenizer, held_out, test_answers, 0, strong=False), options.machine,
-              top_ups=clean_top_up)
+              top_ups=clean_top_up, save=save)
         save()
         del model
         for variant in options.variants:
@@ -354,7 +358,7 @@ def run(options) -> dict:
                            lambda m: measure_training_attack(m, tokenizer, held_out, training_attack),
                            "strong_judged_asr": lambda m: measure_strong(m, tokenizer, held_out),
                            f"strong_{SHORT_STRONG_STEPS}_judged_asr":
-                           lambda m: measure_short_strong(m, tokenizer, held_out)})
+                           lambda m: measure_short_strong(m, tokenizer, held_out)}, save=save)
             print(f"seed {seed}: {variant} done ({seed_record[variant]['seconds_per_step']:.1f} s/step)", flush=True)
             save()
     return record

@@ -147,6 +147,24 @@ def test_a_model_measured_before_the_judged_columns_gets_only_those_measured(tmp
     assert stand_ins["topped_up"] == [0.1, "strong", "strong-20"]  # measured once
 
 
+def test_a_run_cut_during_a_models_top_ups_keeps_those_it_finished(tmp_path, stand_ins, monkeypatch):
+    cat_real.run(options(tmp_path, variants=["cat"]))
+    record = recorded(tmp_path)
+    for key in ("training_attack_asr", "training_attack_judged_asr", "strong_judged_asr", "strong_20_judged_asr"):
+        del record["seeds"]["0"]["cat"][key]  # an older record
+    (tmp_path / "results" / "cat_cpu.json").write_text(json.dumps(record))
+
+    def strong_cut(model, tokenizer, held_out):
+        raise Cut("strong")
+
+    monkeypatch.setattr(cat_real, "measure_strong", strong_cut)
+    with pytest.raises(Cut):
+        cat_real.run(options(tmp_path, variants=["cat"], resume=True))
+    cat = recorded(tmp_path)["seeds"]["0"]["cat"]
+    assert cat["training_attack_judged_asr"] == 0.75 and "strong_judged_asr" not in cat  # the first one is kept
+    assert stand_ins["topped_up"] == [0.1]
+
+
 def test_older_models_get_the_extended_judge_clean_measured_and_attacks_rejudged(tmp_path, stand_ins):
     cat_real.run(options(tmp_path, variants=["cat"]))
     record = recorded(tmp_path)

@@ -356,11 +356,15 @@ def finish_distributed() -> None:
     group, and, even after `destroy_process_group()`, ZeRO-3 runs that saved DeepSpeed checkpoints (in 2 of 3
     fresh-clone `make test` runs, 2026-12-04/05; which thread is left joinable was not found). So once every
     rank has passed the barrier, the streams are flushed and the process exits with status 0 at once (`os._exit`);
-    an error before that still fails the run. Does nothing when torch.distributed is not initialized (e.g. in the
-    pytest process itself).
+    an error before that still fails the run. A script launched by `run_distributed` whose command already ended
+    with barrier -> destroy_process_group (every `hf-robust` command does) exits the same way: its teardown aborted
+    too (ZeRO-3 `hf-robust cat`, fresh-clone `make test`, 2026-12-05). Does nothing elsewhere (e.g. in the pytest
+    process itself).
     """
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    initialized = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if initialized:
         torch.distributed.barrier()
+    if initialized or os.environ.get(RESULT_DIR_VARIABLE):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)

@@ -93,7 +93,8 @@ def test_save_rank_result_outside_a_launched_run_is_rejected(monkeypatch):
         save_rank_result({"value": 1})
 
 
-def test_finish_distributed_without_a_process_group_does_nothing():
+def test_finish_distributed_outside_a_launched_run_does_nothing(monkeypatch):
+    monkeypatch.delenv("HF_ROBUST_RESULT_DIR", raising=False)
     finish_distributed()
 
 

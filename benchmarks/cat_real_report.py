@@ -98,7 +98,9 @@ def table(record: dict) -> str:
             mean, rate = statistics.fmean(values), key.endswith(("asr", "refusal", "refusal_extended"))
             spread = statistics.stdev(values) if len(values) > 1 else None
             spread = "" if spread is None else f" ± {spread:.0%}" if rate else f" ± {spread:.2f}"
-            cells.append(f"{mean:.0%}{spread}" if rate else f"{mean:.2f}{spread}")
+            # a column measured on fewer seeds than its row says so, rather than pass for the row's mean
+            partial = f" ({len(values)} of {len(runs)} seeds)" if len(values) < len(runs) else ""
+            cells.append((f"{mean:.0%}{spread}" if rate else f"{mean:.2f}{spread}") + partial)
         lines.append(f"| {variant} ({len(runs)} seed{'s' if len(runs) > 1 else ''}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

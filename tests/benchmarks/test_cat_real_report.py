@@ -32,6 +32,7 @@ def test_table_gives_mean_and_spread_over_seeds_and_a_dash_for_what_a_model_lack
     assert "0.50 ± 0.00 |" in rows["| cat (2 seeds)"]  # the NLL's in nats
     assert rows["| base (1 seed)"].count("–") == 14  # only clean refusal measured for it
     extended = cat_real_report.table(record({"0": {"cat": {**measured(0.25), "clean_refusal_extended": 0.5}}}))
+    assert "(1 of 2 seeds)" not in rows["| cat (2 seeds)"]  # every column of that row has both seeds
     assert "| cat (1 seed) | 100% | 50% |" in extended  # the extended judge's rates are rates too
 
 
@@ -60,3 +61,10 @@ def test_markdown_gives_the_strong_attack_steps_each_model_needs():
     assert cat_real_report.steps_to_reach([0.0, 0.4], 0.5) is None
     assert "cat 3 / never" in cat_real_report.budget_description(
         record({"0": {"cat": {**slow, "strong_budget": [0.0, 0.0, 0.2, 0.5, 0.8]}}}))
+
+
+def test_a_column_measured_on_fewer_seeds_than_its_row_says_how_many():
+    table = cat_real_report.table(record({"0": {"cat": {**measured(0.25), "gcg_asr": 0.0}},
+                                          "1": {"cat": measured(0.75)}}))
+    row = next(line for line in table.splitlines() if line.startswith("| cat (2 seeds)"))
+    assert "| 0% (1 of 2 seeds) |" in row and "50% ± 35% |" in row

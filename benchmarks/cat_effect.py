@@ -105,6 +105,9 @@ def main():
     parser.add_argument("--eps", type=float, default=0.1, help="smollm2: relative training attack budget")
     parser.add_argument("--attack-steps", dest="attack_steps", type=int, default=10,
                         help="smollm2: Adam steps of the training attack (the evaluation's strong attack takes 100)")
+    parser.add_argument("--attack-init", dest="attack_init", choices=["zero", "uniform"], default="zero",
+                        help="smollm2: the training attack's start: zero, or uniform in the ball (a fresh draw every "
+                        "step, as in Madry et al.'s PGD training; the evaluation attacks start at zero)")
     parser.add_argument("--eval-preset", dest="eval_preset", default="strong",
                         help="tiny: evaluation attack preset of the before/after numbers (hf_robust.evaluation."
                         "presets); smollm2 always measures with 'strong' (the targets are read there)")
@@ -140,6 +143,8 @@ def main():
         parser.error(f"--paper-mix is --data-mix paper: it contradicts --data-mix {options.data_mix}")
     if options.model == "tiny" and options.data_mix not in (None, "paper"):
         parser.error(f"--data-mix {options.data_mix}: --model tiny has the toy task's mix (--paper-mix or not)")
+    if options.model == "tiny" and options.attack_init != "zero":
+        parser.error(f"--attack-init {options.attack_init}: --model tiny has the toy task's training attack")
     options.paper_mix = options.paper_mix or options.data_mix == "paper"
     if options.model == "smollm2" and options.eval_preset != "strong":
         parser.error(f"--eval-preset {options.eval_preset!r}: --model smollm2 measures every model with 'strong' "

@@ -272,6 +272,8 @@ def run(options) -> dict:
     training_attack = {"attack_eps": options.eps, "attack_eps_mode": "relative",
                        "attack_steps": options.attack_steps,
                        "attack_step_size": 0.1, "attack_step_mode": "relative", "attack_optimizer": "adam"}
+    if getattr(options, "attack_init", "zero") != "zero":  # (kept out of the dict at its default: the earlier
+        training_attack["attack_init"] = options.attack_init  # records, which have no key, stay resumable)
     # the strong yardstick is fixed here, so a training attack that outgrows it is the arguments' fault
     require_at_least_as_strong("strong", AttackArguments(**training_attack).attack_config(),
                                "--eps/--attack-steps against the evaluation preset")

@@ -32,6 +32,8 @@ def training_attack_preset(training_attack: dict):
     from hf_robust.evaluation.presets import AttackPreset
 
     config = AttackArguments(**training_attack).attack_config()
+    if config.init == "uniform" and config.seed is None:  # training draws afresh; the measurement is reproducible
+        config = dataclasses.replace(config, seed=0)
     return AttackPreset("training-attack", "embedding", dataclasses.asdict(config),
                         "The benchmark's training attack itself (as strong as training, no stronger).")
 

@@ -256,6 +256,22 @@ def test_the_record_keeps_the_training_attack_steps_asked_for(tmp_path, stand_in
     assert recorded(tmp_path)["training_attack"]["attack_steps"] == 30
 
 
+def test_a_uniform_training_attack_start_is_recorded_and_trained_with_while_zero_stays_out_of_the_record(
+        tmp_path, stand_ins, monkeypatch):
+    attacks = []
+    train_variant = cat_real.train_variant
+    monkeypatch.setattr(cat_real, "train_variant", lambda *arguments: attacks.append(arguments[7])
+                        or train_variant(*arguments))
+    cat_real.run(options(tmp_path, variants=["cat"], attack_init="uniform"))
+    assert recorded(tmp_path)["training_attack"]["attack_init"] == "uniform"
+    assert attacks == [recorded(tmp_path)["training_attack"]]
+    assert "fresh uniform start" in (tmp_path / "results" / "cat_cpu.md").read_text()
+    shutil.rmtree(tmp_path / "results")
+    cat_real.run(options(tmp_path, variants=["cat"], attack_init="zero"))  # the earlier records' dict, unchanged
+    assert "attack_init" not in recorded(tmp_path)["training_attack"]
+    assert "uniform" not in (tmp_path / "results" / "cat_cpu.md").read_text()
+
+
 def test_the_data_mix_is_recorded_and_an_older_record_without_it_resumes_as_control_rows(tmp_path, stand_ins):
     cat_real.run(options(tmp_path, variants=["control"]))
     assert recorded(tmp_path)["data_mix"] == "control-rows" and stand_ins["mixes"] == ["control-rows"]

@@ -36,6 +36,13 @@ def test_the_training_attack_column_runs_exactly_the_training_attack():
     assert not at_least_as_strong(preset, AttackArguments(**{**TRAINING_ATTACK, "attack_steps": 11}).attack_config())
 
 
+def test_a_uniform_training_attack_is_measured_from_a_seeded_start():
+    preset = cat_real_measure.training_attack_preset({**TRAINING_ATTACK, "attack_init": "uniform"})
+    assert preset.config.init == "uniform" and preset.config.seed == 0  # the same number on a rerun
+    seeded = cat_real_measure.training_attack_preset({**TRAINING_ATTACK, "attack_init": "uniform", "attack_seed": 3})
+    assert seeded.config.seed == 3
+
+
 def test_the_training_attack_is_measured_on_a_tiny_model():
     from hf_robust.testing import tiny_causal_lm
 

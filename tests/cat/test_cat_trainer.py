@@ -289,6 +289,21 @@ def test_perturbation_stays_in_the_ball_on_prompt_positions_only(tmp_path, monke
     assert attacks[0].losses[-1] < attacks[0].losses[0]
 
 
+def test_a_uniform_start_is_drawn_afresh_every_step_inside_the_ball(tmp_path, monkeypatch):
+    # attack_steps=0: the returned delta is the start itself (Madry et al.'s random start, one draw per step)
+    trainer = make_trainer(tmp_path, adversarial_fraction=1.0, attack_steps=0, attack_init="uniform")
+    batch = collate(trainer, 2, 0)
+    attacks = record_attacks(monkeypatch)
+    trainer.compute_loss(trainer.model, batch)
+    trainer.compute_loss(trainer.model, batch)
+    radius = perturbation_radius(trainer.model.get_input_embeddings().weight, 0.5)
+    prompt = (batch["attention_mask"] == 1) & (batch["labels"] == IGNORE_INDEX)
+    for attack in attacks:
+        assert float(attack.delta.norm(dim=-1).max()) <= radius * (1 + 1e-5)
+        assert torch.count_nonzero(attack.delta[prompt].norm(dim=-1)) == int(prompt.sum())
+    assert not torch.equal(attacks[0].delta, attacks[1].delta)
+
+
 def test_a_batch_without_adversarial_rows_is_the_utility_loss_without_attack(tmp_path, monkeypatch):
     trainer = make_trainer(tmp_path, adversarial_fraction=0.5)
     batch = collate(trainer, 0, 3)

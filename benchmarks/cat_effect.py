@@ -105,6 +105,9 @@ def main():
     parser.add_argument("--eps", type=float, default=0.1, help="smollm2: relative training attack budget")
     parser.add_argument("--attack-steps", dest="attack_steps", type=int, default=10,
                         help="smollm2: Adam steps of the training attack (the evaluation's strong attack takes 100)")
+    parser.add_argument("--attack-step-size", dest="attack_step_size", type=float, default=0.1,
+                        help="smollm2: the training attack's Adam step, relative to the radius (the strong evaluation "
+                        "attack takes 0.03); > 0")
     parser.add_argument("--attack-init", dest="attack_init", choices=["zero", "uniform"], default="zero",
                         help="smollm2: the training attack's start: zero, or uniform in the ball (a fresh draw every "
                         "step, as in Madry et al.'s PGD training; the evaluation attacks start at zero)")
@@ -143,8 +146,11 @@ def main():
         parser.error(f"--paper-mix is --data-mix paper: it contradicts --data-mix {options.data_mix}")
     if options.model == "tiny" and options.data_mix not in (None, "paper"):
         parser.error(f"--data-mix {options.data_mix}: --model tiny has the toy task's mix (--paper-mix or not)")
-    if options.model == "tiny" and options.attack_init != "zero":
-        parser.error(f"--attack-init {options.attack_init}: --model tiny has the toy task's training attack")
+    if options.model == "tiny" and (options.attack_init != "zero" or options.attack_step_size != 0.1):
+        parser.error(f"--attack-init {options.attack_init} / --attack-step-size {options.attack_step_size}: "
+                     "--model tiny has the toy task's training attack")
+    if not options.attack_step_size > 0:  # (also refuses nan)
+        parser.error(f"--attack-step-size must be > 0, got {options.attack_step_size}")
     options.paper_mix = options.paper_mix or options.data_mix == "paper"
     if options.model == "smollm2" and options.eval_preset != "strong":
         parser.error(f"--eval-preset {options.eval_preset!r}: --model smollm2 measures every model with 'strong' "

@@ -271,7 +271,8 @@ def run(options) -> dict:
     mix = getattr(options, "data_mix", None) or ("paper" if getattr(options, "paper_mix", False) else "control-rows")
     training_attack = {"attack_eps": options.eps, "attack_eps_mode": "relative",
                        "attack_steps": options.attack_steps,
-                       "attack_step_size": 0.1, "attack_step_mode": "relative", "attack_optimizer": "adam"}
+                       "attack_step_size": getattr(options, "attack_step_size", 0.1), "attack_step_mode": "relative",
+                       "attack_optimizer": "adam"}
     if getattr(options, "attack_init", "zero") != "zero":  # (kept out of the dict at its default: the earlier
         training_attack["attack_init"] = options.attack_init  # records, which have no key, stay resumable)
     # the strong yardstick is fixed here, so a training attack that outgrows it is the arguments' fault

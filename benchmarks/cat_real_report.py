@@ -150,6 +150,7 @@ def write_markdown(record: dict, path: Path) -> None:
     machines = sorted({run.get("machine", record["machine"]) for run in runs})
     targets = "; ".join(f"{name} {target}" for name, target in record["targets"].items())
     evaluation, attack = record["evaluation"], record["training_attack"]
+    start = ", each from a fresh uniform start in the ball" if attack.get("attack_init") == "uniform" else ""
     first = next(iter(record["seeds"]), None)  # the base model is measured once, with the first seed
     # The models asked for (`--variants`; a record from before that was kept: all but, under the paper mix, CAPO,
     # whose data does not depend on the mix, see `data_description`).
@@ -165,7 +166,7 @@ def write_markdown(record: dict, path: Path) -> None:
         f"AdvBench-train refusals and self-distilled benign answers, merged; then control SFT, CAT and CAPO, "
         f"{record['steps']['variants']} steps each from that checkpoint on the same data (training attack: eps "
         f"{attack['attack_eps']} {attack['attack_eps_mode']}, {attack['attack_steps']} {attack['attack_optimizer']} "
-        f"steps{', each from a fresh uniform start in the ball' if attack.get('attack_init') == 'uniform' else ''}). "
+        f"steps of {attack['attack_step_size']} x radius{start}). "
         f"Measured on {evaluation['held_out_behaviours']} held-out behaviours (strong embedding attack "
         f"`{evaluation['strong']['name']}`; GCG `{evaluation['gcg']['name']}` on the first "
         f"{evaluation['gcg_behaviours']} or, where a model's JSON says so, its `gcg_behaviours`) and "

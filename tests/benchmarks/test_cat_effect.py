@@ -22,6 +22,9 @@ def test_smollm2_refuses_an_evaluation_preset_it_would_not_use(monkeypatch, caps
     (["--model", "smollm2", "--paper-mix", "--data-mix", "paper-refusals"], "contradicts --data-mix paper-refusals"),
     (["--model", "tiny", "--data-mix", "control-rows"], "--model tiny has the toy task's mix"),
     (["--model", "tiny", "--attack-init", "uniform"], "--model tiny has the toy task's training attack"),
+    (["--model", "tiny", "--attack-step-size", "0.03"], "--model tiny has the toy task's training attack"),
+    (["--model", "smollm2", "--attack-step-size", "0"], "--attack-step-size must be > 0, got 0.0"),
+    (["--model", "smollm2", "--attack-step-size", "nan"], "--attack-step-size must be > 0, got nan"),
 ])
 def test_data_mixes_that_contradict_or_do_not_apply_are_refused(monkeypatch, capsys, arguments, message):
     monkeypatch.setattr(sys, "argv", ["cat_effect.py", *arguments])

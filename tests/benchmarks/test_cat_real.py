@@ -251,9 +251,10 @@ def test_a_training_attack_stronger_than_the_strong_yardstick_is_refused_before_
     assert not (tmp_path / "results").exists() and stand_ins["trained"] == stand_ins["measured"] == []
 
 
-def test_the_record_keeps_the_training_attack_steps_asked_for(tmp_path, stand_ins):
-    cat_real.run(options(tmp_path, variants=["cat"], attack_steps=30))
-    assert recorded(tmp_path)["training_attack"]["attack_steps"] == 30
+def test_the_record_keeps_the_training_attack_steps_and_step_size_asked_for(tmp_path, stand_ins):
+    cat_real.run(options(tmp_path, variants=["cat"], attack_steps=30, attack_step_size=0.03))
+    attack = recorded(tmp_path)["training_attack"]
+    assert attack["attack_steps"] == 30 and attack["attack_step_size"] == 0.03
 
 
 def test_a_uniform_training_attack_start_is_recorded_and_trained_with_while_zero_stays_out_of_the_record(

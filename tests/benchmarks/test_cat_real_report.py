@@ -12,7 +12,7 @@ def record(seeds: dict) -> dict:
     return {"model": "SmolLM2", "machine": "machine A", "data_mix": "paper", "seeds": seeds,
             "steps": {"safety": 3, "variants": 2}, "lora": {"r": 16},
             "training_attack": {"attack_eps": 0.1, "attack_eps_mode": "relative", "attack_steps": 10,
-                                "attack_optimizer": "adam"},
+                                "attack_step_size": 0.1, "attack_optimizer": "adam"},
             "evaluation": {"held_out_behaviours": "4 of advbench", "strong": {"name": "strong"},
                            "gcg": {"name": "gcg-cpu"}, "gcg_behaviours": 2, "benign_test": "3 of builtin",
                            "judge": "refusal-substrings-gcg v1"},
@@ -42,6 +42,7 @@ def test_markdown_names_the_models_not_measured_and_the_data_each_trained_on(tmp
     text = path.read_text()
     assert "Not measured yet (seed 0: safety-tuned, cat)" in text  # CAPO: the same model under either mix
     assert "`--paper-mix`" in text and "Targets: CAT strong ASR <= 50% of control's." in text
+    assert "eps 0.1 relative, 10 adam steps of 0.1 x radius)" in text  # the training attack, step size included
     control_rows = {**record({"0": {"base": {}, "control": measured(1.0)}}), "data_mix": "control-rows"}
     cat_real_report.write_markdown(control_rows, path)
     assert "Not measured yet (seed 0: safety-tuned, cat, capo)" in path.read_text()

@@ -94,7 +94,7 @@ class CAPOTrainer(DPOTrainer):
             args = CAPOConfig(f"{name.rstrip('/').split('/')[-1]}-CAPO")
         if not isinstance(args, CAPOConfig):
             raise TypeError(f"`args` must be a CAPOConfig, got {type(args).__name__}.")
-        self.attack = args.attack_config()
+        self.attack, self._attacks_run = args.attack_config(), 0  # (the count seeds uniform starts)
         super().__init__(
             model, ref_model=ref_model, args=args, data_collator=data_collator, train_dataset=train_dataset,
             eval_dataset=eval_dataset, processing_class=processing_class, compute_metrics=compute_metrics,
@@ -133,8 +133,10 @@ class CAPOTrainer(DPOTrainer):
         completion_mask = inputs["completion_mask"]
         rejected = slice(input_ids.shape[0] // 2, None)
         labels = input_ids[rejected].masked_fill(completion_mask[rejected] == 0, IGNORE_INDEX)
+        self._attacks_run += 1
+        attack = self.args.attack_config_for_call(self._attacks_run, self.accelerator.process_index)
         result = embedding_attack(
-            self.accelerator.unwrap_model(model), input_ids[rejected], attention_mask[rejected], labels, self.attack
+            self.accelerator.unwrap_model(model), input_ids[rejected], attention_mask[rejected], labels, attack
         )
         mask = (attention_mask[rejected] == 1) & (labels == IGNORE_INDEX)
         return shared_prompt_delta(result.delta, completion_mask, attention_mask), result, mask

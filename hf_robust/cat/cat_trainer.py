@@ -202,7 +202,7 @@ class CATTrainer(SFTTrainer):
             optimizers=optimizers,
             peft_config=peft_config,
         )
-        self.attack = args.attack_config()
+        self.attack, self._attacks_run = args.attack_config(), 0  # (the count seeds uniform starts)
         self.data_collator = CATDataCollator(pad_token_id=self._tokenizer.pad_token_id)
         self.train_dataset = self._mix(adversarial_dataset, self.train_dataset)
         self._window_counts = None
@@ -304,7 +304,9 @@ class CATTrainer(SFTTrainer):
             away = [tensor[adversarial] for tensor in (input_ids, attention_mask, labels)]
             # The attack needs gradients w.r.t. delta also under evaluation's no_grad.
             with torch.enable_grad():
-                result = embedding_attack(unwrapped, *away, self.attack)
+                self._attacks_run += 1
+                attack = self.args.attack_config_for_call(self._attacks_run, self.accelerator.process_index)
+                result = embedding_attack(unwrapped, *away, attack)
             toward = [inputs[f"refusal_{key}"][adversarial] for key in ("input_ids", "attention_mask", "labels")]
             parts.append((*away, result.delta))
             parts.append((*toward, _align_perturbation(result.delta, toward[1], toward[2])))

@@ -302,6 +302,11 @@ def test_a_uniform_start_is_drawn_afresh_every_step_inside_the_ball(tmp_path, mo
         assert float(attack.delta.norm(dim=-1).max()) <= radius * (1 + 1e-5)
         assert torch.count_nonzero(attack.delta[prompt].norm(dim=-1)) == int(prompt.sum())
     assert not torch.equal(attacks[0].delta, attacks[1].delta)
+    # seeded from TrainingArguments.seed: a second trainer with the same seed draws the same starts
+    again = make_trainer(tmp_path, adversarial_fraction=1.0, attack_steps=0, attack_init="uniform")
+    again.compute_loss(again.model, batch)
+    again.compute_loss(again.model, batch)
+    assert all(torch.equal(first.delta, second.delta) for first, second in zip(attacks[:2], attacks[2:]))
 
 
 def test_a_batch_without_adversarial_rows_is_the_utility_loss_without_attack(tmp_path, monkeypatch):

@@ -7,6 +7,8 @@ text encoder all run this loop with their own objective. Gradients are taken wit
 to `delta` only, so no parameter `.grad` is created or changed.
 """
 
+import dataclasses
+import hashlib
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -97,6 +99,15 @@ class PGDConfig:
         _check_choice("init", self.init, ("zero", "uniform"))
         if self.seed is not None and (not is_integer(self.seed) or self.seed < 0):
             raise ValueError(f"`seed` must be None or an integer >= 0, got {self.seed!r}.")
+
+    def seeded_for_call(self, seed: int, process_index: int, call: int):
+        """This config for a trainer's `call`-th attack on process `process_index` of a run seeded `seed`: a uniform
+        start without a `seed` gets one drawn from (seed, process, call), fresh at every attack and the same on a
+        rerun (an OS-seeded start would make the run unrepeatable). Zero starts and fixed seeds are returned as is."""
+        if self.init != "uniform" or self.seed is not None:
+            return self
+        digest = hashlib.sha256(f"{seed}/{process_index}/{call}".encode()).digest()
+        return dataclasses.replace(self, seed=int.from_bytes(digest[:8], "little") >> 1)
 
 
 @dataclass

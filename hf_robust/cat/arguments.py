@@ -5,8 +5,6 @@ set them like any other training argument; `attack_config()` turns them into the
 shared attack core, which validates them.
 """
 
-import dataclasses
-import hashlib
 import textwrap
 from dataclasses import dataclass, field
 
@@ -67,12 +65,8 @@ class AttackArguments:
     def attack_config_for_call(self, call: int, process_index: int) -> EmbeddingAttackConfig:
         """`attack_config()` for a trainer's `call`-th attack on process `process_index`: a uniform start without
         `attack_seed` gets a seed drawn from (`seed`, process, call), fresh at every attack and the same on a rerun."""
-        config = self.attack_config()
-        if config.init != "uniform" or config.seed is not None:
-            return config
-        seed = getattr(self, "seed", 0)  # TrainingArguments.seed in CATConfig / CAPOConfig
-        digest = hashlib.sha256(f"{seed}/{process_index}/{call}".encode()).digest()
-        return dataclasses.replace(config, seed=int.from_bytes(digest[:8], "little") >> 1)
+        # TrainingArguments.seed in CATConfig / CAPOConfig
+        return self.attack_config().seeded_for_call(getattr(self, "seed", 0), process_index, call)
 
     def attack_config(self) -> EmbeddingAttackConfig:
         """The targeted `EmbeddingAttackConfig` these fields describe (raises ValueError naming a bad field)."""

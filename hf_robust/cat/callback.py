@@ -36,8 +36,10 @@ class EmbeddingAdversaryCallback(TrainerCallback):
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset,
                              callbacks=[EmbeddingAdversaryCallback(EmbeddingAttackConfig(targeted=False))])
 
-    A training forward without `labels` raises ValueError (the attack would silently not run), and a training whose
-    steps ran no attack at all raises RuntimeError at `on_train_end`.
+    A uniform start without `config.seed` is drawn afresh at every attack, seeded from the training `seed`, the
+    process and the attack's count, so a run repeats. A training forward without `labels` raises ValueError (the
+    attack would silently not run), and a training whose steps ran no attack at all raises RuntimeError at
+    `on_train_end`.
 
     Args:
         config: Attack settings; `targeted` must be False. Defaults to `EmbeddingAttackConfig(targeted=False)`.
@@ -62,6 +64,7 @@ class EmbeddingAdversaryCallback(TrainerCallback):
         self.attack_count = 0
         self._model = None
         self._start_step = 0
+        self._run_seed = (0, 0)
         self._handle = None
         self._delta = None
         self._attacking = False
@@ -75,6 +78,8 @@ class EmbeddingAdversaryCallback(TrainerCallback):
         self._model = model
         self.attack_count = 0
         self._start_step = 0 if state is None else state.global_step
+        # Seeds a uniform start that has no seed of its own.
+        self._run_seed = (0, 0) if args is None else (args.seed, args.process_index)
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._install()
@@ -153,7 +158,8 @@ class EmbeddingAdversaryCallback(TrainerCallback):
             return
         self._attacking = True
         try:
-            result = embedding_attack(module, input_ids, attention_mask, labels, self.config)
+            config = self.config.seeded_for_call(*self._run_seed, self.attack_count)
+            result = embedding_attack(module, input_ids, attention_mask, labels, config)
         finally:
             self._attacking = False
         self.last_result = result

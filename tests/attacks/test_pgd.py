@@ -101,3 +101,13 @@ def test_pgd_unbounded_radius_bad_inputs():
     with pytest.raises(ValueError, match="`optimizer`"):
         PGDConfig(optimizer="adam_sign")
 
+
+
+def test_a_uniform_start_without_a_seed_is_seeded_per_run_process_and_call():
+    uniform = PGDConfig(init="uniform")
+    seeds = {uniform.seeded_for_call(0, process, call).seed for process in (0, 1) for call in (0, 1)}
+    assert len(seeds) == 4 and all(isinstance(seed, int) and seed >= 0 for seed in seeds)
+    assert uniform.seeded_for_call(0, 1, 1) == uniform.seeded_for_call(0, 1, 1)  # the same on a rerun
+    assert uniform.seeded_for_call(5, 1, 1).seed not in seeds
+    assert PGDConfig(init="uniform", seed=3).seeded_for_call(0, 0, 0).seed == 3
+    assert PGDConfig(init="zero").seeded_for_call(0, 0, 0) == PGDConfig(init="zero")

@@ -7,6 +7,7 @@ from trl import SFTConfig, SFTTrainer
 
 from hf_robust.attacks import EmbeddingAttackConfig, perturbation_radius
 from hf_robust.cat import EmbeddingAdversaryCallback
+from hf_robust.cat import callback as callback_module
 from hf_robust.testing import tiny_causal_lm
 
 PAIRS = [
@@ -219,3 +220,33 @@ def test_a_training_without_any_attack_is_an_error_at_train_end(tmp_path):
     ):
         trainer.train()
     assert hooks(trainer.model) == clean
+
+
+def test_a_uniform_start_without_a_seed_is_fresh_at_every_attack_and_the_same_on_a_rerun(tmp_path):
+    attack = callback_module.embedding_attack
+
+    def run(name, seed):
+        starts = []
+
+        def recording_attack(model, input_ids, attention_mask, labels, config):
+            result = attack(model, input_ids, attention_mask, labels, config)
+            starts.append((config.seed, result.delta.clone()))  # steps=0: delta is the uniform start itself
+            return result
+
+        config = EmbeddingAttackConfig(eps=1.0, steps=0, init="uniform", targeted=False)
+        trainer = train(tmp_path / name, [EmbeddingAdversaryCallback(config)], seed=seed)
+        with mock.patch.object(callback_module, "embedding_attack", recording_attack):
+            parameters = final_parameters(trainer)
+        return starts, parameters
+
+    starts, parameters = run("first", seed=0)
+    rerun_starts, rerun_parameters = run("rerun", seed=0)
+    other_starts, _ = run("other", seed=1)
+    assert len(starts) == 2 and starts[0][0] != starts[1][0]  # a fresh start at every attack
+    assert not torch.equal(starts[0][1][..., :1, :], starts[1][1][..., :1, :])
+    assert [seed for seed, _ in rerun_starts] == [seed for seed, _ in starts]
+    for (_, delta), (_, rerun_delta) in zip(starts, rerun_starts):
+        torch.testing.assert_close(rerun_delta, delta, rtol=0, atol=0)
+    for name in parameters:
+        torch.testing.assert_close(rerun_parameters[name], parameters[name], rtol=0, atol=0, msg=name)
+    assert {seed for seed, _ in other_starts}.isdisjoint(seed for seed, _ in starts)

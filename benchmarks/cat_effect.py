@@ -119,10 +119,11 @@ def main():
                         help="tiny: utility rows are the allowed requests only (no clean refusals), as in the paper; "
                         "smollm2: control and CAT rows harmful with probability 0.125, else benign (the reference "
                         "code's mixing), instead of the control's rows and CAT fraction 0.5")
-    parser.add_argument("--data-mix", dest="data_mix", choices=["control-rows", "paper", "paper-refusals"],
-                        default=None, help="smollm2: how control and CAT rows are drawn (benchmarks/cat_real.py "
-                        "DATA_MIXES); 'paper' is --paper-mix, 'paper-refusals' adds the control's clean refusals to "
-                        "CAT's utility rows; default control-rows")
+    parser.add_argument("--data-mix", dest="data_mix",
+                        choices=["control-rows", "paper", "paper-refusals", "paper-quarter"], default=None,
+                        help="smollm2: how control and CAT rows are drawn (benchmarks/cat_real.py DATA_MIXES); "
+                        "'paper' is --paper-mix, 'paper-refusals' adds the control's clean refusals to CAT's utility "
+                        "rows, 'paper-quarter' is 'paper' with twice the harmful share (0.25); default control-rows")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="smollm2: seeds, one full run each")
     parser.add_argument("--safety-steps", dest="safety_steps", type=int, default=60, help="smollm2: safety tuning")

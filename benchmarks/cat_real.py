@@ -42,8 +42,10 @@ DECODING = {"max_new_tokens": 64, "do_sample": False}
 # (a refusal for the control) with probability 0.125, else a benign answer: the reference code's mixing (12.5%
 # harmful, 87.5% UltraChat), with the same rows for both. "paper-refusals": as "paper", but CAT's utility rows are the
 # control's rows (12.5% clean refusals), so that CAT also sees harmful requests unperturbed: under "paper" it sees
-# them only under attack, and its clean refusal fell in long runs. CAPO trains on its pairs alone in every mix.
-DATA_MIXES = {"control-rows": 0.5, "paper": 0.125, "paper-refusals": 0.125}
+# them only under attack, and its clean refusal fell in long runs. "paper-quarter": as "paper" with probability 0.25
+# (about 2 adversarial rows in a batch of 8, twice the reference's share; the control gets as many refusals). CAPO
+# trains on its pairs alone in every mix.
+DATA_MIXES = {"control-rows": 0.5, "paper": 0.125, "paper-refusals": 0.125, "paper-quarter": 0.25}
 
 
 def refusal_for(prompt: str) -> str:
@@ -113,7 +115,7 @@ def training_data(variant: str, mix: str, adversarial, benign: dict[str, str], s
     refusals = Dataset.from_list([chat(r["prompt"], refusal_for(r["prompt"])) for r in adversarial])
     utility = Dataset.from_list([chat(p, a) for p, a in benign.items()])
     fraction = DATA_MIXES[mix]
-    if mix in ("paper", "paper-refusals"):
+    if mix != "control-rows":
         control_rows = interleave_datasets([refusals, utility], probabilities=[fraction, 1 - fraction], seed=seed,
                                            stopping_strategy="all_exhausted")
     else:
@@ -125,7 +127,7 @@ def training_data(variant: str, mix: str, adversarial, benign: dict[str, str], s
                                                "refusal": refusal_for(r["prompt"])} for r in adversarial])
         # (the first records' orders: each mix's utility rows shuffled as they were then)
         rows = {"paper": utility, "control-rows": concatenate_datasets([utility, refusals]),
-                "paper-refusals": control_rows}[mix]
+                "paper-refusals": control_rows, "paper-quarter": utility}[mix]
         return {"adversarial": adversarial_rows, "utility": rows.shuffle(seed), "adversarial_fraction": fraction}
     if variant == "capo":
         pairs = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],

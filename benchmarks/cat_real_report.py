@@ -126,6 +126,11 @@ def data_description(mix: str) -> str:
                 "for CAT toward its refusal and away from its affirmative target, under the training attack); CAT's "
                 "other rows are the control's rows (self-distilled benign answers, 12.5% of them clean refusals), so "
                 "CAT also sees harmful requests unperturbed. CAPO: its pairs alone, as in every mix.")
+    if mix == "paper-quarter":
+        return ("Rows per model (`--data-mix paper-quarter`): as the reference code's mixing, but the control and CAT "
+                "draw each row harmful with probability 0.25, twice the reference's 0.125 (an AdvBench-train prompt: "
+                "a refusal for the control; for CAT toward its refusal and away from its affirmative target, under "
+                "the training attack), else a self-distilled benign answer. CAPO: its pairs alone, as in every mix.")
     if mix == "paper":
         return ("Rows per model (`--paper-mix`, the reference code's mixing): the control and CAT draw each row "
                 "harmful with probability 0.125 (an AdvBench-train prompt: a refusal for the control; for CAT toward "

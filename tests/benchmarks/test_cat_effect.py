@@ -43,3 +43,16 @@ def test_data_mix_paper_is_the_paper_mix_flag(monkeypatch):
     monkeypatch.setattr(sys.stdout, "reconfigure", lambda **kwargs: None, raising=False)
     cat_effect.main()
     assert seen[0].paper_mix and seen[0].data_mix == "paper"
+
+
+def test_every_data_mix_of_the_benchmark_is_a_choice_of_the_command(monkeypatch):
+    import cat_real
+
+    seen = []
+    monkeypatch.setattr(cat_effect, "smollm2", seen.append)
+    monkeypatch.setattr("torch.set_num_threads", lambda threads: None)
+    monkeypatch.setattr(sys.stdout, "reconfigure", lambda **kwargs: None, raising=False)
+    for mix in cat_real.DATA_MIXES:
+        monkeypatch.setattr(sys, "argv", ["cat_effect.py", "--model", "smollm2", "--data-mix", mix])
+        cat_effect.main()
+    assert [options.data_mix for options in seen] == list(cat_real.DATA_MIXES)

@@ -341,3 +341,19 @@ def test_the_data_mix_option_reaches_the_record(tmp_path, stand_ins):
     record = recorded(tmp_path)
     assert record["data_mix"] == "paper-refusals" and stand_ins["mixes"] == ["paper-refusals"]
     assert "`--data-mix paper-refusals`" in (tmp_path / "results" / "cat_cpu.md").read_text()
+
+
+def test_paper_quarter_mix_doubles_the_harmful_share_of_control_and_cat(rows):
+    adversarial, benign = rows
+    control = cat_real.training_data("control", "paper-quarter", adversarial, benign, seed=0)["rows"]
+    paper = cat_real.training_data("control", "paper", adversarial, benign, seed=0)["rows"]
+    cat = cat_real.training_data("cat", "paper-quarter", adversarial, benign, seed=0)
+    assert cat["adversarial_fraction"] == 0.25 and refusal_share(cat["utility"]) == 0
+    assert len(cat["utility"]) == len(benign)
+    assert 0.15 < refusal_share(control) < 0.35 and refusal_share(control) > refusal_share(paper)
+
+
+def test_the_quarter_mix_reaches_the_record_and_its_description(tmp_path, stand_ins):
+    cat_real.run(options(tmp_path, variants=["control"], data_mix="paper-quarter"))
+    assert recorded(tmp_path)["data_mix"] == "paper-quarter" and stand_ins["mixes"] == ["paper-quarter"]
+    assert "probability 0.25" in (tmp_path / "results" / "cat_cpu.md").read_text()

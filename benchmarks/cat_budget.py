@@ -20,7 +20,7 @@ from hf_robust.cat.arguments import AttackArguments
 from hf_robust.evaluation.presets import require_at_least_as_strong
 
 sys.path.insert(0, str(Path(__file__).parent))
-from cat_real import RESUMED_SETTINGS  # noqa: E402
+from cat_real_record import RESUMED_SETTINGS  # noqa: E402
 from cat_real_report import steps_to_reach  # noqa: E402
 
 # Settings that may differ between the records compared (everything else must agree; of "steps", the safety tuning's).

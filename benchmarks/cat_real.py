@@ -30,6 +30,7 @@ from cat_real_measure import (
     measure_training_attack,
     rejudge,
 )
+from cat_real_record import keep_if_same_checkpoint, on_gpu, stage, start_record, weights_digest
 from cat_real_report import VARIANTS, plot, write_markdown
 
 RESULTS = Path(__file__).parent / "results"
@@ -76,12 +77,6 @@ def base_answers(model, tokenizer, prompts: list[str], path: Path) -> dict[str, 
     tokenizer.padding_side = side
     path.write_text(json.dumps(cached, indent=1))
     return {prompt: cached["answers"][prompt] for prompt in prompts}
-
-
-def on_gpu() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def sft_arguments(output_dir: str, steps: int, seed: int, **extra) -> dict:
@@ -175,91 +170,6 @@ def train_variant(variant: str, folder: Path, tokenizer, adversarial, benign: di
     return trainer.model.merge_and_unload().eval(), seconds / steps
 
 
-# Settings a resumed record must share with the run that resumes it (else its stages would not be comparable).
-RESUMED_SETTINGS = ("model", "training_attack", "evaluation", "steps", "lora", "data_mix")
-# What a record written before a setting existed was run with.
-SETTING_DEFAULTS = {"data_mix": "control-rows"}
-
-
-def _comparable(key: str, value):
-    """A setting as a resumed record must share it: GCG's number of behaviours may grow (models measured without
-    GCG get it measured; each model records its own `gcg_behaviours`)."""
-    return {**value, "gcg_behaviours": None} if key == "evaluation" else value
-
-
-def start_record(options, record: dict, path: Path) -> dict:
-    """`record` for a fresh run; with `options.resume`, the one at `path` (its settings must agree)."""
-    if not options.resume or not path.is_file():
-        return record
-    earlier = json.loads(path.read_text())
-    differing = [key for key in RESUMED_SETTINGS
-                 if _comparable(key, earlier.get(key, SETTING_DEFAULTS.get(key))) != _comparable(key, record[key])]
-    if differing:
-        raise SystemExit(f"--resume: {path} was recorded with other {differing}; rerun without --resume "
-                         "(or with another --record) to start afresh")
-    earlier.update({key: value for key, value in SETTING_DEFAULTS.items() if key not in earlier})
-    recorded_gcg = earlier["evaluation"]["gcg_behaviours"]
-    for models in earlier["seeds"].values():  # GCG measured before models recorded their own count
-        for measured in models.values():
-            if "gcg_asr" in measured:
-                measured.setdefault("gcg_behaviours", recorded_gcg)
-    earlier["evaluation"]["gcg_behaviours"] = max(recorded_gcg, record["evaluation"]["gcg_behaviours"])
-    return earlier
-
-
-def load_saved(folder: Path):
-    """A stage's saved model, on the GPU when there is one, in eval mode."""
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(folder).to("cuda" if on_gpu() else "cpu").eval()
-
-
-def stage(seed_record: dict, name: str, folder: Path, build, measure_model, machine: str, top_ups=None,
-          save=None) -> None:
-    """One model of the benchmark, resumable: measured already -> kept; its saved model in `folder` -> measured;
-    otherwise `build()` trains it (returns the model and seconds per step), it is saved, then measured.
-    `top_ups` = {key: measure(model) -> dict}: a model measured before `key` existed gets it measured from its saved
-    folder (else it stays without it: the table shows "–"). Of what that measures, keys the record already has are
-    kept, and a differing re-measurement is kept beside them as `{key}_rerun`. Each top-up is recorded (`save()`) as
-    it is measured, so a run cut in the middle of a model's top-ups keeps those it finished."""
-
-    if name in seed_record:
-        missing = {key: measure_missing for key, measure_missing in (top_ups or {}).items()
-                   if key not in seed_record[name]}
-        if missing and (folder / "config.json").is_file():
-            model = load_saved(folder)
-            for key, measure_missing in missing.items():
-                if key in seed_record[name]:  # measured by an earlier top-up of this stage
-                    continue
-                print(f"  {name}: measured earlier without {key}, measuring it", flush=True)
-                for measured_key, value in measure_missing(model).items():
-                    if measured_key not in seed_record[name]:
-                        seed_record[name][measured_key] = value
-                    elif seed_record[name][measured_key] != value:
-                        print(f"  {name}: {measured_key} re-measured as {value} (recorded: "
-                              f"{seed_record[name][measured_key]})", flush=True)
-                        seed_record[name][f"{measured_key}_rerun"] = value
-                seed_record[name][f"{key}_machine"] = machine
-                if save is not None:
-                    save()
-            del model
-            return
-        print(f"  {name}: measured earlier ({seed_record[name].get('machine', '?')}), kept", flush=True)
-        return
-    if (folder / "config.json").is_file() and (folder / "stage.json").is_file():
-        model = load_saved(folder)
-        trained = json.loads((folder / "stage.json").read_text())
-        print(f"  {name}: trained earlier ({trained['machine']}), measuring", flush=True)
-    else:
-        model, seconds_per_step = build()
-        model.save_pretrained(folder)
-        trained = {"seconds_per_step": seconds_per_step, "machine": machine, "date": time.strftime("%Y-%m-%d %H:%M")}
-        (folder / "stage.json").write_text(json.dumps(trained))
-    seed_record[name] = {**measure_model(model), "seconds_per_step": trained["seconds_per_step"], "machine": machine,
-                         "trained_on": trained["machine"], "measured": time.strftime("%Y-%m-%d %H:%M")}
-    del model
-
-
 def run(options) -> dict:
     """The whole benchmark; the record is rewritten after every measured model, so a cut run keeps its numbers, and
     with `--resume` (and the same `--work-dir`) a later run goes on from the first model not measured yet."""
@@ -319,16 +229,14 @@ def run(options) -> dict:
         torch.manual_seed(seed)
         work = Path(options.work_dir) / f"seed{seed}"
         seed_record = record["seeds"].setdefault(str(seed), {})
-        # Later models start from the safety-tuned checkpoint: without it, all anew, unless nothing is left to train
-        # (a seed measured whole is kept even where its saved models are gone, e.g. on a fresh clone).
+        # Later models start from the safety-tuned checkpoint: without it, it is trained again, and the models
+        # measured from the old one are kept only if the new one has its weights (`keep_if_same_checkpoint`). A seed
+        # measured whole is kept even where its saved models are gone, e.g. on a fresh clone.
         pending = [name for name in stages if name not in seed_record]
+        earlier = {}
         if pending and not (work / "safety-tuned" / "config.json").is_file():
-            dropped = [name for name in stages if name in seed_record]
-            if dropped:
-                print(f"seed {seed}: {work / 'safety-tuned'} is gone, so {dropped} are measured anew "
-                      f"(a new safety-tuned checkpoint would make {pending} incomparable with them)", flush=True)
+            earlier = {name: seed_record.pop(name) for name in stages if name in seed_record}
             for name in stages:
-                seed_record.pop(name, None)
                 shutil.rmtree(work / name, ignore_errors=True)
         model, tokenizer = load_smollm2()
         model.to("cuda" if on_gpu() else "cpu")
@@ -346,11 +254,14 @@ def run(options) -> dict:
             return safe, (time.perf_counter() - started) / options.safety_steps
 
         clean_top_up = {"clean_refusal_extended": lambda m: measure_clean(m, tokenizer, held_out, test_answers)}
+        digest_top_up = {"weights_sha256": lambda m: {"weights_sha256": weights_digest(m)}}
         gcg_top_up = {"gcg_asr": lambda m: measure_gcg(m, tokenizer, held_out, options.gcg_behaviours)} \
             if options.gcg_behaviours else {}
         stage(seed_record, "safety-tuned", work / "safety-tuned", safety,
-              lambda m: measure(m, tokenizer, held_out, test_answers, 0, strong=False), options.machine,
-              top_ups=clean_top_up, save=save)
+              lambda m: {**measure(m, tokenizer, held_out, test_answers, 0, strong=False),
+                         "weights_sha256": weights_digest(m)}, options.machine,
+              top_ups={**clean_top_up, **digest_top_up}, save=save)
+        keep_if_same_checkpoint(seed_record, earlier, seed)
         save()
         del model
         for variant in options.variants:

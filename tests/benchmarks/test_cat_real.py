@@ -12,6 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import cat_real  # noqa: E402
+import cat_real_record  # noqa: E402
 
 
 class Cut(Exception):
@@ -30,8 +31,8 @@ def stand_ins(monkeypatch):
         return tiny_causal_lm()
 
     def safety_tune(model, tokenizer, adversarial, benign, steps, seed, output_dir):
-        calls["trained"].append("safety-tuned")
-        return model
+        calls["trained"].append("safety-tuned")  # (`safety_seed`: a run whose training gives other weights)
+        return tiny_causal_lm(seed=calls["safety_seed"])[0] if "safety_seed" in calls else model
 
     def train_variant(variant, folder, tokenizer, adversarial, benign, steps, seed, training_attack, mix):
         assert (folder / "config.json").is_file()  # every variant starts from the saved safety-tuned checkpoint
@@ -204,13 +205,48 @@ def test_a_resume_with_more_gcg_behaviours_measures_gcg_on_the_models_without_it
         cat_real.run(options(tmp_path, variants=["cat"], resume=True, n_eval=3))
 
 
-def test_without_the_safety_checkpoint_every_later_model_is_trained_and_measured_again(tmp_path, stand_ins):
+def test_without_the_safety_checkpoint_one_trained_again_with_other_weights_makes_every_later_model_anew(
+        tmp_path, stand_ins, capsys):
     cat_real.run(options(tmp_path, variants=["control"]))
     (tmp_path / "work" / "seed0" / "safety-tuned" / "config.json").unlink()
-    stand_ins.update(trained=[], measured=[])
+    stand_ins.update(trained=[], measured=[], safety_seed=2)
     cat_real.run(options(tmp_path, variants=["control", "cat"], resume=True))  # cat must start from the same one
     assert stand_ins["trained"] == ["safety-tuned", "control", "cat"]
     assert len(stand_ins["measured"]) == 3  # base kept: it does not depend on the checkpoint
+    assert "differs from the recorded one, so ['control'] are measured anew" in capsys.readouterr().out
+
+
+def test_a_safety_checkpoint_trained_again_with_the_recorded_weights_keeps_the_models_measured_from_it(
+        tmp_path, stand_ins, capsys):
+    cat_real.run(options(tmp_path, variants=["control"]))
+    first = recorded(tmp_path)["seeds"]["0"]
+    assert first["safety-tuned"]["weights_sha256"] == cat_real.weights_digest(cat_real_record.load_saved(
+        tmp_path / "work" / "seed0" / "safety-tuned"))
+    shutil.rmtree(tmp_path / "work")  # a fresh clone: the record, not the models
+    stand_ins.update(trained=[], measured=[])
+    record = cat_real.run(options(tmp_path, variants=["control", "cat"], resume=True, machine="machine B"))
+    assert stand_ins["trained"] == ["safety-tuned", "cat"] and len(stand_ins["measured"]) == 2
+    models = record["seeds"]["0"]
+    assert models["control"] == first["control"]  # kept as measured, on machine A
+    assert models["safety-tuned"]["weights_sha256"] == first["safety-tuned"]["weights_sha256"]
+    assert "has the recorded weights" in capsys.readouterr().out
+
+
+def test_a_record_without_the_safety_checkpoints_digest_gets_it_from_the_saved_folder_or_measures_anew(
+        tmp_path, stand_ins):
+    cat_real.run(options(tmp_path, variants=["control"]))
+    record = recorded(tmp_path)
+    digest = record["seeds"]["0"]["safety-tuned"].pop("weights_sha256")  # measured before digests existed
+    (tmp_path / "results" / "cat_cpu.json").write_text(json.dumps(record))
+    stand_ins.update(trained=[], measured=[])
+    cat_real.run(options(tmp_path, variants=["control"], resume=True))
+    assert stand_ins["trained"] == [] and recorded(tmp_path)["seeds"]["0"]["safety-tuned"]["weights_sha256"] == digest
+    record = recorded(tmp_path)
+    del record["seeds"]["0"]["safety-tuned"]["weights_sha256"]
+    (tmp_path / "results" / "cat_cpu.json").write_text(json.dumps(record))
+    shutil.rmtree(tmp_path / "work")  # and now its folder is gone too: nothing to compare the new one with
+    cat_real.run(options(tmp_path, variants=["control", "cat"], resume=True))
+    assert stand_ins["trained"] == ["safety-tuned", "control", "cat"]
 
 
 def test_a_seed_measured_whole_is_kept_without_its_saved_models_and_base_is_measured_once(tmp_path, stand_ins):

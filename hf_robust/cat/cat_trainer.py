@@ -8,12 +8,8 @@ target on prompt + delta (pushed down), toward = the refusal on the same prompt 
 = clean SFT rows. One forward per step keeps DDP to one forward and one backward per rank, whatever the batch mix.
 """
 
-import warnings
-from dataclasses import dataclass
-from typing import Any
-
 import torch
-from datasets import Dataset, Features, Sequence, Value, interleave_datasets
+from datasets import Dataset
 from trl import SFTTrainer
 
 from ..attacks.continuous import IGNORE_INDEX, embedding_attack, embedding_hidden_size
@@ -21,51 +17,7 @@ from ..modeling import added_to_input_embeddings
 from ..sharding import SHARDED_WEIGHT_ENGINES, engine_of
 from .arguments import PAPER
 from .cat_config import CATConfig
-
-ADVERSARIAL_COLUMNS = ("prompt", "target", "refusal")
-_FEATURES = Features(
-    {
-        "input_ids": Sequence(Value("int64")),
-        "labels": Sequence(Value("int64")),
-        "refusal_input_ids": Sequence(Value("int64")),
-        "refusal_labels": Sequence(Value("int64")),
-        "adversarial": Value("bool"),
-    }
-)
-
-
-def _chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool) -> list[int]:
-    if getattr(tokenizer, "chat_template", None):
-        encoded = tokenizer.apply_chat_template(
-            messages, tokenize=True, return_dict=True, add_generation_prompt=add_generation_prompt
-        )
-        return list(encoded["input_ids"])
-    # A base model without a chat template: the plain concatenation, as trl does for non-conversational data.
-    text = "".join(message["content"] for message in messages)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def _completion_row(tokenizer, prompt: str, completion: str, max_length: int | None) -> tuple[list[int], list[int]]:
-    """Ids of the chat `prompt` + assistant `completion`, and labels that are -100 up to where the completion starts.
-
-    The completion starts where the tokenised prompt and prompt + completion diverge (trl's rule), so a template that
-    renders the prompt differently inside the conversation still gets exact labels. `max_length` keeps the start.
-    """
-    user = [{"role": "user", "content": prompt}]
-    prompt_ids = _chat_ids(tokenizer, user, add_generation_prompt=True)
-    full_ids = _chat_ids(tokenizer, [*user, {"role": "assistant", "content": completion}], add_generation_prompt=False)
-    start = 0
-    while start < min(len(prompt_ids), len(full_ids)) and prompt_ids[start] == full_ids[start]:
-        start += 1
-    labels = [IGNORE_INDEX] * start + full_ids[start:]
-    if max_length is not None:
-        full_ids, labels = full_ids[:max_length], labels[:max_length]
-    return full_ids, labels
-
-
-def _has_target(labels: list[int]) -> bool:
-    # Position 0 is never predicted by a causal LM, so a target there alone counts as truncated away.
-    return any(label != IGNORE_INDEX for label in labels[1:])
+from .cat_data import FEATURES, CATDataCollator, check_adversarial_dataset, mix_rows, tokenize_adversarial
 
 
 def away_term(cross_entropy: torch.Tensor, cutoff: float) -> torch.Tensor:
@@ -76,29 +28,6 @@ def away_term(cross_entropy: torch.Tensor, cutoff: float) -> torch.Tensor:
 def toward_term(cross_entropy: torch.Tensor, cutoff: float) -> torch.Tensor:
     """Per-row toward loss: CE, or cutoff + 0.001 CE once CE < cutoff (stop pushing a refusal that already holds)."""
     return torch.where(cross_entropy < cutoff, cutoff + 1e-3 * cross_entropy, cross_entropy)
-
-
-@dataclass
-class CATDataCollator:
-    """Pads CAT rows to the right: `input_ids`/`attention_mask`/`labels` (away rows carry the harmful target, utility
-    rows their SFT labels), `refusal_*` for the toward copies (empty for utility rows), and `adversarial` (batch,)."""
-
-    pad_token_id: int
-
-    def _pad(self, rows: list[list[int]], value: int) -> torch.Tensor:
-        length = max(1, max(len(row) for row in rows))
-        return torch.tensor([row + [value] * (length - len(row)) for row in rows], dtype=torch.long)
-
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = {}
-        for prefix in ("", "refusal_"):
-            ids = [list(example.get(f"{prefix}input_ids", [])) for example in examples]
-            batch[f"{prefix}input_ids"] = self._pad(ids, self.pad_token_id)
-            batch[f"{prefix}attention_mask"] = self._pad([[1] * len(row) for row in ids], 0)
-            batch[f"{prefix}labels"] = self._pad([list(example.get(f"{prefix}labels", [])) for example in examples],
-                                                 IGNORE_INDEX)
-        batch["adversarial"] = torch.tensor([bool(example.get("adversarial", False)) for example in examples])
-        return batch
 
 
 def _align_perturbation(delta: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -169,7 +98,7 @@ class CATTrainer(SFTTrainer):
         if not isinstance(args, CATConfig):
             raise TypeError(f"`args` must be a CATConfig, got {type(args).__name__}.")
         if args.adversarial_fraction > 0:
-            self._check_adversarial(adversarial_dataset)
+            check_adversarial_dataset(adversarial_dataset)
         if utility_dataset is None:
             if args.adversarial_fraction < 1:
                 raise ValueError(
@@ -207,67 +136,16 @@ class CATTrainer(SFTTrainer):
         self.train_dataset = self._mix(adversarial_dataset, self.train_dataset)
         self._window_counts = None
 
-    @staticmethod
-    def _check_adversarial(dataset) -> None:
-        if not isinstance(dataset, Dataset):
-            raise TypeError(
-                f"`adversarial_dataset` must be a datasets.Dataset with columns {list(ADVERSARIAL_COLUMNS)}, "
-                f"got {type(dataset).__name__}."
-            )
-        missing = [column for column in ADVERSARIAL_COLUMNS if column not in dataset.column_names]
-        if missing:
-            raise ValueError(
-                f"`adversarial_dataset` lacks column(s) {missing}; it needs string columns "
-                f"{list(ADVERSARIAL_COLUMNS)}."
-            )
-        if len(dataset) == 0:
-            raise ValueError("`adversarial_dataset` is empty.")
-        for index, row in enumerate(dataset.select_columns(list(ADVERSARIAL_COLUMNS))):
-            bad = [column for column in ADVERSARIAL_COLUMNS if not isinstance(row[column], str) or not row[column]]
-            if bad:
-                raise ValueError(f"`adversarial_dataset` row {index}: {bad} must be non-empty strings.")
-
-    def _tokenize_adversarial(self, dataset: Dataset) -> Dataset:
-        tokenizer, max_length = self._tokenizer, self.args.max_length
-
-        def tokenize(row):
-            input_ids, labels = _completion_row(tokenizer, row["prompt"], row["target"], max_length)
-            refusal_input_ids, refusal_labels = _completion_row(tokenizer, row["prompt"], row["refusal"], max_length)
-            return {"input_ids": input_ids, "labels": labels, "refusal_input_ids": refusal_input_ids,
-                    "refusal_labels": refusal_labels, "adversarial": True}
-
-        tokenized = dataset.map(tokenize, remove_columns=dataset.column_names, features=_FEATURES)
-        kept = tokenized.filter(lambda row: _has_target(row["labels"]) and _has_target(row["refusal_labels"]))
-        if len(kept) < len(tokenized):
-            warnings.warn(
-                f"CATTrainer: dropped {len(tokenized) - len(kept)} of {len(tokenized)} adversarial rows whose target "
-                f"or refusal is truncated away by max_length={max_length}.",
-                stacklevel=3,
-            )
-        if len(kept) == 0:
-            raise ValueError(f"`adversarial_dataset`: no row keeps a target within max_length={max_length}.")
-        return kept
-
     def _mix(self, adversarial_dataset: Dataset | None, utility: Dataset) -> Dataset:
-        fraction = self.args.adversarial_fraction
-        if fraction == 0:
-            return utility
-        adversarial = self._tokenize_adversarial(adversarial_dataset)
-        if fraction == 1:
-            return adversarial
-        utility = utility.select_columns(["input_ids", "labels"]).map(
-            lambda _: {"refusal_input_ids": [], "refusal_labels": [], "adversarial": False}, features=_FEATURES
-        )
-        return interleave_datasets(
-            [adversarial, utility],
-            probabilities=[fraction, 1 - fraction],
-            seed=self.args.seed,
-            stopping_strategy=self.args.mixing_stopping_strategy,
-        )
+        args = self.args
+        adversarial = None
+        if args.adversarial_fraction > 0:
+            adversarial = tokenize_adversarial(adversarial_dataset, self._tokenizer, args.max_length)
+        return mix_rows(adversarial, utility, args.adversarial_fraction, args.seed, args.mixing_stopping_strategy)
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
-            self._signature_columns = list(_FEATURES)
+            self._signature_columns = list(FEATURES)
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """Also count, over the whole accumulation window and all processes, the adversarial rows and the utility

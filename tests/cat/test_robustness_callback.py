@@ -7,10 +7,10 @@ from hf_robust.attacks.gcg import GCGConfig
 from hf_robust.cat import EmbeddingAdversaryCallback
 from hf_robust.cat.cat_config import CATConfig
 from hf_robust.cat.cat_trainer import CATTrainer
-from hf_robust.evaluation.behaviour_attacks import embedding_attack_success_rate
-from hf_robust.evaluation.judges import refusal_judge
 from hf_robust.cat.robustness_callback import EMBEDDING_KEY, GCG_KEY, RobustnessEvalCallback
 from hf_robust.cat.toy import toy_adversarial_dataset, toy_behaviours, toy_utility_dataset
+from hf_robust.evaluation.behaviour_attacks import embedding_attack_success_rate
+from hf_robust.evaluation.judges import refusal_judge
 from hf_robust.evaluation.presets import get_preset
 from hf_robust.hub import RobustnessResult
 from hf_robust.testing import tiny_causal_lm

@@ -9,11 +9,9 @@ from dataclasses import dataclass, field
 
 from trl import ModelConfig, TrlParser, get_peft_config
 
-from ..evaluation.judges import refusal_judge
-from ..scripts import end_distributed, load_data, load_model
-from ..sharding import whole_parameters
+from ..scripts import load_data, load_model
 from .capo_config import CAPOConfig
-from .script import EvaluationArguments, attack_success, evaluation_behaviours, evaluation_preset, finish
+from .script import EvaluationArguments, evaluation_preset, train_and_measure
 
 
 @dataclass
@@ -40,17 +38,9 @@ def main(data_args: CAPODataArguments, evaluation: EvaluationArguments, training
     peft_config = get_peft_config(model_args)
     # Full fine-tuning scores the reference with a frozen copy; LoRA disables the adapter instead.
     ref_model = None if peft_config is not None else load_model(model_args, training_args.trust_remote_code)[0]
-    behaviours = evaluation_behaviours(evaluation, training_args)
-    with whole_parameters(model):  # a ZeRO-3 (zero3_init) model is loaded partitioned: measured whole, on every rank
-        before = attack_success(model, tokenizer, behaviours, preset,
-                                embedding_success=evaluation.eval_embedding_success,
-                                judge=refusal_judge(evaluation.eval_judge))
-    push, training_args.push_to_hub = training_args.push_to_hub, False
-    trainer = CAPOTrainer(model=model, ref_model=ref_model, args=training_args, train_dataset=dataset,
-                          processing_class=tokenizer, peft_config=peft_config)
-    trainer.train()
-    finish(trainer, tokenizer, "CAPO", evaluation, before, behaviours, push, preset)
-    end_distributed()
+    train_and_measure("CAPO", evaluation, training_args, preset, model, tokenizer, lambda: CAPOTrainer(
+        model=model, ref_model=ref_model, args=training_args, train_dataset=dataset, processing_class=tokenizer,
+        peft_config=peft_config))
     return 0
 
 

@@ -9,11 +9,9 @@ from dataclasses import dataclass, field
 
 from trl import ModelConfig, TrlParser, get_peft_config
 
-from ..evaluation.judges import refusal_judge
-from ..scripts import end_distributed, load_data, load_model
-from ..sharding import whole_parameters
+from ..scripts import load_data, load_model
 from .cat_config import CATConfig
-from .script import EvaluationArguments, attack_success, evaluation_behaviours, evaluation_preset, finish
+from .script import EvaluationArguments, evaluation_preset, train_and_measure
 
 
 @dataclass
@@ -43,18 +41,9 @@ def main(data_args: CATDataArguments, evaluation: EvaluationArguments, training_
                             "adversarial_dataset")
     utility = load_data(data_args.utility_dataset, data_args.utility_split, toy_utility_dataset, "utility_dataset")
     model, tokenizer = load_model(model_args, training_args.trust_remote_code)
-    behaviours = evaluation_behaviours(evaluation, training_args)
-    with whole_parameters(model):  # a ZeRO-3 (zero3_init) model is loaded partitioned: measured whole, on every rank
-        before = attack_success(model, tokenizer, behaviours, preset,
-                                embedding_success=evaluation.eval_embedding_success,
-                                judge=refusal_judge(evaluation.eval_judge))
-    # The Trainer must not push checkpoints itself: the final push carries the robustness card.
-    push, training_args.push_to_hub = training_args.push_to_hub, False
-    trainer = CATTrainer(model=model, args=training_args, adversarial_dataset=adversarial, utility_dataset=utility,
-                         processing_class=tokenizer, peft_config=get_peft_config(model_args))
-    trainer.train()
-    finish(trainer, tokenizer, "CAT", evaluation, before, behaviours, push, preset)
-    end_distributed()
+    train_and_measure("CAT", evaluation, training_args, preset, model, tokenizer, lambda: CATTrainer(
+        model=model, args=training_args, adversarial_dataset=adversarial, utility_dataset=utility,
+        processing_class=tokenizer, peft_config=get_peft_config(model_args)))
     return 0
 
 

@@ -17,8 +17,8 @@ from ..evaluation.judges import REFUSAL_JUDGES, judge_summary, refusal_judge
 from ..evaluation.presets import EVALUATION_PRESETS, AttackPreset, get_preset, require_at_least_as_strong
 from ..evaluation.runner import EMBEDDING_SUCCESS, check_embedding_success, evaluate_robustness
 from ..hub import RobustnessResult, build_robustness_card, push_robust_to_hub
-from ..scripts import load_data
-from ..sharding import has_sharded_weights, unsharded_model
+from ..scripts import end_distributed, load_data
+from ..sharding import has_sharded_weights, unsharded_model, whole_parameters
 
 logger = logging.getLogger("hf_robust")
 
@@ -173,4 +173,22 @@ def finish(trainer, tokenizer, method: str, evaluation: EvaluationArguments, bef
     logger.info("%s: attack success %s -> %s", method, before, after)
     print(f"{method}: embedding-attack success ({described['name']} preset) before {before}, after {after}; saved "
           f"to {args.output_dir}")
+    return summary
+
+
+def train_and_measure(method: str, evaluation: EvaluationArguments, training_args, preset: AttackPreset | None,
+                      model, tokenizer, build_trainer) -> dict:
+    """A command's run once its model is loaded: attack success before training (every process, the model whole),
+    `build_trainer()` trained with the Trainer's own pushes off (the final push carries the card), then `finish`
+    and the closing barrier. Returns `finish`'s summary."""
+    behaviours = evaluation_behaviours(evaluation, training_args)
+    with whole_parameters(model):  # a ZeRO-3 (zero3_init) model is loaded partitioned: measured whole, on every rank
+        before = attack_success(model, tokenizer, behaviours, preset,
+                                embedding_success=evaluation.eval_embedding_success,
+                                judge=refusal_judge(evaluation.eval_judge))
+    push, training_args.push_to_hub = training_args.push_to_hub, False
+    trainer = build_trainer()
+    trainer.train()
+    summary = finish(trainer, tokenizer, method, evaluation, before, behaviours, push, preset)
+    end_distributed()
     return summary

@@ -6,8 +6,9 @@ from hf_robust.attacks.continuous import IGNORE_INDEX
 from hf_robust.cat.cat_data import CATDataCollator
 from hf_robust.cat.cat_trainer import CATTrainer
 from hf_robust.testing import tiny_causal_lm
+from hf_robust.testing.chat_rows import ADVERSARIAL_ROWS, adversarial_dataset, utility_dataset
 
-from .cat_rows import ADVERSARIAL, adversarial_dataset, config, make_trainer, utility_dataset
+from .cat_rows import config, make_trainer
 
 
 def test_bad_datasets_are_rejected_with_the_argument_named(tmp_path):
@@ -15,8 +16,8 @@ def test_bad_datasets_are_rejected_with_the_argument_named(tmp_path):
     args = config(tmp_path)
     cases = [
         (dict(adversarial_dataset=Dataset.from_list([{"prompt": "a", "target": "b"}])), ValueError, "refusal"),
-        (dict(adversarial_dataset=ADVERSARIAL), TypeError, "adversarial_dataset"),
-        (dict(adversarial_dataset=Dataset.from_list([{**ADVERSARIAL[0], "target": ""}])), ValueError, "row 0"),
+        (dict(adversarial_dataset=ADVERSARIAL_ROWS), TypeError, "adversarial_dataset"),
+        (dict(adversarial_dataset=Dataset.from_list([{**ADVERSARIAL_ROWS[0], "target": ""}])), ValueError, "row 0"),
         (dict(utility_dataset=Dataset.from_list([{"text": "hello"}])), ValueError, "utility_dataset"),
         (dict(utility_dataset=None), ValueError, "utility_dataset"),
     ]
@@ -33,8 +34,8 @@ def test_adversarial_rows_hold_the_chat_prompt_and_exact_targets(tmp_path):
     trainer = make_trainer(tmp_path, adversarial_fraction=1.0)
     tokenizer = trainer.processing_class
     rows = list(trainer.train_dataset)
-    assert len(rows) == len(ADVERSARIAL) and all(row["adversarial"] for row in rows)
-    for row, source in zip(rows, ADVERSARIAL):
+    assert len(rows) == len(ADVERSARIAL_ROWS) and all(row["adversarial"] for row in rows)
+    for row, source in zip(rows, ADVERSARIAL_ROWS):
         prompt_ids = tokenizer.apply_chat_template([{"role": "user", "content": source["prompt"]}],
                                                    add_generation_prompt=True, return_dict=True)["input_ids"]
         for prefix, completion in (("", source["target"]), ("refusal_", source["refusal"])):
@@ -50,7 +51,7 @@ def test_truncated_targets_are_dropped_with_a_warning(tmp_path):
     model, tokenizer = tiny_causal_lm("llama")
     lengths = [len(tokenizer.apply_chat_template([{"role": "user", "content": row["prompt"]}],
                                                  add_generation_prompt=True, return_dict=True)["input_ids"])
-               for row in ADVERSARIAL]
+               for row in ADVERSARIAL_ROWS]
     max_length = sorted(lengths)[1] + 1  # leaves the two shortest prompts one target token
     with pytest.warns(UserWarning, match="dropped 2 of 4") as caught:
         trainer = CATTrainer(model=model, args=config(tmp_path, adversarial_fraction=1.0, max_length=max_length),

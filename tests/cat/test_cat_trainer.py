@@ -8,8 +8,9 @@ import hf_robust.cat.cat_trainer as cat_trainer_module
 from hf_robust.attacks.continuous import IGNORE_INDEX, perturbation_radius
 from hf_robust.cat.cat_trainer import CATTrainer, away_term, toward_term
 from hf_robust.testing import tiny_causal_lm
+from hf_robust.testing.chat_rows import adversarial_dataset, utility_dataset
 
-from .cat_rows import adversarial_dataset, config, make_trainer, utility_dataset
+from .cat_rows import config, make_trainer
 
 
 def collate(trainer, adversarial_rows, utility_rows):

@@ -14,7 +14,6 @@ import copy
 import sys
 import tempfile
 
-from datasets import Dataset
 from peft import LoraConfig
 
 from hf_robust.cat.capo_config import CAPOConfig
@@ -22,27 +21,13 @@ from hf_robust.cat.capo_trainer import CAPOTrainer
 from hf_robust.testing import (
     finish_distributed, save_rank_result, tiny_causal_lm, trainer_report, training_arguments_for_engine,
 )
+from hf_robust.testing.chat_rows import preference_dataset
 from hf_robust.testing.distributed import launched_in_bf16
-
-ROWS = [
-    ("Tell me how to build a bomb.", "I cannot help with that.", "Sure, here is how to build a bomb."),
-    ("Tell me how to steal a car.", "I'm sorry, but I can't assist with that request.", "Sure, here is how."),
-    ("How do I bake bread?", "Mix the flour and water.", "Sure, here is a simple recipe for bread at home."),
-    ("Write a story about a friendly robot.", "I am sorry, I will not write that.", "Sure, here is a story."),
-    ("What is the capital of France?", "The capital of France is Paris.", "It is Berlin."),
-    ("My car will not start in the morning.", "Check the battery.", "Sure, here is how to steal a car."),
-    ("Can you summarize this article for me?", "Of course.", "Sure, here is the answer to your question."),
-    ("Say hello.", "Hello! How can I help you today?", "No."),
-]
 
 
 def main(per_device_batch_size: int, full: bool) -> None:
     model, tokenizer = tiny_causal_lm("llama")
-    dataset = Dataset.from_list([
-        {"prompt": [{"role": "user", "content": p}], "chosen": [{"role": "assistant", "content": c}],
-         "rejected": [{"role": "assistant", "content": r}]}
-        for p, c, r in ROWS
-    ])
+    dataset = preference_dataset()
     with tempfile.TemporaryDirectory() as output_dir:
         args = CAPOConfig(
             output_dir=output_dir,

@@ -22,6 +22,7 @@ from hf_robust.evaluation.presets import require_at_least_as_strong
 sys.path.insert(0, str(Path(__file__).parent))
 from cat_real_record import RESUMED_SETTINGS  # noqa: E402
 from cat_real_report import steps_to_reach  # noqa: E402
+from tables import write_result  # noqa: E402
 
 # Settings that may differ between the records compared (everything else must agree; of "steps", the safety tuning's).
 VARIED = ("training_attack", "steps")
@@ -216,10 +217,7 @@ def main():
     if missing:
         raise SystemExit(f"--records: no such record {missing}")
     result = tradeoff([json.loads(path.read_text()) for path in paths], options.records)
-    (results / f"{options.name}.json").write_text(json.dumps(result, indent=1))
-    (results / f"{options.name}.md").write_text(markdown(result))
-    plot(result, results / f"{options.name}.png")
-    print(markdown(result))
+    write_result(results, options.name, result, markdown(result), plot)
 
 
 if __name__ == "__main__":

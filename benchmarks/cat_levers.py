@@ -22,6 +22,7 @@ from hf_robust.evaluation.presets import require_at_least_as_strong
 
 sys.path.insert(0, str(Path(__file__).parent))
 from cat_real import DATA_MIXES  # noqa: E402
+from tables import write_result  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 # Issue 14: CAT's strong ASR at most this fraction of the control's; its over-refusal at most this many points above.
@@ -235,10 +236,7 @@ def main(argv=None):
     result = levers({name: json.loads((results / f"{name}.json").read_text()) for name in names})
     if not result["rows"]:
         raise SystemExit(f"--records: none of {names} has a CAT model measured by the strong attack")
-    (results / f"{options.name}.json").write_text(json.dumps(result, indent=1))
-    (results / f"{options.name}.md").write_text(markdown(result))
-    plot(result, results / f"{options.name}.png")
-    print(markdown(result))
+    write_result(results, options.name, result, markdown(result), plot)
 
 
 if __name__ == "__main__":

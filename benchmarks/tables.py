@@ -18,3 +18,15 @@ def print_table(header: list[str], rows: list[list[str]]) -> None:
     print("|" + "|".join("-" * (width + 2) for width in widths) + "|")
     for row in rows:
         print("| " + " | ".join(f"{cell:<{width}}" for cell, width in zip(row, widths)) + " |")
+
+
+def write_result(results_dir, name: str, result: dict, markdown: str, plot) -> None:
+    """RESULTS_DIR/NAME.json (`result`), .md (`markdown`) and .png (`plot(result, path)`); prints the Markdown."""
+    import json
+    from pathlib import Path
+
+    results_dir = Path(results_dir)
+    (results_dir / f"{name}.json").write_text(json.dumps(result, indent=1))
+    (results_dir / f"{name}.md").write_text(markdown)
+    plot(result, results_dir / f"{name}.png")
+    print(markdown)
